@@ -1,0 +1,504 @@
+// Package journal is jvol's journal engine: writers reserve stream records in
+// a memory FIFO, and a worker goroutine drains them sequentially into a
+// pre-allocated journal image, with group commit for flushes. Open recovers
+// the records a crash left in the image. It knows nothing of block devices or
+// Kubernetes: the volume engine gives the records meaning.
+package journal
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jvol-io/jvol/pkg/vfs"
+)
+
+// Options tune a journal. The zero value is usable.
+type Options struct {
+	// FIFOSize is the memory FIFO's size: a power of two from MinFIFOSize to
+	// MaxFIFOSize, DefaultFIFOSize if zero. The ring must be at least as big.
+	FIFOSize int
+	// Duplex says whether FIFO space is freed once written (Half) or once
+	// acknowledged with Ack (Full).
+	Duplex Duplex
+	// Heartbeat is the longest a written record waits for its fdatasync
+	// when nobody flushes (default one second).
+	Heartbeat time.Duration
+	// FirstTransid is the first transaction id to hand out; zero takes it
+	// from the clock. Ids never go below what the image already holds.
+	FirstTransid uint64
+}
+
+// ClockTransid returns the transaction id for time t: seconds in the high
+// bits, nanoseconds in the low 30, as DragonFly BSD does.
+func ClockTransid(t time.Time) uint64 {
+	return uint64(t.Unix())<<30 | uint64(t.Nanosecond())
+}
+
+const stageSize = 1 << 20 // largest single write into the ring
+
+// Journal is an open journal image with its FIFO and worker.
+type Journal struct {
+	f         vfs.File
+	fifo      *FIFO
+	sw        *superWriter
+	ring      uint64
+	window    uint64
+	heartbeat time.Duration
+
+	mu          sync.Mutex
+	tail        uint64 // checkpoint position: ring space before it is free
+	ckptID      uint64
+	durablePos  uint64 // ring position synced up to
+	durableID   uint64 // id of the last record synced
+	durable     uint64 // FIFO index synced up to
+	flushTarget uint64 // highest FIFO index a Flush waits for
+	synced      chan struct{}
+	ringFree    chan struct{}
+	err         error
+
+	kick      chan struct{}
+	quit      chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+
+	// Owned by the worker.
+	head       uint64 // ring position staged up to
+	syncedPos  uint64 // ring position synced up to
+	stage      []byte // aligned; holds ring bytes from stageStart
+	stageStart uint64
+	stageLen   int
+	stageOnDisk int // stage bytes already written
+	written    uint64 // FIFO index of what is in the ring
+	writtenID  uint64
+	quitting   bool
+
+	headPub                           atomic.Uint64
+	bytes, syncs, flushes, ringStalls atomic.Uint64
+}
+
+// Open opens the journal image in f (see Format), calls replay for every
+// record a previous run left after the checkpoint, in order (pads are
+// skipped; the record is valid only during the call), and starts the worker
+// that appends after them.
+func Open(f vfs.File, opts Options, replay func(pos uint64, r Record) error) (*Journal, Recovery, error) {
+	if opts.FIFOSize == 0 {
+		opts.FIFOSize = DefaultFIFOSize
+	}
+	if opts.Heartbeat <= 0 {
+		opts.Heartbeat = time.Second
+	}
+	sb, err := readSuperblock(f)
+	if err != nil {
+		return nil, Recovery{}, err
+	}
+	if sb.RingSize < uint64(opts.FIFOSize) {
+		return nil, Recovery{}, fmt.Errorf("journal: ring of %d bytes is smaller than the FIFO (%d)", sb.RingSize, opts.FIFOSize)
+	}
+	rec, err := scan(f, sb, func(pos uint64, r Record) error {
+		if r.IsPad() || replay == nil {
+			return nil
+		}
+		return replay(pos, r)
+	})
+	if err != nil {
+		return nil, rec, err
+	}
+	first := opts.FirstTransid
+	if first == 0 {
+		first = ClockTransid(time.Now())
+	}
+	first = max(first, rec.MaxTransid+2)
+	fifo, err := NewFIFO(opts.FIFOSize, opts.Duplex, first)
+	if err != nil {
+		return nil, rec, err
+	}
+	j := &Journal{
+		f: f, fifo: fifo, ring: sb.RingSize, heartbeat: opts.Heartbeat,
+		sw:   &superWriter{f: f, sb: sb, buf: vfs.AlignedBuffer(SuperblockSize)},
+		tail: sb.CkptPos, ckptID: sb.CkptTransid,
+		durablePos: rec.End, durableID: rec.LastTransid,
+		synced: make(chan struct{}), ringFree: make(chan struct{}),
+		kick: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{}),
+		head: rec.End, syncedPos: rec.End, writtenID: rec.LastTransid,
+		stage: vfs.AlignedBuffer(stageSize),
+	}
+	// The window never shrinks: orphans of the last run's torn tail may lie
+	// as far past the end as the old window allowed.
+	j.window = max(uint64(sb.TornWindow), DefaultTornWindow, uint64(opts.FIFOSize))
+	if j.window != uint64(sb.TornWindow) {
+		if err := j.sw.write(func(s *Superblock) { s.TornWindow = uint32(j.window) }); err != nil {
+			return nil, rec, err
+		}
+	}
+	// Appending resumes in the middle of a block: keep its valid bytes.
+	j.stageStart = rec.End &^ (SuperblockSize - 1)
+	j.stageLen = int(rec.End - j.stageStart)
+	j.stageOnDisk = j.stageLen
+	if j.stageLen > 0 {
+		if _, err := f.ReadAt(j.stage[:SuperblockSize], int64(RingOffset+j.stageStart%j.ring)); err != nil {
+			return nil, rec, err
+		}
+	}
+	j.headPub.Store(j.head)
+	go j.run()
+	return j, rec, nil
+}
+
+// Reserve reserves a record in the FIFO; see FIFO.Reserve.
+func (j *Journal) Reserve(ctx context.Context, stream uint16, n int) (Reservation, error) {
+	return j.fifo.Reserve(ctx, stream, n)
+}
+
+// Append writes one record holding payload and returns its transaction id.
+func (j *Journal) Append(ctx context.Context, stream uint16, payload []byte) (uint64, error) {
+	r, err := j.fifo.Reserve(ctx, stream, len(payload))
+	if err != nil {
+		return 0, err
+	}
+	copy(r.Payload, payload)
+	r.Commit(len(payload))
+	return r.Transid, nil
+}
+
+// Ack acknowledges transaction ids up to transid (full duplex).
+func (j *Journal) Ack(transid uint64) { j.fifo.Ack(transid) }
+
+// Flush returns once every record committed before the call is durable in
+// the journal image. Flushes that arrive together share one fdatasync.
+func (j *Journal) Flush(ctx context.Context) error {
+	_, target := j.fifo.pending()
+	j.flushes.Add(1)
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if target > j.flushTarget {
+		j.flushTarget = target
+		j.fifo.wantAll.Store(true)
+	}
+	for j.durable < target {
+		if j.err != nil {
+			return j.err
+		}
+		ch := j.synced
+		j.mu.Unlock()
+		select {
+		case j.kick <- struct{}{}:
+		default:
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			j.mu.Lock()
+			return ctx.Err()
+		}
+		j.mu.Lock()
+	}
+	return nil
+}
+
+// Durable returns the ring position up to which the journal is synced and
+// the id of the last record before it: what a checkpoint may name.
+func (j *Journal) Durable() (pos, transid uint64) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.durablePos, j.durableID
+}
+
+// Checkpoint records that every record before ring position pos, the last
+// of which has id transid, is applied where it belongs, and frees its space.
+// pos must not be beyond what Durable returned.
+func (j *Journal) Checkpoint(pos, transid uint64) error {
+	j.mu.Lock()
+	if pos < j.tail || pos > j.durablePos || transid > j.durableID {
+		j.mu.Unlock()
+		return fmt.Errorf("journal: checkpoint at %d (id %d) outside [%d, %d] (id %d)", pos, transid, j.tail, j.durablePos, j.durableID)
+	}
+	j.mu.Unlock()
+	if err := j.sw.write(func(s *Superblock) { s.CkptPos, s.CkptTransid = pos, transid }); err != nil {
+		j.fail(err)
+		return err
+	}
+	j.mu.Lock()
+	j.tail, j.ckptID = pos, transid
+	close(j.ringFree)
+	j.ringFree = make(chan struct{})
+	j.mu.Unlock()
+	return nil
+}
+
+// Close stops taking reservations, writes and syncs every committed record,
+// and stops the worker. It does not close the file. Records that do not fit
+// in a full ring are dropped (they were never flushed).
+func (j *Journal) Close() error {
+	j.closeOnce.Do(func() {
+		j.fifo.Close(ErrClosed)
+		close(j.quit)
+	})
+	<-j.done
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if errors.Is(j.err, ErrClosed) {
+		return nil
+	}
+	return j.err
+}
+
+// fail stops the journal with err: flushes and reservations return it.
+// Errors of fdatasync are final: the kernel may have dropped the pages.
+func (j *Journal) fail(err error) {
+	j.mu.Lock()
+	if j.err == nil {
+		j.err = err
+		close(j.synced)
+		j.synced = make(chan struct{})
+	}
+	j.mu.Unlock()
+	j.fifo.Close(err)
+}
+
+func (j *Journal) run() {
+	defer close(j.done)
+	t := time.NewTicker(j.heartbeat)
+	defer t.Stop()
+	for {
+		force := false
+		select {
+		case <-j.fifo.wake:
+		case <-j.kick:
+		case <-t.C:
+			force = true
+		case <-j.quitC():
+			j.quitting = true
+			j.fifo.wantAll.Store(true)
+		}
+		err := j.cycle(force || j.quitting)
+		if err == nil && j.quitting {
+			if r, w := j.fifo.pending(); r == w {
+				err = ErrClosed
+			}
+		}
+		if err != nil {
+			j.fail(err)
+			return
+		}
+	}
+}
+
+// quitC returns the quit channel until the worker has seen it.
+func (j *Journal) quitC() chan struct{} {
+	if j.quitting {
+		return nil
+	}
+	return j.quit
+}
+
+// cycle moves every complete record from the FIFO into the ring, then syncs
+// if a flush waits or force is set.
+func (j *Journal) cycle(force bool) error {
+	for {
+		r, w := j.fifo.pending()
+		pos := r
+		for pos < w {
+			h, rec, ok := j.fifo.peek(pos)
+			if !ok {
+				break
+			}
+			if !h.IsPad() { // FIFO pads are the FIFO's own; the ring has its own.
+				if err := j.place(h, rec); err != nil {
+					return err
+				}
+			}
+			pos += uint64(len(rec))
+		}
+		if pos == r {
+			break
+		}
+		if err := j.writeStage(); err != nil {
+			return err
+		}
+		j.fifo.taken(pos)
+		j.written = pos
+	}
+	j.mu.Lock()
+	want := j.flushTarget > j.durable
+	j.mu.Unlock()
+	if j.head != j.syncedPos {
+		if !want && !force {
+			return nil
+		}
+		if err := j.syncAll(); err != nil {
+			return err
+		}
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.durable != j.written {
+		j.durable = j.written
+		close(j.synced)
+		j.synced = make(chan struct{})
+	}
+	if j.flushTarget <= j.durable && !j.quitting {
+		j.fifo.wantAll.Store(false)
+	}
+	return nil
+}
+
+// place stages one record at the head of the ring, with a pad first if it
+// does not fit before the ring's end. It waits for a checkpoint while the
+// ring is full, and syncs first if the unsynced bytes would exceed the torn
+// window.
+func (j *Journal) place(h Header, rec []byte) error {
+	a := uint64(len(rec))
+	var pad uint64
+	if phys := j.head % j.ring; phys+a > j.ring {
+		pad = j.ring - phys
+	}
+	for stalled := false; ; stalled = true {
+		j.mu.Lock()
+		free, ch := j.ring-(j.head-j.tail), j.ringFree
+		j.mu.Unlock()
+		if free >= pad+a {
+			break
+		}
+		if !stalled {
+			j.ringStalls.Add(1)
+			// Make everything durable so the owner can apply and checkpoint it.
+			if err := j.syncAll(); err != nil {
+				return err
+			}
+		}
+		select {
+		case <-ch:
+		case <-j.quit:
+			return ErrClosed
+		}
+	}
+	if j.head+pad+a-j.syncedPos > j.window {
+		if err := j.syncAll(); err != nil {
+			return err
+		}
+	}
+	if pad > 0 {
+		// Dead space before the ring's end: header, zeros, trailer.
+		var p [HeaderSize + TrailerSize]byte
+		putHeader(p[:], Header{Magic: BeginMagic, Stream: StreamPad | FlagBegin | FlagEnd, Size: uint32(pad), Transid: j.writtenID + 1})
+		err := j.stageAppend(p[:HeaderSize], 0)
+		if pad > HeaderSize && err == nil {
+			putTrailer(p[HeaderSize:], recordCRC(p[:], nil), uint32(pad))
+			if err = j.stageAppend(nil, int(pad)-HeaderSize-TrailerSize); err == nil {
+				err = j.stageAppend(p[HeaderSize:], 0)
+			}
+		}
+		if err != nil {
+			return err
+		}
+		j.head += pad
+	}
+	if err := j.stageAppend(rec, 0); err != nil {
+		return err
+	}
+	j.head += a
+	j.writtenID = h.Transid
+	j.headPub.Store(j.head)
+	return nil
+}
+
+// stageAppend appends b, or zeros zero bytes if b is nil, to the stage,
+// writing the stage out whenever it reaches its end or the ring's.
+func (j *Journal) stageAppend(b []byte, zeros int) error {
+	for len(b) > 0 || zeros > 0 {
+		end := int(min(uint64(len(j.stage)), j.ring-j.stageStart%j.ring))
+		var n int
+		if b != nil {
+			n = copy(j.stage[j.stageLen:end], b)
+			b = b[n:]
+		} else {
+			n = min(zeros, end-j.stageLen)
+			clear(j.stage[j.stageLen : j.stageLen+n])
+			zeros -= n
+		}
+		j.stageLen += n
+		if j.stageLen == end {
+			if err := j.writeStage(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// writeStage writes the staged bytes, the last block zero-filled. A partial
+// last block stays staged and is written again, whole, next time: its old
+// and new contents agree on every byte written before, so a torn rewrite
+// (sector by sector) never damages a record that was already durable.
+func (j *Journal) writeStage() error {
+	if j.stageLen == j.stageOnDisk {
+		return nil
+	}
+	end := int(alignUp(uint64(j.stageLen)))
+	clear(j.stage[j.stageLen:end])
+	if _, err := j.f.WriteAt(j.stage[:end], int64(RingOffset+j.stageStart%j.ring)); err != nil {
+		return fmt.Errorf("journal: write ring at %d: %w", j.stageStart, err)
+	}
+	j.bytes.Add(uint64(j.stageLen - j.stageOnDisk))
+	if keep := j.stageLen &^ (SuperblockSize - 1); keep > 0 {
+		copy(j.stage, j.stage[keep:j.stageLen])
+		j.stageStart += uint64(keep)
+		j.stageLen -= keep
+	}
+	j.stageOnDisk = j.stageLen
+	return nil
+}
+
+// syncAll writes the stage and makes everything in the ring durable.
+func (j *Journal) syncAll() error {
+	if err := j.writeStage(); err != nil {
+		return err
+	}
+	if j.head == j.syncedPos {
+		return nil
+	}
+	if err := j.f.Sync(); err != nil {
+		return fmt.Errorf("journal: sync: %w", err)
+	}
+	j.syncs.Add(1)
+	j.syncedPos = j.head
+	j.mu.Lock()
+	j.durablePos, j.durableID = j.head, j.writtenID
+	j.mu.Unlock()
+	return nil
+}
+
+// Stats is a snapshot of a journal's figures, cheap enough to take often.
+type Stats struct {
+	FIFO FIFOStats
+	// Ring positions: Head is staged up to, Durable synced up to,
+	// Checkpoint applied up to. Used is Head-Checkpoint of RingSize.
+	RingSize, Head, Durable, Checkpoint, Used uint64
+	// Ids: the last handed out, the last durable, the last acknowledged
+	// (durable in half duplex, acknowledged by the peer in full duplex) and
+	// the checkpoint's.
+	LastTransid, DurableTransid, AckedTransid, CheckpointTransid uint64
+	BytesWritten, Syncs, Flushes, RingStalls                    uint64
+}
+
+// Stats returns the journal's figures.
+func (j *Journal) Stats() Stats {
+	fs := j.fifo.Stats()
+	j.mu.Lock()
+	s := Stats{
+		FIFO: fs, RingSize: j.ring, Head: j.headPub.Load(), Durable: j.durablePos, Checkpoint: j.tail,
+		LastTransid: fs.LastTransid, DurableTransid: j.durableID, CheckpointTransid: j.ckptID,
+	}
+	j.mu.Unlock()
+	s.Used = s.Head - s.Checkpoint
+	s.AckedTransid = s.DurableTransid
+	if j.fifo.duplex == Full {
+		s.AckedTransid = fs.AckedTransid
+	}
+	s.BytesWritten, s.Syncs, s.Flushes, s.RingStalls = j.bytes.Load(), j.syncs.Load(), j.flushes.Load(), j.ringStalls.Load()
+	return s
+}

@@ -1,0 +1,184 @@
+// Package faultfs is an in-memory vfs.File that remembers which writes have
+// been made durable by Sync, so that tests can cut the power (drop or tear
+// the unsynced writes), corrupt what is on "disk", and make writes or syncs
+// fail.
+package faultfs
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+)
+
+// SectorSize is the unit a torn write keeps or loses: a disk writes a sector
+// entirely or not at all.
+const SectorSize = 512
+
+// ErrInjected is returned by a write or sync that a test made fail.
+var ErrInjected = errors.New("faultfs: injected I/O error")
+
+type write struct {
+	off  int64
+	data []byte
+}
+
+// File is the fault-injecting file. Its zero value is not usable; call New.
+type File struct {
+	mu      sync.Mutex
+	durable []byte  // what survives a power cut
+	current []byte  // what reads see
+	pending []write // writes since the last Sync, in order
+	closed  bool
+
+	// Align, when non-zero, makes every offset, length and buffer address
+	// that is not a multiple of it fail with an error, as O_DIRECT does.
+	Align int
+	// FailWrite, when set, is asked before each write; an error fails it
+	// without changing anything.
+	FailWrite func(off int64, n int) error
+	// FailSync, when set, is asked before each sync; an error fails it and
+	// the pending writes stay pending.
+	FailSync func() error
+
+	writes, syncs int
+}
+
+// New returns a file of size zero bytes, all durable.
+func New(size int64) *File {
+	return &File{durable: make([]byte, size), current: make([]byte, size)}
+}
+
+func (f *File) check(p []byte, off int64) error {
+	if f.closed {
+		return errors.New("faultfs: file closed")
+	}
+	if off < 0 || off+int64(len(p)) > int64(len(f.current)) {
+		return fmt.Errorf("faultfs: access [%d,%d) outside file of %d bytes", off, off+int64(len(p)), len(f.current))
+	}
+	if a := int64(f.Align); a != 0 && (off%a != 0 || int64(len(p))%a != 0) {
+		return fmt.Errorf("faultfs: unaligned direct access at %d length %d", off, len(p))
+	}
+	return nil
+}
+
+func (f *File) ReadAt(p []byte, off int64) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.check(p, off); err != nil {
+		return 0, err
+	}
+	return copy(p, f.current[off:]), nil
+}
+
+func (f *File) WriteAt(p []byte, off int64) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.check(p, off); err != nil {
+		return 0, err
+	}
+	if f.FailWrite != nil {
+		if err := f.FailWrite(off, len(p)); err != nil {
+			return 0, err
+		}
+	}
+	f.writes++
+	copy(f.current[off:], p)
+	f.pending = append(f.pending, write{off: off, data: append([]byte(nil), p...)})
+	return len(p), nil
+}
+
+func (f *File) Sync() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return errors.New("faultfs: file closed")
+	}
+	if f.FailSync != nil {
+		if err := f.FailSync(); err != nil {
+			return err
+		}
+	}
+	f.syncs++
+	for _, w := range f.pending {
+		copy(f.durable[w.off:], w.data)
+	}
+	f.pending = nil
+	return nil
+}
+
+func (f *File) Size() (int64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return int64(len(f.current)), nil
+}
+
+// Close marks the file closed; the contents stay for a later Reopen.
+func (f *File) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.closed = true
+	return nil
+}
+
+// Counts returns how many writes and syncs succeeded.
+func (f *File) Counts() (writes, syncs int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.writes, f.syncs
+}
+
+// Unsynced returns how many bytes of writes are not yet durable.
+func (f *File) Unsynced() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, w := range f.pending {
+		n += len(w.data)
+	}
+	return n
+}
+
+// PowerCut returns the file as the disk holds it after a power cut: every
+// synced write, and of the unsynced ones whatever keep decides sector by
+// sector (nil keeps none). The receiver stays as it was, so that a process
+// still using it sees no change; the returned file is a fresh, open one.
+func (f *File) PowerCut(keep func(off int64) bool) *File {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	img := append([]byte(nil), f.durable...)
+	if keep != nil {
+		for _, w := range f.pending {
+			for s := int64(0); s < int64(len(w.data)); s += SectorSize {
+				if keep(w.off + s) {
+					end := min(s+SectorSize, int64(len(w.data)))
+					copy(img[w.off+s:], w.data[s:end])
+				}
+			}
+		}
+	}
+	return &File{durable: img, current: append([]byte(nil), img...), Align: f.Align}
+}
+
+// TearRandomly keeps each unsynced sector with probability one half, drawn
+// from rng: a power cut in the middle of a stream of writes.
+func TearRandomly(rng *rand.Rand) func(int64) bool {
+	return func(int64) bool { return rng.IntN(2) == 0 }
+}
+
+// Mutate changes the bytes from off on, both on "disk" and in what reads
+// see, as a disk that rots would. fn is called twice and must do the same
+// thing both times.
+func (f *File) Mutate(off int64, fn func(b []byte)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fn(f.durable[off:])
+	fn(f.current[off:])
+}
+
+// Bytes returns a copy of what reads see.
+func (f *File) Bytes() []byte {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]byte(nil), f.current...)
+}
