@@ -55,14 +55,15 @@ type FIFO struct {
 	mask   uint64
 	duplex Duplex
 
-	mu     sync.Mutex
-	windex uint64
-	rindex uint64
-	xindex uint64
-	nextID uint64        // next transaction id handed out
-	acked  uint64        // last acknowledged id (full duplex)
-	space  chan struct{} // closed and replaced whenever space is freed
-	err    error         // set by Close
+	mu      sync.Mutex
+	windex  uint64
+	rindex  uint64
+	xindex  uint64
+	nextID  uint64        // next transaction id handed out
+	acked   uint64        // last acknowledged id (full duplex)
+	space   chan struct{} // closed and replaced when space is freed and someone waits
+	waiting int           // writers waiting on space
+	err     error         // set by Close
 
 	wake    chan struct{} // tells the consumer there is work
 	wantAll atomic.Bool   // set while a flush waits: every commit wakes the consumer
@@ -142,6 +143,7 @@ func (f *FIFO) reserve(ctx context.Context, stream uint16, n int) (Reservation, 
 			f.stalls.Add(1)
 		}
 		space := f.space
+		f.waiting++
 		f.mu.Unlock()
 		select {
 		case <-space:
@@ -190,9 +192,12 @@ func (f *FIFO) finish(off uint64, stream uint16, n int, transid uint64, crcPaylo
 	binary.LittleEndian.PutUint32(b[4:], uint32(size))
 	binary.LittleEndian.PutUint64(b[8:], transid)
 	if size > HeaderSize {
-		var hdr [HeaderSize]byte
-		putHeader(hdr[:], Header{Magic: BeginMagic, Stream: stream, Size: uint32(size), Transid: transid})
-		putTrailer(b[n-TrailerSize:], recordCRC(hdr[:], crcPayload), uint32(size))
+		// The checksum covers the header as it will be published; the
+		// trailer's own bytes serve as scratch for it (a local array would
+		// escape into the CRC code and cost an allocation per record).
+		t := b[n-TrailerSize:]
+		putHeader(t, Header{Magic: BeginMagic, Stream: stream, Size: uint32(size), Transid: transid})
+		putTrailer(t, recordCRC(t, crcPayload), uint32(size))
 	}
 	publish(f.word0(off), BeginMagic, stream)
 }
@@ -282,12 +287,12 @@ func (f *FIFO) taken(pos uint64) {
 
 // free moves xindex to pos and wakes blocked writers; f.mu is held.
 func (f *FIFO) free(pos uint64) {
-	if pos == f.xindex {
-		return
-	}
 	f.xindex = pos
-	close(f.space)
-	f.space = make(chan struct{})
+	if f.waiting > 0 {
+		f.waiting = 0
+		close(f.space)
+		f.space = make(chan struct{})
+	}
 }
 
 // Ack acknowledges every record up to transaction id transid (cumulative)

@@ -66,15 +66,15 @@ type Journal struct {
 	closeOnce sync.Once
 
 	// Owned by the worker.
-	head       uint64 // ring position staged up to
-	syncedPos  uint64 // ring position synced up to
-	stage      []byte // aligned; holds ring bytes from stageStart
-	stageStart uint64
-	stageLen   int
-	stageOnDisk int // stage bytes already written
-	written    uint64 // FIFO index of what is in the ring
-	writtenID  uint64
-	quitting   bool
+	head        uint64 // ring position staged up to
+	syncedPos   uint64 // ring position synced up to
+	stage       []byte // aligned; holds ring bytes from stageStart
+	stageStart  uint64
+	stageLen    int
+	stageOnDisk int    // stage bytes already written
+	written     uint64 // FIFO index of what is in the ring
+	writtenID   uint64
+	quitting    bool
 
 	headPub                           atomic.Uint64
 	bytes, syncs, flushes, ringStalls atomic.Uint64
@@ -482,7 +482,7 @@ type Stats struct {
 	// (durable in half duplex, acknowledged by the peer in full duplex) and
 	// the checkpoint's.
 	LastTransid, DurableTransid, AckedTransid, CheckpointTransid uint64
-	BytesWritten, Syncs, Flushes, RingStalls                    uint64
+	BytesWritten, Syncs, Flushes, RingStalls                     uint64
 }
 
 // Stats returns the journal's figures.

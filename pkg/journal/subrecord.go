@@ -10,11 +10,11 @@ import (
 // starts 8-byte aligned relative to the payload; the last one of a list has
 // SubLast set. A sub-record with SubNested holds a list of its own.
 //
-//	 0       2       4               8
-//	 +-------+-------+---------------+
-//	 | type  |   0   |     size      |  size = 8 + body length (no fill)
-//	 +-------+-------+---------------+
-//	 | body ... zero fill to a multiple of 8 bytes
+//	0       2       4               8
+//	+-------+-------+---------------+
+//	| type  |   0   |     size      |  size = 8 + body length (no fill)
+//	+-------+-------+---------------+
+//	| body ... zero fill to a multiple of 8 bytes
 //
 // Bodies (little-endian):
 //

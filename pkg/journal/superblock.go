@@ -17,21 +17,21 @@ import (
 // so a torn superblock write leaves the other copy, with the previous
 // checkpoint, intact. Open takes the valid copy with the higher Sequence.
 //
-//	 0                               8               12              16
-//	 +-------------------------------+---------------+---------------+
-//	 |  magic "JVOLJRNL"             |   version     |  block size   |
-//	 +-------------------------------+---------------+---------------+
-//	 |  uuid (16 bytes)                                               |  16
-//	 +-------------------------------+-------------------------------+
-//	 |  ring offset                  |  ring size                    |  32
-//	 +-------------------------------+-------------------------------+
-//	 |  sequence                     |  checkpoint position          |  48
-//	 +-------------------------------+---------------+---------------+
-//	 |  checkpoint transid           |  torn window  |  flags (0)    |  64
-//	 +-------------------------------+---------------+---------------+
-//	 |  zero ... up to byte 124      |  crc32c of bytes 0..123       |  80..128
-//	 +---------------------------------------------------------------+
-//	 |  zero to the end of the block                                  |
+//	0                               8               12              16
+//	+-------------------------------+---------------+---------------+
+//	|  magic "JVOLJRNL"             |   version     |  block size   |
+//	+-------------------------------+---------------+---------------+
+//	|  uuid (16 bytes)                                               |  16
+//	+-------------------------------+-------------------------------+
+//	|  ring offset                  |  ring size                    |  32
+//	+-------------------------------+-------------------------------+
+//	|  sequence                     |  checkpoint position          |  48
+//	+-------------------------------+---------------+---------------+
+//	|  checkpoint transid           |  torn window  |  flags (0)    |  64
+//	+-------------------------------+---------------+---------------+
+//	|  zero ... up to byte 124      |  crc32c of bytes 0..123       |  80..128
+//	+---------------------------------------------------------------+
+//	|  zero to the end of the block                                  |
 //
 // Positions are logical ring indices that only grow; the byte of position p
 // is at file offset RingOffset + p%RingSize. Every record before the
