@@ -274,11 +274,11 @@ func TestCrashRecovery(t *testing.T) {
 }
 
 func TestCorruptionInTheMiddleIsReportedWithItsPosition(t *testing.T) {
-	c := newCrashRun(t, 16<<20)
+	c := newCrashRun(t, 32<<20)
 	c.append(10, 1000, 2000)
 	c.flush()
 	victim := c.positions()[3]
-	c.append(600, 16000, 20000) // ~10 MiB more: beyond the torn window
+	c.append(1200, 16000, 20000) // ~20 MiB more: beyond the torn window
 	c.flush()
 	c.j.Close()
 	c.f.Mutate(c.fileOffset(victim)+100, func(b []byte) { b[0] ^= 1 })

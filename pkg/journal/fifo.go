@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"unsafe"
+
+	"github.com/jvol-io/jvol/pkg/vfs"
 )
 
 // FIFO sizes. The default holds 32 requests of the largest write the FUSE
@@ -18,6 +20,9 @@ const (
 	MaxFIFOSize     = 1 << 30
 	DefaultFIFOSize = 64 << 20
 )
+
+// wakeBytes of records waiting wake the consumer even below half full.
+const wakeBytes = 1 << 20
 
 // Duplex says when FIFO space is freed.
 type Duplex int
@@ -67,17 +72,26 @@ type FIFO struct {
 
 	wake    chan struct{} // tells the consumer there is work
 	wantAll atomic.Bool   // set while a flush waits: every commit wakes the consumer
+	blocked atomic.Bool   // the consumer stopped at an incomplete record
 	stalls  atomic.Uint64
 }
 
 // NewFIFO makes a FIFO of size bytes (a power of two between MinFIFOSize and
 // MaxFIFOSize) whose first transaction id is firstID.
 func NewFIFO(size int, duplex Duplex, firstID uint64) (*FIFO, error) {
+	return newFIFOAt(size, duplex, firstID, 0)
+}
+
+// newFIFOAt makes a FIFO whose indices start at start rather than zero. Its
+// buffer is block aligned, so that whole blocks can be written from it with
+// direct I/O.
+func newFIFOAt(size int, duplex Duplex, firstID, start uint64) (*FIFO, error) {
 	if size < MinFIFOSize || size > MaxFIFOSize || size&(size-1) != 0 {
 		return nil, fmt.Errorf("journal: FIFO size %d is not a power of two between %d and %d", size, MinFIFOSize, MaxFIFOSize)
 	}
 	return &FIFO{
-		buf:    make([]byte, size),
+		windex: start, rindex: start, xindex: start,
+		buf:    vfs.AlignedBuffer(size),
 		mask:   uint64(size - 1),
 		duplex: duplex,
 		nextID: firstID,
@@ -164,9 +178,12 @@ func (f *FIFO) reserve(ctx context.Context, stream uint16, n int) (Reservation, 
 	f.nextID += 2 // the odd id is kept for a pad behind this record
 	publish(f.word0(off), IncompleteMagic, stream)
 	f.windex += need
-	half := f.windex-f.xindex >= size/2
+	// Wake the consumer when the FIFO is half full, or earlier once a
+	// large sequential write's worth waits: writing it while writers go on
+	// filling overlaps the two instead of leaving it all to the next flush.
+	wake := f.windex-f.xindex >= size/2 || f.windex-f.rindex >= wakeBytes
 	f.mu.Unlock()
-	if half {
+	if wake {
 		f.signal()
 	}
 	return r, nil
@@ -219,9 +236,15 @@ func (r *Reservation) commit(used int, flags uint16) {
 	f := r.f
 	f.finish(r.off, r.stream|flags, a, r.Transid, r.Payload[:used])
 	r.f = nil
-	// After the publish: either the consumer sees this record, or it set
-	// wantAll before looking and this load sees it (both are seq-cst).
-	if f.wantAll.Load() {
+	f.published()
+}
+
+// published wakes the consumer if it waits for this record or a flush
+// waits. It runs after the publishing store: either the consumer's second
+// look sees the record, or this load sees the flag the consumer set before
+// that look (Go's atomics are sequentially consistent), so no wake is lost.
+func (f *FIFO) published() {
+	if f.blocked.Load() || f.wantAll.Load() {
 		f.signal()
 	}
 }
@@ -244,16 +267,16 @@ func (r *Reservation) Abort() {
 		f := r.f
 		f.finish(r.off, StreamPad|FlagBegin|FlagEnd, r.n, r.Transid, nil)
 		r.f = nil
-		if f.wantAll.Load() {
-			f.signal()
-		}
+		f.published()
 		return
 	}
 	r.commit(0, FlagEnd|FlagAborted)
 }
 
 // pending returns the range of reserved bytes the consumer has not taken.
+// The consumer calls it at the start of each pass.
 func (f *FIFO) pending() (rindex, windex uint64) {
+	f.blocked.Store(false)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.rindex, f.windex
@@ -264,6 +287,11 @@ func (f *FIFO) pending() (rindex, windex uint64) {
 func (f *FIFO) peek(pos uint64) (h Header, rec []byte, ok bool) {
 	off := pos & f.mask
 	w := atomic.LoadUint32(f.word0(off))
+	if uint16(w) == IncompleteMagic {
+		// Ask for a wake-up on its commit, then look once more.
+		f.blocked.Store(true)
+		w = atomic.LoadUint32(f.word0(off))
+	}
 	if uint16(w) != BeginMagic {
 		if uint16(w) != IncompleteMagic {
 			panic(fmt.Sprintf("journal: FIFO corrupt at %d: magic %#x", pos, uint16(w)))

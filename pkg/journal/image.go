@@ -11,7 +11,7 @@ import (
 
 // DefaultTornWindow is the most the writer leaves written but unsynced
 // unless the FIFO is larger (then the FIFO size, so one record always fits).
-const DefaultTornWindow = 8 << 20
+const DefaultTornWindow = 16 << 20
 
 // Format writes a new, empty journal onto f, whose size fixes the ring
 // (a multiple of 4 KiB, at least RingOffset+MinRingSize). The ring must read
@@ -140,8 +140,8 @@ type Recovery struct {
 	Start       uint64 // checkpoint position the scan began at
 	End         uint64 // position after the last valid record: appending goes on here
 	Records     int    // valid records from Start to End, pads included
-	LastTransid uint64 // id of the last valid record (the checkpoint's if none)
-	MaxTransid  uint64 // highest id of any valid record seen, orphans of a torn tail included
+	LastTransid uint64 // id of the last valid record, not a pad (the checkpoint's if none)
+	MaxTransid  uint64 // highest id seen, pads and orphans of a torn tail included
 	// Tail says why the scan stopped at End: "unwritten" (zeros), "stale"
 	// (a record of an earlier lap), "full" (a whole ring of records) or
 	// "torn: ..." (a record cut short by a crash).
@@ -172,7 +172,9 @@ func scan(f vfs.File, sb Superblock, fn func(pos uint64, r Record) error) (Recov
 	limit := sb.CkptPos + sb.RingSize
 	for rec.End < limit {
 		r, err := readRecord(rd, rec.End)
-		if err == nil && r.Transid <= rec.LastTransid {
+		// Ids never go down along the journal; a record's is above every
+		// earlier one, a pad's may equal the one before it.
+		if err == nil && (r.Transid < rec.MaxTransid || r.Transid == rec.MaxTransid && !r.IsPad()) {
 			rec.Tail = "stale"
 			return rec, nil
 		}
@@ -188,7 +190,10 @@ func scan(f vfs.File, sb Superblock, fn func(pos uint64, r Record) error) (Recov
 			return rec, err
 		}
 		rec.Records++
-		rec.LastTransid, rec.MaxTransid = r.Transid, r.Transid
+		rec.MaxTransid = r.Transid
+		if !r.IsPad() {
+			rec.LastTransid = r.Transid
+		}
 		rec.End += uint64(r.Aligned())
 	}
 	rec.Tail = "full"
@@ -229,7 +234,7 @@ func readRecord(rd *ringReader, pos uint64) (Record, error) {
 // write that a crash cut short (their ids still count, so that new ids stay
 // above them); beyond it they prove corruption in the middle.
 func findNewer(rd *ringReader, sb Superblock, rec *Recovery, cause error) error {
-	limit := sb.CkptPos + sb.RingSize
+	limit, last := sb.CkptPos+sb.RingSize, rec.MaxTransid
 	for q := rec.End + RecordAlign; q < limit; {
 		hb, err := rd.get(q, HeaderSize)
 		if err != nil {
@@ -245,7 +250,7 @@ func findNewer(rd *ringReader, sb Superblock, rec *Recovery, cause error) error 
 			continue
 		}
 		end := q + uint64(r.Aligned())
-		if r.Transid <= rec.LastTransid {
+		if r.Transid <= last {
 			q = end // an older lap's record: skip it whole
 			continue
 		}

@@ -38,7 +38,7 @@ func ClockTransid(t time.Time) uint64 {
 	return uint64(t.Unix())<<30 | uint64(t.Nanosecond())
 }
 
-const stageSize = 1 << 20 // largest single write into the ring
+const runSize = 1 << 20 // a run this long is written without waiting for a flush
 
 // Journal is an open journal image with its FIFO and worker.
 type Journal struct {
@@ -66,18 +66,16 @@ type Journal struct {
 	closeOnce sync.Once
 
 	// Owned by the worker.
-	head        uint64 // ring position staged up to
-	syncedPos   uint64 // ring position synced up to
-	stage       []byte // aligned; holds ring bytes from stageStart
-	stageStart  uint64
-	stageLen    int
-	stageOnDisk int    // stage bytes already written
-	written     uint64 // FIFO index of what is in the ring
-	writtenID   uint64
-	quitting    bool
+	rw        ringWriter
+	syncedPos uint64 // ring position synced up to
+	cursor    uint64 // FIFO index placed up to
+	written   uint64 // FIFO index written to the ring up to (taken)
+	writtenID uint64 // id of the last record placed
+	lastID    uint64 // highest id placed, pads included
+	quitting  bool
 
-	headPub                           atomic.Uint64
-	bytes, syncs, flushes, ringStalls atomic.Uint64
+	headPub                    atomic.Uint64
+	syncs, flushes, ringStalls atomic.Uint64
 }
 
 // Open opens the journal image in f (see Format), calls replay for every
@@ -112,7 +110,9 @@ func Open(f vfs.File, opts Options, replay func(pos uint64, r Record) error) (*J
 		first = ClockTransid(time.Now())
 	}
 	first = max(first, rec.MaxTransid+2)
-	fifo, err := NewFIFO(opts.FIFOSize, opts.Duplex, first)
+	// FIFO indices start congruent with the ring's head (see ringWriter).
+	start := rec.End % blk
+	fifo, err := newFIFOAt(opts.FIFOSize, opts.Duplex, first, start)
 	if err != nil {
 		return nil, rec, err
 	}
@@ -123,8 +123,12 @@ func Open(f vfs.File, opts Options, replay func(pos uint64, r Record) error) (*J
 		durablePos: rec.End, durableID: rec.LastTransid,
 		synced: make(chan struct{}), ringFree: make(chan struct{}),
 		kick: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{}),
-		head: rec.End, syncedPos: rec.End, writtenID: rec.LastTransid,
-		stage: vfs.AlignedBuffer(stageSize),
+		syncedPos: rec.End, writtenID: rec.LastTransid, lastID: rec.MaxTransid,
+		cursor: start, written: start, durable: start,
+		rw: ringWriter{
+			f: f, ring: sb.RingSize, fifo: fifo.buf, mask: fifo.mask,
+			head: rec.End, scratch: vfs.AlignedBuffer(blk),
+		},
 	}
 	// The window never shrinks: orphans of the last run's torn tail may lie
 	// as far past the end as the old window allowed.
@@ -135,15 +139,13 @@ func Open(f vfs.File, opts Options, replay func(pos uint64, r Record) error) (*J
 		}
 	}
 	// Appending resumes in the middle of a block: keep its valid bytes.
-	j.stageStart = rec.End &^ (SuperblockSize - 1)
-	j.stageLen = int(rec.End - j.stageStart)
-	j.stageOnDisk = j.stageLen
-	if j.stageLen > 0 {
-		if _, err := f.ReadAt(j.stage[:SuperblockSize], int64(RingOffset+j.stageStart%j.ring)); err != nil {
+	if off := rec.End % blk; off != 0 {
+		if _, err := f.ReadAt(j.rw.scratch, j.rw.fileOff(rec.End-off)); err != nil {
 			return nil, rec, err
 		}
+		clear(j.rw.scratch[off:])
 	}
-	j.headPub.Store(j.head)
+	j.headPub.Store(rec.End)
 	go j.run()
 	return j, rec, nil
 }
@@ -295,37 +297,44 @@ func (j *Journal) quitC() chan struct{} {
 	return j.quit
 }
 
-// cycle moves every complete record from the FIFO into the ring, then syncs
-// if a flush waits or force is set.
+// cycle stages every complete record from the FIFO. It writes the stage
+// out (besides the full stages stageAppend writes on its own) and frees the
+// FIFO space only when a flush waits, force is set or the FIFO is half
+// full, and then syncs if a flush waits or force is set.
 func (j *Journal) cycle(force bool) error {
+	var r, w uint64
 	for {
-		r, w := j.fifo.pending()
-		pos := r
+		r, w = j.fifo.pending()
+		pos := j.cursor
 		for pos < w {
 			h, rec, ok := j.fifo.peek(pos)
 			if !ok {
 				break
 			}
-			if !h.IsPad() { // FIFO pads are the FIFO's own; the ring has its own.
-				if err := j.place(h, rec); err != nil {
-					return err
-				}
+			if err := j.place(pos, h, uint64(len(rec))); err != nil {
+				return err
 			}
 			pos += uint64(len(rec))
 		}
-		if pos == r {
+		if pos == j.cursor {
 			break
 		}
-		if err := j.writeStage(); err != nil {
-			return err
-		}
-		j.fifo.taken(pos)
-		j.written = pos
+		j.cursor = pos
 	}
 	j.mu.Lock()
 	want := j.flushTarget > j.durable
 	j.mu.Unlock()
-	if j.head != j.syncedPos {
+	if !want && !force && w-r < uint64(len(j.fifo.buf)/2) {
+		return nil
+	}
+	if j.cursor != j.written {
+		if err := j.rw.flush(true); err != nil {
+			return err
+		}
+		j.fifo.taken(j.cursor)
+		j.written = j.cursor
+	}
+	if j.rw.head != j.syncedPos {
 		if !want && !force {
 			return nil
 		}
@@ -346,21 +355,22 @@ func (j *Journal) cycle(force bool) error {
 	return nil
 }
 
-// place stages one record at the head of the ring, with a pad first if it
-// does not fit before the ring's end. It waits for a checkpoint while the
-// ring is full, and syncs first if the unsynced bytes would exceed the torn
-// window.
-func (j *Journal) place(h Header, rec []byte) error {
-	a := uint64(len(rec))
-	var pad uint64
-	if phys := j.head % j.ring; phys+a > j.ring {
-		pad = j.ring - phys
+// place puts the FIFO record (or pad) at index pos, of a bytes, at the head
+// of the ring. Where it does not fit before the ring's end, a pad fills the
+// rest and a second one at the start restores the congruence of ring and
+// FIFO positions. It waits for a checkpoint while the ring is full, and
+// syncs first if the unsynced bytes would exceed the torn window.
+func (j *Journal) place(pos uint64, h Header, a uint64) error {
+	head := j.rw.head
+	var p1, p2 uint64
+	if phys := head % j.ring; phys+a > j.ring {
+		p1, p2 = j.ring-phys, pos%blk
 	}
 	for stalled := false; ; stalled = true {
 		j.mu.Lock()
-		free, ch := j.ring-(j.head-j.tail), j.ringFree
+		free, ch := j.ring-(head-j.tail), j.ringFree
 		j.mu.Unlock()
-		if free >= pad+a {
+		if free >= p1+p2+a {
 			break
 		}
 		if !stalled {
@@ -376,98 +386,50 @@ func (j *Journal) place(h Header, rec []byte) error {
 			return ErrClosed
 		}
 	}
-	if j.head+pad+a-j.syncedPos > j.window {
+	if head+p1+p2+a-j.syncedPos > j.window {
 		if err := j.syncAll(); err != nil {
 			return err
 		}
 	}
-	if pad > 0 {
-		// Dead space before the ring's end: header, zeros, trailer.
-		var p [HeaderSize + TrailerSize]byte
-		putHeader(p[:], Header{Magic: BeginMagic, Stream: StreamPad | FlagBegin | FlagEnd, Size: uint32(pad), Transid: j.writtenID + 1})
-		err := j.stageAppend(p[:HeaderSize], 0)
-		if pad > HeaderSize && err == nil {
-			putTrailer(p[HeaderSize:], recordCRC(p[:], nil), uint32(pad))
-			if err = j.stageAppend(nil, int(pad)-HeaderSize-TrailerSize); err == nil {
-				err = j.stageAppend(p[HeaderSize:], 0)
-			}
+	var err error
+	if p1 > 0 {
+		if err = j.rw.pad(p1, j.lastID); err == nil && p2 > 0 {
+			err = j.rw.pad(p2, j.lastID)
 		}
-		if err != nil {
-			return err
-		}
-		j.head += pad
 	}
-	if err := j.stageAppend(rec, 0); err != nil {
+	if err == nil {
+		if h.IsPad() {
+			err = j.rw.pad(a, h.Transid)
+		} else if err = j.rw.record(pos, a); err == nil && j.rw.runB-j.rw.runA >= runSize {
+			err = j.rw.flush(false)
+		}
+	}
+	if err != nil {
 		return err
 	}
-	j.head += a
-	j.writtenID = h.Transid
-	j.headPub.Store(j.head)
+	if !h.IsPad() {
+		j.writtenID = h.Transid
+	}
+	j.lastID = max(j.lastID, h.Transid)
+	j.headPub.Store(j.rw.head)
 	return nil
 }
 
-// stageAppend appends b, or zeros zero bytes if b is nil, to the stage,
-// writing the stage out whenever it reaches its end or the ring's.
-func (j *Journal) stageAppend(b []byte, zeros int) error {
-	for len(b) > 0 || zeros > 0 {
-		end := int(min(uint64(len(j.stage)), j.ring-j.stageStart%j.ring))
-		var n int
-		if b != nil {
-			n = copy(j.stage[j.stageLen:end], b)
-			b = b[n:]
-		} else {
-			n = min(zeros, end-j.stageLen)
-			clear(j.stage[j.stageLen : j.stageLen+n])
-			zeros -= n
-		}
-		j.stageLen += n
-		if j.stageLen == end {
-			if err := j.writeStage(); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
-// writeStage writes the staged bytes, the last block zero-filled. A partial
-// last block stays staged and is written again, whole, next time: its old
-// and new contents agree on every byte written before, so a torn rewrite
-// (sector by sector) never damages a record that was already durable.
-func (j *Journal) writeStage() error {
-	if j.stageLen == j.stageOnDisk {
-		return nil
-	}
-	end := int(alignUp(uint64(j.stageLen)))
-	clear(j.stage[j.stageLen:end])
-	if _, err := j.f.WriteAt(j.stage[:end], int64(RingOffset+j.stageStart%j.ring)); err != nil {
-		return fmt.Errorf("journal: write ring at %d: %w", j.stageStart, err)
-	}
-	j.bytes.Add(uint64(j.stageLen - j.stageOnDisk))
-	if keep := j.stageLen &^ (SuperblockSize - 1); keep > 0 {
-		copy(j.stage, j.stage[keep:j.stageLen])
-		j.stageStart += uint64(keep)
-		j.stageLen -= keep
-	}
-	j.stageOnDisk = j.stageLen
-	return nil
-}
-
-// syncAll writes the stage and makes everything in the ring durable.
+// syncAll writes everything placed and makes the ring durable up to it.
 func (j *Journal) syncAll() error {
-	if err := j.writeStage(); err != nil {
+	if err := j.rw.flush(true); err != nil {
 		return err
 	}
-	if j.head == j.syncedPos {
+	if j.rw.head == j.syncedPos {
 		return nil
 	}
 	if err := j.f.Sync(); err != nil {
 		return fmt.Errorf("journal: sync: %w", err)
 	}
 	j.syncs.Add(1)
-	j.syncedPos = j.head
+	j.syncedPos = j.rw.head
 	j.mu.Lock()
-	j.durablePos, j.durableID = j.head, j.writtenID
+	j.durablePos, j.durableID = j.rw.head, j.writtenID
 	j.mu.Unlock()
 	return nil
 }
@@ -499,6 +461,6 @@ func (j *Journal) Stats() Stats {
 	if j.fifo.duplex == Full {
 		s.AckedTransid = fs.AckedTransid
 	}
-	s.BytesWritten, s.Syncs, s.Flushes, s.RingStalls = j.bytes.Load(), j.syncs.Load(), j.flushes.Load(), j.ringStalls.Load()
+	s.BytesWritten, s.Syncs, s.Flushes, s.RingStalls = j.rw.bytes.Load(), j.syncs.Load(), j.flushes.Load(), j.ringStalls.Load()
 	return s
 }

@@ -248,7 +248,7 @@ func TestParseSubsRejects(t *testing.T) {
 func TestSuperblockGoldenBytesAndTornCopy(t *testing.T) {
 	sb := Superblock{
 		Version: FormatVersion, BlockSize: SuperblockSize, RingOffset: RingOffset, RingSize: 64 << 20,
-		Sequence: 7, CkptPos: 0x1000, CkptTransid: 0x2000, TornWindow: DefaultTornWindow,
+		Sequence: 7, CkptPos: 0x1000, CkptTransid: 0x2000, TornWindow: 8 << 20,
 		UUID: [16]byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16},
 	}
 	b := make([]byte, SuperblockSize)
