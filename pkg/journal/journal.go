@@ -19,7 +19,7 @@ import (
 // Options tune a journal. The zero value is usable.
 type Options struct {
 	// FIFOSize is the memory FIFO's size: a power of two from MinFIFOSize to
-	// MaxFIFOSize, DefaultFIFOSize if zero. The ring must be at least as big.
+	// MaxFIFOSize, DefaultFIFOSize if zero. The ring must be a block larger.
 	FIFOSize int
 	// Duplex says whether FIFO space is freed once written (Half) or once
 	// acknowledged with Ack (Full).
@@ -93,8 +93,9 @@ func Open(f vfs.File, opts Options, replay func(pos uint64, r Record) error) (*J
 	if err != nil {
 		return nil, Recovery{}, err
 	}
-	if sb.RingSize < uint64(opts.FIFOSize) {
-		return nil, Recovery{}, fmt.Errorf("journal: ring of %d bytes is smaller than the FIFO (%d)", sb.RingSize, opts.FIFOSize)
+	// The largest record (half the FIFO) must fit behind a wrap's pads.
+	if sb.RingSize < uint64(opts.FIFOSize)+blk {
+		return nil, Recovery{}, fmt.Errorf("journal: ring of %d bytes cannot hold the records of a %d-byte FIFO: make the journal larger or the FIFO smaller", sb.RingSize, opts.FIFOSize)
 	}
 	rec, err := scan(f, sb, func(pos uint64, r Record) error {
 		if r.IsPad() || replay == nil {

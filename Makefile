@@ -1,0 +1,50 @@
+# Tool versions, pinned in one place.
+STATICCHECK_VERSION := v0.8.2
+
+SHELL := /usr/bin/env bash
+ifeq ($(origin GO),undefined)
+GO := $(shell hack/ensure-go.sh)/go
+endif
+BIN := bin/jvol
+
+.DEFAULT_GOAL := help
+
+##@ General
+
+.PHONY: help
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z_-]+:.*##/ {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2} /^##@/ {printf "\n\033[1m%s\033[0m\n", substr($$0, 5)}' $(MAKEFILE_LIST)
+
+##@ Build
+
+.PHONY: build
+build: ## Build bin/jvol.
+	$(GO) build -o $(BIN) ./cmd/jvol
+
+.PHONY: demo
+demo: build ## Run jvol's main job on this machine (the journal engine until volumes land).
+	./$(BIN) journal demo
+
+##@ Test
+
+.PHONY: test
+test: ## Run every test with the race detector (root-only tests need root).
+	$(GO) test -race -count=1 ./...
+
+.PHONY: lint
+lint: ## go vet and staticcheck.
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+
+.PHONY: verify
+verify: ## Fail if formatting or go.mod would change.
+	@test -z "$$(gofmt -l cmd pkg)" || { gofmt -l cmd pkg; echo "gofmt: files above need formatting"; exit 1; }
+	$(GO) mod tidy -diff
+
+.PHONY: fuzz
+fuzz: ## Run every fuzz target for FUZZTIME (default 30s) each.
+	GO=$(GO) PATH=$(dir $(GO)):$$PATH hack/fuzz.sh
+
+.PHONY: bench
+bench: ## Run the benchmarks (MB/s and allocations).
+	$(GO) test -run '^$$' -bench . -benchmem ./...

@@ -1,0 +1,143 @@
+// Package jtool holds the operator verbs of the jvol command that work on a
+// journal image directly: dump and the engine demonstration.
+package jtool
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/jvol-io/jvol/pkg/journal"
+)
+
+// JournalFile is the name of the journal image inside a volume directory.
+const JournalFile = "journal.img"
+
+// ResolveJournal returns the journal image path for a volume directory or
+// an image file.
+func ResolveJournal(path string) (string, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return "", err
+	}
+	if st.IsDir() {
+		return filepath.Join(path, JournalFile), nil
+	}
+	return path, nil
+}
+
+// Dump prints the superblock and then every live record of the journal
+// image at path, one per line.
+func Dump(w io.Writer, path string) error {
+	path, err := ResolveJournal(path)
+	if err != nil {
+		return err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	sb, rec, err := journal.Dump(readOnly{f, st.Size()}, func(pos uint64, r journal.Record) error {
+		_, err := fmt.Fprintln(w, FormatRecord(pos, r))
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	fmt.Fprintf(w, "# superblock: uuid=%x ring=%d sequence=%d checkpoint=%d checkpoint-transid=%d torn-window=%d\n",
+		sb.UUID, sb.RingSize, sb.Sequence, sb.CkptPos, sb.CkptTransid, sb.TornWindow)
+	fmt.Fprintf(w, "# %d records from %d to %d, last transid %d, tail: %s\n", rec.Records, rec.Start, rec.End, rec.LastTransid, rec.Tail)
+	return nil
+}
+
+// FormatRecord renders one record as a line.
+func FormatRecord(pos uint64, r journal.Record) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "pos=%d transid=%d stream=%#x flags=%s size=%d", pos, r.Transid, r.ID(), flags(r.Stream), r.Size)
+	if r.IsPad() {
+		b.WriteString(" pad")
+		return b.String()
+	}
+	b.WriteString(" ")
+	if err := subs(&b, r.Payload); err != nil {
+		fmt.Fprintf(&b, " (payload: %v)", err)
+	}
+	return b.String()
+}
+
+func flags(s uint16) string {
+	var f []string
+	for _, x := range []struct {
+		bit  uint16
+		name string
+	}{{journal.FlagBegin, "BEGIN"}, {journal.FlagEnd, "END"}, {journal.FlagAborted, "ABORTED"}} {
+		if s&x.bit != 0 {
+			f = append(f, x.name)
+		}
+	}
+	if len(f) == 0 {
+		return "-"
+	}
+	return strings.Join(f, "|")
+}
+
+func subs(b *strings.Builder, payload []byte) error {
+	first := true
+	return journal.ParseSubs(payload, func(s journal.Sub) error {
+		if !first {
+			b.WriteString(",")
+		}
+		first = false
+		u := func(i int) uint64 {
+			if len(s.Body) < 8*(i+1) {
+				return 0
+			}
+			return binary.LittleEndian.Uint64(s.Body[8*i:])
+		}
+		switch s.Kind() {
+		case journal.SubBlockWrite:
+			fmt.Fprintf(b, "write(off=%d,len=%d)", u(0), max(len(s.Body)-8, 0))
+		case journal.SubDiscard:
+			fmt.Fprintf(b, "discard(off=%d,len=%d)", u(0), u(1))
+		case journal.SubFlush:
+			b.WriteString("flush")
+		case journal.SubResize:
+			fmt.Fprintf(b, "resize(%d)", u(0))
+		case journal.SubSyncPoint:
+			fmt.Fprintf(b, "syncpoint(transid=%d,pos=%d)", u(0), u(1))
+		case journal.SubAnnotate:
+			fmt.Fprintf(b, "annotate(%q)", s.Body)
+		default:
+			fmt.Fprintf(b, "type%#x(len=%d)", s.Kind(), len(s.Body))
+		}
+		if s.Type&journal.SubNested != 0 {
+			b.WriteString("{")
+			err := subs(b, s.Body)
+			b.WriteString("}")
+			return err
+		}
+		return nil
+	})
+}
+
+// readOnly adapts an *os.File to the journal's file interface for reading.
+type readOnly struct {
+	f    *os.File
+	size int64
+}
+
+func (r readOnly) ReadAt(p []byte, off int64) (int, error) { return r.f.ReadAt(p, off) }
+func (r readOnly) WriteAt([]byte, int64) (int, error) {
+	return 0, fmt.Errorf("journal dump: read only")
+}
+func (r readOnly) Sync() error          { return nil }
+func (r readOnly) Size() (int64, error) { return r.size, nil }
+func (r readOnly) Close() error         { return r.f.Close() }
