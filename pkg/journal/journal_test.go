@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -228,4 +229,89 @@ func ExampleJournal() {
 		return nil
 	})
 	// Output: pos=0 transid=1000 stream=0xc100 payload="hello"
+}
+
+func TestARingTooSmallForTheFIFOIsRefused(t *testing.T) {
+	f := newImage(t, 2<<20)
+	if _, _, err := Open(f, Options{FIFOSize: 2 << 20}, nil); err == nil {
+		t.Fatal("a 2 MiB ring opened with a 2 MiB FIFO: its largest record could never fit behind the wrap pads")
+	}
+}
+
+// TestRingAndFIFOWrapAtDifferentPoints drives records of random sizes
+// through a FIFO and a ring whose sizes do not divide each other, so that
+// the two wrap at unrelated places and the ring writer has to restore the
+// congruence of positions after every ring wrap; now and then it reopens
+// (with the partial last block to resume in) and checks that exactly the
+// records after the checkpoint come back.
+func TestRingAndFIFOWrapAtDifferentPoints(t *testing.T) {
+	const ring = 2<<20 + 3*4096
+	f := newImage(t, ring)
+	opts := smallOpts()
+	rng := rand.New(rand.NewPCG(11, 12))
+	ctx := context.Background()
+	var since [][]byte // appended after the last checkpoint
+	seq := 0
+	j, _, err := Open(f, opts, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for round := range 60 {
+		for range 1 + rng.IntN(40) {
+			n := 1 + rng.IntN(30000)
+			if rng.IntN(4) == 0 {
+				n = 1 + rng.IntN(64)
+			}
+			p := payloadFor(3, seq, n)
+			seq++
+			if rng.IntN(8) == 0 { // a reservation given back, or committed short
+				r, err := j.Reserve(ctx, StreamFirstTx, n+100)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if rng.IntN(2) == 0 {
+					r.Abort()
+					continue
+				}
+				copy(r.Payload, p)
+				r.Commit(len(p))
+			} else if _, err := j.Append(ctx, StreamFirstTx, p); err != nil {
+				t.Fatal(err)
+			}
+			since = append(since, p)
+		}
+		if err := j.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if rng.IntN(2) == 0 {
+			pos, id := j.Durable()
+			if err := j.Checkpoint(pos, id); err != nil {
+				t.Fatal(err)
+			}
+			since = nil
+		}
+		if round%7 == 6 {
+			j.Close()
+			var got [][]byte
+			j, _, err = Open(f, opts, func(_ uint64, r Record) error {
+				got = append(got, append([]byte(nil), r.Payload...))
+				return nil
+			})
+			if err != nil {
+				t.Fatalf("round %d: reopen: %v", round, err)
+			}
+			if len(got) != len(since) {
+				t.Fatalf("round %d: replayed %d records, want %d", round, len(got), len(since))
+			}
+			for i := range got {
+				if !bytes.Equal(got[i], since[i]) {
+					t.Fatalf("round %d: record %d differs", round, i)
+				}
+			}
+		}
+	}
+	j.Close()
+	if s := j.Stats(); s.Head < 5*ring {
+		t.Fatalf("head %d: fewer than five laps of the ring", s.Head)
+	}
 }
