@@ -314,3 +314,31 @@ func TestNewIdsStayAboveOrphansOfATornTail(t *testing.T) {
 		t.Fatalf("new id %d (err %v) after last %d, max seen %d", id, err, last, rec.MaxTransid)
 	}
 }
+
+// TestCleanCloseSkipsTheDamageSearchUntilTheNextAppend plants a valid record
+// with a newer id far past the end of the journal, where only damage could
+// put it. After a clean close Open trusts the end and does not look there;
+// once reopened (and crashed before appending), it must look again.
+func TestCleanCloseSkipsTheDamageSearchUntilTheNextAppend(t *testing.T) {
+	c := newCrashRun(t, 32<<20)
+	c.append(10, 1000, 2000)
+	c.flush()
+	if err := c.j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	end := c.j.Stats().Head
+	planted := make([]byte, AlignedSize(8))
+	EncodeRecord(planted, StreamFirstTx|FlagBegin|FlagEnd, 1<<62, []byte("planted!"))
+	c.f.Mutate(c.fileOffset(end+20<<20), func(b []byte) { copy(b, planted) })
+
+	j, _, err := Open(c.f, c.opts, nil)
+	if err != nil {
+		t.Fatalf("open after a clean close: %v", err)
+	}
+	crashed := c.f.PowerCut(nil) // the reopen cleared the clean mark durably
+	j.Close()
+	var ce *CorruptError
+	if _, _, err := Open(crashed, c.opts, nil); !errors.As(err, &ce) {
+		t.Fatalf("open after a crash: %v, want the planted record reported as corruption", err)
+	}
+}

@@ -184,6 +184,9 @@ func scan(f vfs.File, sb Superblock, fn func(pos uint64, r Record) error) (Recov
 			} else {
 				rec.Tail = "torn: " + err.Error()
 			}
+			if sb.Flags&FlagClean != 0 && rec.End == sb.CleanEnd {
+				return rec, nil // closed cleanly right here: nothing to search for
+			}
 			return rec, findNewer(rd, sb, &rec, err)
 		}
 		if err := fn(rec.End, r); err != nil {

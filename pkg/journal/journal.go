@@ -64,6 +64,7 @@ type Journal struct {
 	quit      chan struct{}
 	done      chan struct{}
 	closeOnce sync.Once
+	closeErr  error
 
 	// Owned by the worker.
 	rw        ringWriter
@@ -134,8 +135,12 @@ func Open(f vfs.File, opts Options, replay func(pos uint64, r Record) error) (*J
 	// The window never shrinks: orphans of the last run's torn tail may lie
 	// as far past the end as the old window allowed.
 	j.window = max(uint64(sb.TornWindow), DefaultTornWindow, uint64(opts.FIFOSize))
-	if j.window != uint64(sb.TornWindow) {
-		if err := j.sw.write(func(s *Superblock) { s.TornWindow = uint32(j.window) }); err != nil {
+	if j.window != uint64(sb.TornWindow) || sb.Flags&FlagClean != 0 {
+		// Durable before anything is appended: a crash from here on must
+		// not pass for a clean close.
+		if err := j.sw.write(func(s *Superblock) {
+			s.TornWindow, s.Flags, s.CleanEnd = uint32(j.window), s.Flags&^FlagClean, 0
+		}); err != nil {
 			return nil, rec, err
 		}
 	}
@@ -239,14 +244,19 @@ func (j *Journal) Close() error {
 	j.closeOnce.Do(func() {
 		j.fifo.Close(ErrClosed)
 		close(j.quit)
+		<-j.done
+		j.mu.Lock()
+		err, end := j.err, j.durablePos
+		j.mu.Unlock()
+		if !errors.Is(err, ErrClosed) {
+			j.closeErr = err
+			return
+		}
+		// Everything is written and synced: mark where it ends, so that
+		// the next Open need not search the rest of the ring for damage.
+		j.closeErr = j.sw.write(func(s *Superblock) { s.Flags, s.CleanEnd = s.Flags|FlagClean, end })
 	})
-	<-j.done
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	if errors.Is(j.err, ErrClosed) {
-		return nil
-	}
-	return j.err
+	return j.closeErr
 }
 
 // fail stops the journal with err: flushes and reservations return it.

@@ -248,7 +248,7 @@ func TestParseSubsRejects(t *testing.T) {
 func TestSuperblockGoldenBytesAndTornCopy(t *testing.T) {
 	sb := Superblock{
 		Version: FormatVersion, BlockSize: SuperblockSize, RingOffset: RingOffset, RingSize: 64 << 20,
-		Sequence: 7, CkptPos: 0x1000, CkptTransid: 0x2000, TornWindow: 8 << 20,
+		Sequence: 7, CkptPos: 0x1000, CkptTransid: 0x2000, TornWindow: 8 << 20, Flags: FlagClean, CleanEnd: 0x3000,
 		UUID: [16]byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16},
 	}
 	b := make([]byte, SuperblockSize)
@@ -264,7 +264,8 @@ func TestSuperblockGoldenBytesAndTornCopy(t *testing.T) {
 		{56, "0010000000000000", "checkpoint position"},
 		{64, "0020000000000000", "checkpoint transid"},
 		{72, "00008000", "torn window 8 MiB"},
-		{76, "00000000", "flags"},
+		{76, "01000000", "flags: clean"},
+		{80, "0030000000000000", "clean end"},
 	})
 	golden(t, "superblock", b[:128])
 	got, err := DecodeSuperblock(b)

@@ -39,6 +39,9 @@ import (
 // ids above the checkpoint transid. The torn window is the most the writer
 // ever had written but not synced: a valid record further than that past the
 // first invalid one cannot come from a power cut, so it proves corruption.
+// Flag FlagClean says the journal was closed cleanly with its records ending
+// at the clean end position: a scan that ends exactly there need not search
+// the rest of the ring for damage. Open clears it before appending.
 const (
 	superMagic     = "JVOLJRNL"
 	SuperblockSize = 4096
@@ -58,7 +61,11 @@ type Superblock struct {
 	CkptTransid uint64
 	TornWindow  uint32
 	Flags       uint32
+	CleanEnd    uint64
 }
+
+// FlagClean marks a journal closed cleanly at CleanEnd.
+const FlagClean = 1
 
 var ErrSuperblock = errors.New("journal: no valid superblock")
 
@@ -76,6 +83,7 @@ func (s *Superblock) Encode(b []byte) {
 	binary.LittleEndian.PutUint64(b[64:], s.CkptTransid)
 	binary.LittleEndian.PutUint32(b[72:], s.TornWindow)
 	binary.LittleEndian.PutUint32(b[76:], s.Flags)
+	binary.LittleEndian.PutUint64(b[80:], s.CleanEnd)
 	binary.LittleEndian.PutUint32(b[superCRCOffset:], crc32.Checksum(b[:superCRCOffset], castagnoli))
 }
 
@@ -100,12 +108,13 @@ func DecodeSuperblock(b []byte) (Superblock, error) {
 		CkptTransid: binary.LittleEndian.Uint64(b[64:]),
 		TornWindow:  binary.LittleEndian.Uint32(b[72:]),
 		Flags:       binary.LittleEndian.Uint32(b[76:]),
+		CleanEnd:    binary.LittleEndian.Uint64(b[80:]),
 	}
 	copy(s.UUID[:], b[16:32])
 	switch {
 	case s.Version != FormatVersion:
 		return Superblock{}, fmt.Errorf("%w: version %d, this jvol reads %d", ErrSuperblock, s.Version, FormatVersion)
-	case s.BlockSize != SuperblockSize, s.RingOffset != RingOffset, s.Flags != 0:
+	case s.BlockSize != SuperblockSize, s.RingOffset != RingOffset, s.Flags&^FlagClean != 0:
 		return Superblock{}, fmt.Errorf("%w: unknown geometry", ErrSuperblock)
 	case s.RingSize < MinRingSize || s.RingSize > MaxRingSize || s.RingSize%SuperblockSize != 0:
 		return Superblock{}, fmt.Errorf("%w: ring size %d out of bounds", ErrSuperblock, s.RingSize)
