@@ -185,7 +185,7 @@ func TestCrashRecovery(t *testing.T) {
 		{"a torn rewrite of the partial last block keeps the record synced in it", 4 << 20, func(c *crashRun) *faultfs.File {
 			c.append(1, 100, 100)
 			c.flush()
-			c.f.FailSync = func() error { return faultfs.ErrInjected } // the rewrite lands, its sync does not
+			c.f.SetFailSync(func() error { return faultfs.ErrInjected }) // the rewrite lands, its sync does not
 			c.append(1, 100, 100)
 			c.j.Flush(c.ctx)
 			return c.f.PowerCut(faultfs.TearRandomly(c.rng))

@@ -159,6 +159,7 @@ func (f *FIFO) reserve(ctx context.Context, stream uint16, n int) (Reservation, 
 		space := f.space
 		f.waiting++
 		f.mu.Unlock()
+		f.signal() // the consumer may be waiting for more, not for us
 		select {
 		case <-space:
 		case <-ctx.Done():
@@ -251,8 +252,8 @@ func (f *FIFO) published() {
 
 // Extend commits the first used bytes as one record of the transaction and
 // reserves the next record of the same transaction, for n more bytes. On
-// error the transaction is left open with what was committed; the caller
-// aborts it.
+// error (the FIFO closed, ctx done) the transaction is left without its END
+// record, and readers drop such a transaction; aborting r is then a no-op.
 func (r *Reservation) Extend(ctx context.Context, used, n int) (Reservation, error) {
 	f, stream := r.f, r.stream&^FlagBegin
 	r.commit(used, 0)
@@ -263,6 +264,9 @@ func (r *Reservation) Extend(ctx context.Context, used, n int) (Reservation, err
 // record yet leaves only a pad; one that has is closed with an empty record
 // flagged aborted, so that readers drop all of it.
 func (r *Reservation) Abort() {
+	if r.f == nil {
+		return // committed already (as by an Extend that then failed)
+	}
 	if r.stream&FlagBegin != 0 {
 		f := r.f
 		f.finish(r.off, StreamPad|FlagBegin|FlagEnd, r.n, r.Transid, nil)
@@ -280,6 +284,13 @@ func (f *FIFO) pending() (rindex, windex uint64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.rindex, f.windex
+}
+
+// starved reports whether writers wait for space.
+func (f *FIFO) starved() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.waiting > 0
 }
 
 // peek returns the complete record at index pos (< windex), or ok false if

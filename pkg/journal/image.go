@@ -174,19 +174,22 @@ func scan(f vfs.File, sb Superblock, fn func(pos uint64, r Record) error) (Recov
 		r, err := readRecord(rd, rec.End)
 		// Ids never go down along the journal; a record's is above every
 		// earlier one, a pad's may equal the one before it.
-		if err == nil && (r.Transid < rec.MaxTransid || r.Transid == rec.MaxTransid && !r.IsPad()) {
-			rec.Tail = "stale"
-			return rec, nil
-		}
-		if err != nil {
-			if errors.Is(err, ErrMagic) && r.Magic == 0 {
+		stale := err == nil && (r.Transid < rec.MaxTransid || r.Transid == rec.MaxTransid && !r.IsPad())
+		if stale || err != nil {
+			switch {
+			case stale:
+				rec.Tail = "stale"
+				err = errors.New("record of an earlier lap")
+			case errors.Is(err, ErrMagic) && r.Magic == 0:
 				rec.Tail = "unwritten"
-			} else {
+			default:
 				rec.Tail = "torn: " + err.Error()
 			}
 			if sb.Flags&FlagClean != 0 && rec.End == sb.CleanEnd {
 				return rec, nil // closed cleanly right here: nothing to search for
 			}
+			// A crash can leave newer records behind an old one that a lost
+			// write let show through, as well as behind a torn one.
 			return rec, findNewer(rd, sb, &rec, err)
 		}
 		if err := fn(rec.End, r); err != nil {
@@ -254,7 +257,12 @@ func findNewer(rd *ringReader, sb Superblock, rec *Recovery, cause error) error 
 		}
 		end := q + uint64(r.Aligned())
 		if r.Transid <= last {
-			q = end // an older lap's record: skip it whole
+			// An older lap's record: skip it whole, but not a pad, whose
+			// unchecked body may hide newer records.
+			if r.IsPad() {
+				end = q + RecordAlign
+			}
+			q = end
 			continue
 		}
 		if end-rec.End > uint64(sb.TornWindow) {

@@ -49,6 +49,7 @@ type Journal struct {
 	window    uint64
 	heartbeat time.Duration
 
+	ckptMu      sync.Mutex // serialises checkpoints
 	mu          sync.Mutex
 	tail        uint64 // checkpoint position: ring space before it is free
 	ckptID      uint64
@@ -61,6 +62,7 @@ type Journal struct {
 	err         error
 
 	kick      chan struct{}
+	ckptWant  chan struct{} // the ring is half full: the owner should checkpoint
 	quit      chan struct{}
 	done      chan struct{}
 	closeOnce sync.Once
@@ -118,13 +120,14 @@ func Open(f vfs.File, opts Options, replay func(pos uint64, r Record) error) (*J
 	if err != nil {
 		return nil, rec, err
 	}
+	f = &stickyFile{File: f}
 	j := &Journal{
 		f: f, fifo: fifo, ring: sb.RingSize, heartbeat: opts.Heartbeat,
 		sw:   &superWriter{f: f, sb: sb, buf: vfs.AlignedBuffer(SuperblockSize)},
 		tail: sb.CkptPos, ckptID: sb.CkptTransid,
 		durablePos: rec.End, durableID: rec.LastTransid,
 		synced: make(chan struct{}), ringFree: make(chan struct{}),
-		kick: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{}),
+		kick: make(chan struct{}, 1), ckptWant: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{}),
 		syncedPos: rec.End, writtenID: rec.LastTransid, lastID: rec.MaxTransid,
 		cursor: start, written: start, durable: start,
 		rw: ringWriter{
@@ -186,7 +189,7 @@ func (j *Journal) Flush(ctx context.Context) error {
 		j.flushTarget = target
 		j.fifo.wantAll.Store(true)
 	}
-	for j.durable < target {
+	for j.err != nil || j.durable < target {
 		if j.err != nil {
 			return j.err
 		}
@@ -219,9 +222,16 @@ func (j *Journal) Durable() (pos, transid uint64) {
 // of which has id transid, is applied where it belongs, and frees its space.
 // pos must not be beyond what Durable returned.
 func (j *Journal) Checkpoint(pos, transid uint64) error {
+	// One checkpoint at a time: the check, the superblock and the tail
+	// must move together, or a slower, older checkpoint could land last.
+	j.ckptMu.Lock()
+	defer j.ckptMu.Unlock()
 	j.mu.Lock()
-	if pos < j.tail || pos > j.durablePos || transid > j.durableID {
-		j.mu.Unlock()
+	if pos < j.tail || pos > j.durablePos || transid > j.durableID || j.err != nil {
+		defer j.mu.Unlock()
+		if j.err != nil {
+			return j.err
+		}
 		return fmt.Errorf("journal: checkpoint at %d (id %d) outside [%d, %d] (id %d)", pos, transid, j.tail, j.durablePos, j.durableID)
 	}
 	j.mu.Unlock()
@@ -335,6 +345,9 @@ func (j *Journal) cycle(force bool) error {
 	j.mu.Lock()
 	want := j.flushTarget > j.durable
 	j.mu.Unlock()
+	// Writers waiting for space need it written and freed now, and (full
+	// duplex) synced, so that the peer can acknowledge it.
+	force = force || j.fifo.starved()
 	if !want && !force && w-r < uint64(len(j.fifo.buf)/2) {
 		return nil
 	}
@@ -355,6 +368,9 @@ func (j *Journal) cycle(force bool) error {
 	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
+	if j.err != nil {
+		return j.err
+	}
 	if j.durable != j.written {
 		j.durable = j.written
 		close(j.synced)
@@ -378,18 +394,23 @@ func (j *Journal) place(pos uint64, h Header, a uint64) error {
 		p1, p2 = j.ring-phys, pos%blk
 	}
 	for stalled := false; ; stalled = true {
+		// The ring is written in whole blocks: the head must not enter the
+		// block that holds the checkpoint, or its zero fill would wipe the
+		// first live record.
 		j.mu.Lock()
-		free, ch := j.ring-(head-j.tail), j.ringFree
+		limit, ch := j.tail&^(blk-1)+j.ring, j.ringFree
 		j.mu.Unlock()
-		if free >= p1+p2+a {
+		if head+p1+p2+a <= limit {
 			break
 		}
 		if !stalled {
 			j.ringStalls.Add(1)
-			// Make everything durable so the owner can apply and checkpoint it.
+			// Make everything durable, then ask the owner to apply and
+			// checkpoint it.
 			if err := j.syncAll(); err != nil {
 				return err
 			}
+			j.wantCheckpoint()
 		}
 		select {
 		case <-ch:
@@ -423,8 +444,29 @@ func (j *Journal) place(pos uint64, h Header, a uint64) error {
 	}
 	j.lastID = max(j.lastID, h.Transid)
 	j.headPub.Store(j.rw.head)
+	if j.rw.head-j.syncedTail() >= j.ring/2 {
+		j.wantCheckpoint()
+	}
 	return nil
 }
+
+func (j *Journal) syncedTail() uint64 {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.tail
+}
+
+func (j *Journal) wantCheckpoint() {
+	select {
+	case j.ckptWant <- struct{}{}:
+	default:
+	}
+}
+
+// CheckpointWanted receives when half the ring is in use or the ring is
+// full: the owner should apply what is durable and checkpoint, as gjournal
+// switches journal areas when the active one fills.
+func (j *Journal) CheckpointWanted() <-chan struct{} { return j.ckptWant }
 
 // syncAll writes everything placed and makes the ring durable up to it.
 func (j *Journal) syncAll() error {
@@ -474,4 +516,24 @@ func (j *Journal) Stats() Stats {
 	}
 	s.BytesWritten, s.Syncs, s.Flushes, s.RingStalls = j.rw.bytes.Load(), j.syncs.Load(), j.flushes.Load(), j.ringStalls.Load()
 	return s
+}
+
+// stickyFile serialises Sync and remembers its first failure: after a
+// failed fdatasync the kernel may have dropped the dirty pages and reports
+// the error to one caller only, so every later Sync must fail too.
+type stickyFile struct {
+	vfs.File
+	mu  sync.Mutex
+	err error
+}
+
+func (s *stickyFile) Sync() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err == nil {
+		if err := s.File.Sync(); err != nil {
+			s.err = fmt.Errorf("journal: sync: %w", err)
+		}
+	}
+	return s.err
 }

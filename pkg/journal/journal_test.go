@@ -200,7 +200,7 @@ func TestClosedJournalRefusesWork(t *testing.T) {
 func TestFailedSyncFailsFlushAndStaysFailed(t *testing.T) {
 	f := newImage(t, testRing)
 	_, _, j := collect(t, f, smallOpts())
-	f.FailSync = func() error { return faultfs.ErrInjected }
+	f.SetFailSync(func() error { return faultfs.ErrInjected })
 	ctx := context.Background()
 	if _, err := j.Append(ctx, StreamFirstTx, []byte("lost")); err != nil {
 		t.Fatal(err)
@@ -208,7 +208,7 @@ func TestFailedSyncFailsFlushAndStaysFailed(t *testing.T) {
 	if err := j.Flush(ctx); !errors.Is(err, faultfs.ErrInjected) {
 		t.Fatalf("flush: %v, want the injected error", err)
 	}
-	f.FailSync = nil
+	f.SetFailSync(nil)
 	if _, err := j.Append(ctx, StreamFirstTx, []byte("later")); !errors.Is(err, faultfs.ErrInjected) {
 		t.Fatalf("append after a failed sync: %v; a failed fdatasync must stay failed", err)
 	}

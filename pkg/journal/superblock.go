@@ -118,6 +118,8 @@ func DecodeSuperblock(b []byte) (Superblock, error) {
 		return Superblock{}, fmt.Errorf("%w: unknown geometry", ErrSuperblock)
 	case s.RingSize < MinRingSize || s.RingSize > MaxRingSize || s.RingSize%SuperblockSize != 0:
 		return Superblock{}, fmt.Errorf("%w: ring size %d out of bounds", ErrSuperblock, s.RingSize)
+	case s.CkptPos > 1<<62:
+		return Superblock{}, fmt.Errorf("%w: checkpoint position %d out of bounds", ErrSuperblock, s.CkptPos)
 	case s.TornWindow == 0 || s.TornWindow%SuperblockSize != 0:
 		return Superblock{}, fmt.Errorf("%w: torn window %d", ErrSuperblock, s.TornWindow)
 	}

@@ -29,6 +29,14 @@ type File interface {
 	Close() error
 }
 
+// Resizer is a File whose length can change: the data image of a volume.
+type Resizer interface {
+	// Truncate sets the file's length; it is durable after the next Sync.
+	Truncate(size int64) error
+	// Punch deallocates [off, off+n): it reads as zeros afterwards.
+	Punch(off, n int64) error
+}
+
 // OSFile is a File on the host file system.
 type OSFile struct {
 	f      *os.File
@@ -60,6 +68,22 @@ func (o *OSFile) ReadAt(p []byte, off int64) (int, error)  { return o.f.ReadAt(p
 func (o *OSFile) WriteAt(p []byte, off int64) (int, error) { return o.f.WriteAt(p, off) }
 func (o *OSFile) Sync() error                              { return unix.Fdatasync(int(o.f.Fd())) }
 func (o *OSFile) Close() error                             { return o.f.Close() }
+
+func (o *OSFile) Truncate(size int64) error { return o.f.Truncate(size) }
+
+func (o *OSFile) Punch(off, n int64) error {
+	return unix.Fallocate(int(o.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+}
+
+// OpenBuffered opens an existing file for reading and writing through the
+// page cache.
+func OpenBuffered(path string) (*OSFile, error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, err
+	}
+	return &OSFile{f: f}, nil
+}
 
 func (o *OSFile) Size() (int64, error) {
 	st, err := o.f.Stat()

@@ -18,9 +18,22 @@ const SectorSize = 512
 // ErrInjected is returned by a write or sync that a test made fail.
 var ErrInjected = errors.New("faultfs: injected I/O error")
 
+// write is one unsynced write; an offset below zero, -1-size, is a
+// change of length to size.
 type write struct {
 	off  int64
 	data []byte
+}
+
+func apply(b []byte, w write) []byte {
+	if w.off < 0 {
+		return resize(b, -1-w.off)
+	}
+	if end := w.off + int64(len(w.data)); end > int64(len(b)) {
+		b = resize(b, end) // written past a length change that was lost
+	}
+	copy(b[w.off:], w.data)
+	return b
 }
 
 // File is the fault-injecting file. Its zero value is not usable; call New.
@@ -74,18 +87,31 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 func (f *File) WriteAt(p []byte, off int64) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.check(p, off); err != nil {
+	if err := f.write(p, off, true); err != nil {
 		return 0, err
+	}
+	return len(p), nil
+}
+
+func (f *File) write(p []byte, off int64, direct bool) error {
+	align := f.Align
+	if !direct {
+		f.Align = 0
+	}
+	err := f.check(p, off)
+	f.Align = align
+	if err != nil {
+		return err
 	}
 	if f.FailWrite != nil {
 		if err := f.FailWrite(off, len(p)); err != nil {
-			return 0, err
+			return err
 		}
 	}
 	f.writes++
 	copy(f.current[off:], p)
 	f.pending = append(f.pending, write{off: off, data: append([]byte(nil), p...)})
-	return len(p), nil
+	return nil
 }
 
 func (f *File) Sync() error {
@@ -101,7 +127,7 @@ func (f *File) Sync() error {
 	}
 	f.syncs++
 	for _, w := range f.pending {
-		copy(f.durable[w.off:], w.data)
+		f.durable = apply(f.durable, w)
 	}
 	f.pending = nil
 	return nil
@@ -111,6 +137,57 @@ func (f *File) Size() (int64, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return int64(len(f.current)), nil
+}
+
+// SetFailSync sets FailSync while the file may be in use.
+func (f *File) SetFailSync(fn func() error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.FailSync = fn
+}
+
+// SetFailWrite sets FailWrite while the file may be in use.
+func (f *File) SetFailWrite(fn func(off int64, n int) error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.FailWrite = fn
+}
+
+// Truncate changes the length; like any write it is lost in a power cut
+// unless synced (the durable length follows at Sync).
+func (f *File) Truncate(size int64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return errors.New("faultfs: file closed")
+	}
+	f.current = resize(f.current, size)
+	f.pending = append(f.pending, write{off: -1 - size})
+	return nil
+}
+
+// Punch zeroes [off, off+n), as an unsynced write of zeros.
+func (f *File) Punch(off, n int64) error {
+	if off < 0 || n < 0 {
+		return errors.New("faultfs: bad punch")
+	}
+	f.mu.Lock()
+	size := int64(len(f.current))
+	f.mu.Unlock()
+	end := min(off+n, size)
+	if off >= end {
+		return nil
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.write(make([]byte, end-off), off, false)
+}
+
+func resize(b []byte, size int64) []byte {
+	if size <= int64(len(b)) {
+		return b[:size:size]
+	}
+	return append(b, make([]byte, size-int64(len(b)))...)
 }
 
 // Close marks the file closed; the contents stay for a later Reopen.
@@ -149,9 +226,15 @@ func (f *File) PowerCut(keep func(off int64) bool) *File {
 	img := append([]byte(nil), f.durable...)
 	if keep != nil {
 		for _, w := range f.pending {
+			if w.off < 0 { // a length change persists whole or not at all
+				if keep(w.off) {
+					img = apply(img, w)
+				}
+				continue
+			}
 			for s := int64(0); s < int64(len(w.data)); s += SectorSize {
-				if keep(w.off + s) {
-					end := min(s+SectorSize, int64(len(w.data)))
+				if keep(w.off+s) && w.off+s < int64(len(img)) {
+					end := min(s+SectorSize, int64(len(w.data)), int64(len(img))-w.off)
 					copy(img[w.off+s:], w.data[s:end])
 				}
 			}
