@@ -1,0 +1,124 @@
+// Package loop attaches files to loop devices through the kernel's ioctls
+// and finds the devices attached to a given file.
+package loop
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+const loopMajor = 7
+
+// Attach attaches the file at path to a free loop device with direct I/O
+// and a 4096-byte logical block size, and returns the device's path.
+func Attach(path string) (string, error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	ctl, err := os.OpenFile("/dev/loop-control", os.O_RDWR, 0)
+	if err != nil {
+		return "", err
+	}
+	defer ctl.Close()
+	for attempt := 0; ; attempt++ {
+		n, err := unix.IoctlRetInt(int(ctl.Fd()), unix.LOOP_CTL_GET_FREE)
+		if err != nil {
+			return "", fmt.Errorf("loop: get a free device: %w", err)
+		}
+		dev := fmt.Sprintf("/dev/loop%d", n)
+		err = configure(dev, n, f, path)
+		if errors.Is(err, unix.EBUSY) && attempt < 10 {
+			continue // another process took it between the two calls
+		}
+		if err != nil {
+			return "", err
+		}
+		return dev, nil
+	}
+}
+
+func configure(dev string, n int, f *os.File, path string) error {
+	if _, err := os.Stat(dev); errors.Is(err, os.ErrNotExist) {
+		// A static /dev (as in some containers) lacks new nodes.
+		if err := unix.Mknod(dev, unix.S_IFBLK|0o660, int(unix.Mkdev(loopMajor, uint32(n)))); err != nil && !errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("loop: mknod %s: %w", dev, err)
+		}
+	}
+	d, err := os.OpenFile(dev, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	cfg := unix.LoopConfig{Fd: uint32(f.Fd()), Size: 4096}
+	cfg.Info.Flags = unix.LO_FLAGS_DIRECT_IO
+	copy(cfg.Info.File_name[:], path)
+	if err := unix.IoctlLoopConfigure(int(d.Fd()), &cfg); err != nil {
+		return fmt.Errorf("loop: configure %s on %s: %w", dev, path, err)
+	}
+	return nil
+}
+
+// Detach detaches the loop device. If something still holds it open, the
+// kernel detaches it when that closes.
+func Detach(dev string) error {
+	d, err := os.OpenFile(dev, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := unix.IoctlSetInt(int(d.Fd()), unix.LOOP_CLR_FD, 0); err != nil && !errors.Is(err, unix.ENXIO) {
+		return fmt.Errorf("loop: detach %s: %w", dev, err)
+	}
+	return nil
+}
+
+// SetCapacity makes the loop device take the current size of its file.
+func SetCapacity(dev string) error {
+	d, err := os.OpenFile(dev, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := unix.IoctlSetInt(int(d.Fd()), unix.LOOP_SET_CAPACITY, 0); err != nil {
+		return fmt.Errorf("loop: set capacity of %s: %w", dev, err)
+	}
+	return nil
+}
+
+// Backing returns the loop devices whose backing file is path.
+func Backing(path string) ([]string, error) {
+	entries, err := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	if err != nil {
+		return nil, err
+	}
+	var devs []string
+	for _, e := range entries {
+		b, err := os.ReadFile(e)
+		if err != nil {
+			continue // detached meanwhile
+		}
+		name := strings.TrimSuffix(strings.TrimSpace(string(b)), " (deleted)")
+		if name == path {
+			devs = append(devs, "/dev/"+filepath.Base(filepath.Dir(filepath.Dir(e))))
+		}
+	}
+	return devs, nil
+}
+
+// Size returns the loop device's size in bytes.
+func Size(dev string) (int64, error) {
+	b, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(dev), "size"))
+	if err != nil {
+		return 0, err
+	}
+	sectors, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	return sectors * 512, err
+}
