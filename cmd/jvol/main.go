@@ -1,27 +1,31 @@
 // Command jvol is jvol's one binary. Each role or operator verb is a
-// subcommand; this file only parses flags and wires packages together.
+// subcommand; this package only parses flags and wires packages together.
 package main
 
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
-
-	"github.com/jvol-io/jvol/pkg/jtool"
-	"github.com/jvol-io/jvol/pkg/sizes"
 )
 
 const usage = `usage: jvol COMMAND [flags]
 
 commands:
+  attach --dir DIR [--name NAME] [--size SIZE] [--journal-size SIZE] [--fifo-size SIZE]
+         [--commit-interval DUR] [--fs ext4|xfs --mount PATH]
+                             create (if needed), recover and serve the volume in DIR as a
+                             loop device until SIGINT/SIGTERM; prints device=/dev/loopN
+  status --dir DIR [--json]  the volume's figures, attached or not
   journal dump DIR-or-FILE   print the live records of a journal image, one per line
-  journal demo [--dir DIR]   run the journal engine: concurrent writers, flushes,
-                             checkpoints, live figures, then crash recovery
+  journal demo [--dir DIR]   run the journal engine alone: writers, flushes, checkpoints,
+                             live figures, then crash recovery
+Sizes take Ki, Mi, Gi or Ti.
 `
+
+var errUsage = errors.New("see 'jvol help'")
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -32,47 +36,21 @@ func main() {
 	}
 }
 
-var errUsage = errors.New("see 'jvol help'")
-
 func run(ctx context.Context, args []string) error {
-	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+	if len(args) == 0 {
+		fmt.Fprint(os.Stderr, usage)
+		return errUsage
+	}
+	switch args[0] {
+	case "help", "-h", "--help":
 		fmt.Print(usage)
-		if len(args) == 0 {
-			return errUsage
-		}
 		return nil
+	case "attach":
+		return attachCmd(ctx, args[1:])
+	case "status":
+		return statusCmd(args[1:])
+	case "journal":
+		return journalCmd(ctx, args[1:])
 	}
-	if args[0] != "journal" || len(args) < 2 {
-		return fmt.Errorf("unknown command %q: %w", args[0], errUsage)
-	}
-	switch args[1] {
-	case "dump":
-		if len(args) != 3 {
-			return fmt.Errorf("journal dump takes one DIR or FILE: %w", errUsage)
-		}
-		return jtool.Dump(os.Stdout, args[2])
-	case "demo":
-		fs := flag.NewFlagSet("journal demo", flag.ContinueOnError)
-		dir := fs.String("dir", "", "directory for the journal image (default: a new temporary one)")
-		size := fs.String("journal-size", "64Mi", "journal image size")
-		writers := fs.Int("writers", 8, "concurrent writers")
-		records := fs.Int("records", 2000, "records per writer")
-		if err := fs.Parse(args[2:]); err != nil {
-			return err
-		}
-		n, err := sizes.Parse(*size)
-		if err != nil {
-			return fmt.Errorf("--journal-size: %w", err)
-		}
-		if *dir == "" {
-			d, err := os.MkdirTemp("", "jvol-demo-")
-			if err != nil {
-				return err
-			}
-			defer os.RemoveAll(d)
-			*dir = d
-		}
-		return jtool.Demo(ctx, os.Stdout, jtool.DemoOptions{Dir: *dir, JournalSize: n, Writers: *writers, Records: *records})
-	}
-	return fmt.Errorf("unknown journal command %q: %w", args[1], errUsage)
+	return fmt.Errorf("unknown command %q: %w", args[0], errUsage)
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/jvol-io/jvol/pkg/journal"
 	"github.com/jvol-io/jvol/pkg/vfs"
+	"github.com/jvol-io/jvol/pkg/volume"
 )
 
 // DemoOptions shape the engine demonstration.
@@ -29,7 +30,7 @@ type DemoOptions struct {
 // leave it, and recovers: every record after the last checkpoint must come
 // back intact.
 func Demo(ctx context.Context, w io.Writer, o DemoOptions) error {
-	path := filepath.Join(o.Dir, JournalFile)
+	path := filepath.Join(o.Dir, volume.JournalFile)
 	if err := vfs.Preallocate(path, o.JournalSize); err != nil {
 		return err
 	}

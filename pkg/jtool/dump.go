@@ -11,10 +11,9 @@ import (
 	"strings"
 
 	"github.com/jvol-io/jvol/pkg/journal"
+	"github.com/jvol-io/jvol/pkg/vfs"
+	"github.com/jvol-io/jvol/pkg/volume"
 )
-
-// JournalFile is the name of the journal image inside a volume directory.
-const JournalFile = "journal.img"
 
 // ResolveJournal returns the journal image path for a volume directory or
 // an image file.
@@ -24,7 +23,7 @@ func ResolveJournal(path string) (string, error) {
 		return "", err
 	}
 	if st.IsDir() {
-		return filepath.Join(path, JournalFile), nil
+		return filepath.Join(path, volume.JournalFile), nil
 	}
 	return path, nil
 }
@@ -36,16 +35,12 @@ func Dump(w io.Writer, path string) error {
 	if err != nil {
 		return err
 	}
-	f, err := os.Open(path)
+	f, err := vfs.OpenReadOnly(path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	sb, rec, err := journal.Dump(readOnly{f, st.Size()}, func(pos uint64, r journal.Record) error {
+	sb, rec, err := journal.Dump(f, func(pos uint64, r journal.Record) error {
 		_, err := fmt.Fprintln(w, FormatRecord(pos, r))
 		return err
 	})
@@ -127,17 +122,3 @@ func subs(b *strings.Builder, payload []byte) error {
 		return nil
 	})
 }
-
-// readOnly adapts an *os.File to the journal's file interface for reading.
-type readOnly struct {
-	f    *os.File
-	size int64
-}
-
-func (r readOnly) ReadAt(p []byte, off int64) (int, error) { return r.f.ReadAt(p, off) }
-func (r readOnly) WriteAt([]byte, int64) (int, error) {
-	return 0, fmt.Errorf("journal dump: read only")
-}
-func (r readOnly) Sync() error          { return nil }
-func (r readOnly) Size() (int64, error) { return r.size, nil }
-func (r readOnly) Close() error         { return r.f.Close() }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/jvol-io/jvol/pkg/journal"
 	"github.com/jvol-io/jvol/pkg/vfs"
+	"github.com/jvol-io/jvol/pkg/volume"
 )
 
 // TestDemoRecoversOnARealFile runs the demonstration, small, on a real file
@@ -36,7 +37,7 @@ func TestDemoRecoversOnARealFile(t *testing.T) {
 }
 
 func TestDumpShowsEverySubRecordType(t *testing.T) {
-	path := filepath.Join(t.TempDir(), JournalFile)
+	path := filepath.Join(t.TempDir(), volume.JournalFile)
 	if err := vfs.Preallocate(path, 2<<20+journal.RingOffset); err != nil {
 		t.Fatal(err)
 	}

@@ -153,3 +153,20 @@ func AlignedBuffer(n int) []byte {
 	}
 	return b[shift : shift+n : shift+n]
 }
+
+// OpenReadOnly opens an existing file for reading only; its writes fail.
+// Tools that inspect an image (dump, status) use it.
+func OpenReadOnly(path string) (File, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	return readOnly{&OSFile{f: f}}, nil
+}
+
+type readOnly struct{ *OSFile }
+
+func (readOnly) WriteAt([]byte, int64) (int, error) {
+	return 0, errors.New("vfs: file opened read only")
+}
+func (readOnly) Sync() error { return nil }

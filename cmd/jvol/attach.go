@@ -1,0 +1,111 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"runtime"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/jvol-io/jvol/pkg/attach"
+	"github.com/jvol-io/jvol/pkg/sizes"
+)
+
+// servingThreads is the least GOMAXPROCS the FUSE server gets: go-fuse
+// serves with as many goroutines as GOMAXPROCS (up to 16), and direct I/O
+// blocks them, so two cores' worth starves a queue depth of 32.
+const servingThreads = 16
+
+func attachCmd(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("attach", flag.ContinueOnError)
+	dir := fs.String("dir", "", "volume directory (required)")
+	name := fs.String("name", "", "volume name (default: the directory's base name)")
+	size := fs.String("size", "", "volume size: required to create; larger than the volume's grows it")
+	journalSize := fs.String("journal-size", "", "journal size, when creating (default 10% of the size, at least 64Mi)")
+	fifoSize := fs.String("fifo-size", "", "memory FIFO size, a power of two from 1Mi to 1Gi (default 16Mi)")
+	commit := fs.Duration("commit-interval", 0, "longest time between commits of the journal to the data image (default 5s)")
+	fsType := fs.String("fs", "", "make (unless present) and mount this file system: ext4 or xfs")
+	mnt := fs.String("mount", "", "where to mount the file system")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *dir == "" {
+		return fmt.Errorf("attach needs --dir: %w", errUsage)
+	}
+	o := attach.Options{Dir: *dir, FS: *fsType, Mount: *mnt}
+	o.Volume.Name, o.Volume.CommitInterval = *name, *commit
+	for _, s := range []struct {
+		flag string
+		val  string
+		dst  *int64
+	}{{"--size", *size, &o.Volume.Size}, {"--journal-size", *journalSize, &o.Volume.JournalSize}} {
+		if s.val == "" {
+			continue
+		}
+		n, err := sizes.Parse(s.val)
+		if err != nil {
+			return fmt.Errorf("%s: %w", s.flag, err)
+		}
+		*s.dst = n
+	}
+	if *fifoSize != "" {
+		n, err := sizes.Parse(*fifoSize)
+		if err != nil {
+			return fmt.Errorf("--fifo-size: %w", err)
+		}
+		o.Volume.FIFOSize = int(n)
+	}
+	runtime.GOMAXPROCS(max(runtime.GOMAXPROCS(0), servingThreads))
+
+	a, err := attach.Attach(ctx, o)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("device=%s\n", a.Device)
+	if a.MountPath != "" {
+		fmt.Printf("mount=%s\n", a.MountPath)
+	}
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for done := false; !done; {
+		if err := a.PublishStatus(); err != nil {
+			klog.ErrorS(err, "Publishing status", "dir", a.Path)
+		}
+		select {
+		case <-ctx.Done():
+			done = true
+		case <-t.C:
+		}
+	}
+	klog.InfoS("Detaching", "dir", a.Path, "device", a.Device)
+	err = a.Detach()
+	os.Remove(a.Path + "/" + attach.StatusFile)
+	return err
+}
+
+func statusCmd(args []string) error {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	dir := fs.String("dir", "", "volume directory (required)")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *dir == "" {
+		return fmt.Errorf("status needs --dir: %w", errUsage)
+	}
+	s, err := attach.ReadStatus(*dir)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		e := json.NewEncoder(os.Stdout)
+		e.SetIndent("", "  ")
+		return e.Encode(s)
+	}
+	s.WriteText(os.Stdout)
+	return nil
+}

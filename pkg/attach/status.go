@@ -1,0 +1,156 @@
+package attach
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/jvol-io/jvol/pkg/journal"
+	"github.com/jvol-io/jvol/pkg/vfs"
+	"github.com/jvol-io/jvol/pkg/volume"
+)
+
+// StatusFile is where an attached volume's figures are published, inside
+// the volume directory, replaced atomically about once a second.
+const StatusFile = "status.json"
+
+// Status is what `jvol status` shows.
+type Status struct {
+	Volume   string `json:"volume"`
+	Attached bool   `json:"attached"`
+	PID      int    `json:"pid,omitempty"`
+	Device   string `json:"device,omitempty"`
+	Mount    string `json:"mount,omitempty"`
+	Size     int64  `json:"size"`
+
+	Transid           uint64 `json:"transid"`      // last assigned
+	AckedTransid      uint64 `json:"ackedTransid"` // last durable in the journal
+	CheckpointTransid uint64 `json:"checkpointTransid"`
+
+	BytesWritten uint64 `json:"bytesWritten"`
+	Flushes      uint64 `json:"flushes"`
+	Syncs        uint64 `json:"syncs"`
+	Commits      uint64 `json:"commits"`
+
+	FIFOSize   int    `json:"fifoSize"`
+	FIFOUsed   uint64 `json:"fifoUsed"`
+	FIFOStalls uint64 `json:"fifoStalls"`
+
+	JournalSize       uint64 `json:"journalSize"` // of the ring
+	JournalUsed       uint64 `json:"journalUsed"`
+	JournalStalls     uint64 `json:"journalStalls"`
+	CommittedPosition uint64 `json:"committedPosition"`
+
+	Updated string `json:"updated"`
+}
+
+// Status returns the attachment's figures.
+func (a *Attachment) Status() Status {
+	s := a.Stats()
+	j := s.Journal
+	return Status{
+		Volume: a.Meta.Name, Attached: true, PID: os.Getpid(), Device: a.Device, Mount: a.MountPath, Size: s.Size,
+		Transid: j.LastTransid, AckedTransid: j.AckedTransid, CheckpointTransid: j.CheckpointTransid,
+		BytesWritten: j.BytesWritten, Flushes: j.Flushes, Syncs: j.Syncs, Commits: s.Commits,
+		FIFOSize: j.FIFO.Size, FIFOUsed: j.FIFO.Used, FIFOStalls: j.FIFO.Stalls,
+		JournalSize: j.RingSize, JournalUsed: j.Used, JournalStalls: j.RingStalls, CommittedPosition: j.Checkpoint,
+		Updated: time.Now().UTC().Format(time.RFC3339Nano),
+	}
+}
+
+// PublishStatus writes the status file.
+func (a *Attachment) PublishStatus() error {
+	b, err := json.MarshalIndent(a.Status(), "", "  ")
+	if err != nil {
+		return err
+	}
+	return volume.WriteFileAtomic(filepath.Join(a.Path, StatusFile), append(b, '\n'))
+}
+
+// ReadStatus returns the status of the volume in dir: what its attach
+// process publishes if one holds it, otherwise what is on disk.
+func ReadStatus(dir string) (Status, error) {
+	meta, err := volume.ReadMeta(dir)
+	if err != nil {
+		return Status{}, err
+	}
+	if held, err := locked(dir); err != nil {
+		return Status{}, err
+	} else if held {
+		var s Status
+		b, err := os.ReadFile(filepath.Join(dir, StatusFile))
+		if err != nil {
+			return Status{}, fmt.Errorf("volume %s is attached but has published no status yet: %w", dir, err)
+		}
+		if err := json.Unmarshal(b, &s); err != nil {
+			return Status{}, fmt.Errorf("status of %s: %w", dir, err)
+		}
+		return s, nil
+	}
+	f, err := vfs.OpenReadOnly(filepath.Join(dir, volume.JournalFile))
+	if err != nil {
+		return Status{}, err
+	}
+	defer f.Close()
+	sb, rec, err := journal.Dump(f, func(uint64, journal.Record) error { return nil })
+	if err != nil {
+		return Status{}, err
+	}
+	return Status{
+		Volume: meta.Name, Size: meta.Size, Transid: rec.LastTransid, AckedTransid: rec.LastTransid,
+		CheckpointTransid: sb.CkptTransid, JournalSize: sb.RingSize, JournalUsed: rec.End - rec.Start,
+		CommittedPosition: sb.CkptPos, FIFOSize: meta.FIFOSize,
+	}, nil
+}
+
+// locked reports whether a process holds the volume directory's lock.
+func locked(dir string) (bool, error) {
+	f, err := os.Open(filepath.Join(dir, volume.LockFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	err = syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB)
+	if errors.Is(err, syscall.EWOULDBLOCK) {
+		return true, nil
+	}
+	return false, err
+}
+
+// WriteText prints the status as aligned "key: value" lines.
+func (s Status) WriteText(w io.Writer) {
+	line := func(k string, v any) { fmt.Fprintf(w, "%-20s %v\n", k+":", v) }
+	line("volume", s.Volume)
+	line("attached", s.Attached)
+	if s.Attached {
+		line("device", s.Device)
+		if s.Mount != "" {
+			line("mount", s.Mount)
+		}
+		line("pid", s.PID)
+	}
+	line("size", s.Size)
+	line("transid", s.Transid)
+	line("acked transid", s.AckedTransid)
+	line("checkpoint transid", s.CheckpointTransid)
+	line("journal used", fmt.Sprintf("%d of %d", s.JournalUsed, s.JournalSize))
+	line("committed position", s.CommittedPosition)
+	if s.Attached {
+		line("fifo used", fmt.Sprintf("%d of %d", s.FIFOUsed, s.FIFOSize))
+		line("bytes written", s.BytesWritten)
+		line("flushes", s.Flushes)
+		line("syncs", s.Syncs)
+		line("commits", s.Commits)
+		line("fifo stalls", s.FIFOStalls)
+		line("journal stalls", s.JournalStalls)
+		line("updated", s.Updated)
+	}
+}

@@ -1,0 +1,388 @@
+// Package test holds end-to-end tests that drive the jvol binary as a user
+// would: real loop devices, FUSE, file systems and kill -9. They need root
+// (CI runs as root).
+package test
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/jvol-io/jvol/pkg/loop"
+	"github.com/jvol-io/jvol/pkg/vfs"
+)
+
+var jvolBin string
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() != 0 {
+		fmt.Println("skipping end-to-end tests: they need root")
+		os.Exit(m.Run())
+	}
+	dir, err := os.MkdirTemp("", "jvol-e2e-bin-")
+	if err != nil {
+		panic(err)
+	}
+	jvolBin = filepath.Join(dir, "jvol")
+	build := exec.Command("go", "build", "-race", "-o", jvolBin, "../cmd/jvol")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		panic(err)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func requireRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+}
+
+// attached is a running `jvol attach`.
+type attached struct {
+	cmd    *exec.Cmd
+	device string
+	mount  string
+	stderr *bytes.Buffer
+	extra  chan string // what stdout said after the ready lines
+}
+
+// attach starts `jvol attach` with args and waits for its device line
+// (and mount line, with --mount).
+func attach(t *testing.T, args ...string) *attached {
+	t.Helper()
+	cmd := exec.Command(jvolBin, append([]string{"attach"}, args...)...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &attached{cmd: cmd, stderr: &bytes.Buffer{}}
+	cmd.Stderr = a.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Signal(syscall.SIGTERM)
+			cmd.Wait()
+		}
+	})
+	want := 1
+	for _, arg := range args {
+		if arg == "--mount" {
+			want = 2
+		}
+	}
+	sc := bufio.NewScanner(out)
+	for i := 0; i < want; i++ {
+		if !sc.Scan() {
+			cmd.Wait()
+			t.Fatalf("attach %v exited before it was ready: %s", args, a.stderr)
+		}
+		k, v, _ := strings.Cut(sc.Text(), "=")
+		switch k {
+		case "device":
+			a.device = v
+		case "mount":
+			a.mount = v
+		default:
+			t.Fatalf("unexpected line %q", sc.Text())
+		}
+	}
+	a.extra = make(chan string, 1)
+	go func() {
+		var more strings.Builder
+		for sc.Scan() {
+			more.WriteString(sc.Text() + "\n")
+		}
+		a.extra <- more.String()
+	}()
+	return a
+}
+
+// stop sends SIGTERM and expects a clean exit.
+func (a *attached) stop(t *testing.T) {
+	t.Helper()
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	if err := a.cmd.Wait(); err != nil {
+		t.Fatalf("attach did not exit cleanly: %v\n%s", err, a.stderr)
+	}
+	if more := <-a.extra; more != "" {
+		t.Fatalf("attach printed more than its contract allows: %q", more)
+	}
+}
+
+// kill kills the attach process with SIGKILL.
+func (a *attached) kill(t *testing.T) {
+	t.Helper()
+	a.cmd.Process.Kill()
+	a.cmd.Wait()
+}
+
+const sector = 512
+
+// sectors knows, per 512-byte sector, what it held at the last completed
+// fsync and what was written to it since.
+type sectors struct {
+	acked [][]byte
+	later [][][]byte
+}
+
+func newSectors(size int64) *sectors {
+	s := &sectors{acked: make([][]byte, size/sector), later: make([][][]byte, size/sector)}
+	zero := make([]byte, sector)
+	for i := range s.acked {
+		s.acked[i] = zero
+	}
+	return s
+}
+
+func (s *sectors) wrote(p []byte, off int64) {
+	for k := int64(0); k < int64(len(p)); k += sector {
+		i := (off + k) / sector
+		s.later[i] = append(s.later[i], append([]byte(nil), p[k:k+sector]...))
+	}
+}
+
+func (s *sectors) synced() {
+	for i, l := range s.later {
+		if len(l) > 0 {
+			s.acked[i], s.later[i] = l[len(l)-1], nil
+		}
+	}
+}
+
+// verify reads the whole device and checks every sector holds what it held
+// at the last fsync, or something written to it after; then takes what it
+// read as the synced state (the crash has decided among the candidates).
+func (s *sectors) verify(t *testing.T, dev string) {
+	t.Helper()
+	f, err := os.OpenFile(dev, os.O_RDONLY|unix.O_DIRECT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := vfs.AlignedBuffer(1 << 20)
+	bad := 0
+	for off := int64(0); off < int64(len(s.acked))*sector; off += int64(len(buf)) {
+		if _, err := f.ReadAt(buf, off); err != nil {
+			t.Fatal(err)
+		}
+		for k := 0; k < len(buf); k += sector {
+			i := (off + int64(k)) / sector
+			got := buf[k : k+sector]
+			ok := bytes.Equal(got, s.acked[i])
+			for _, l := range s.later[i] {
+				ok = ok || bytes.Equal(got, l)
+			}
+			if !ok {
+				if bad++; bad < 3 {
+					t.Errorf("sector %d holds neither its last synced data nor a later write: got % x..., synced % x..., %d later", i, got[:4], s.acked[i][:4], len(s.later[i]))
+				}
+			}
+			// What the crash left is now what the device holds.
+			s.acked[i], s.later[i] = append([]byte(nil), got...), nil
+		}
+	}
+	if bad > 0 {
+		t.Fatalf("%d sectors lost acknowledged data", bad)
+	}
+}
+
+// TestKill9DuringWritesLosesNoAcknowledgedWrite kills the attach process
+// with SIGKILL in the middle of random writes and fsyncs, attaches again,
+// and checks that every write acknowledged by a completed fsync is there.
+// The second attach also proves that the dead one's FUSE mount and loop
+// device are cleaned up.
+func TestKill9DuringWritesLosesNoAcknowledgedWrite(t *testing.T) {
+	requireRoot(t)
+	const size = 64 << 20
+	dir := filepath.Join(t.TempDir(), "vol")
+	model := newSectors(size)
+	rng := rand.New(rand.NewPCG(21, 22))
+	buf := vfs.AlignedBuffer(256 << 10)
+	for round := range 4 {
+		args := []string{"--dir", dir, "--commit-interval", "200ms"}
+		if round == 0 {
+			args = append(args, "--size", "64Mi", "--journal-size", "64Mi", "--fifo-size", "4Mi")
+		}
+		a := attach(t, args...)
+		if round > 0 {
+			model.verify(t, a.device)
+		}
+		f, err := os.OpenFile(a.device, os.O_RDWR|unix.O_DIRECT, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Kill from another goroutine after a random number of writes, so
+		// that the kill lands while writes and fsyncs are in flight.
+		killAfter := 200 + rng.IntN(800)
+		killed := make(chan struct{})
+		for i := 0; ; i++ {
+			if i == killAfter {
+				go func() { a.kill(t); close(killed) }()
+			}
+			off := rng.Int64N(size/4096) * 4096
+			n := min((1+rng.Int64N(64))*4096, size-off)
+			p := buf[:n]
+			for k := range p {
+				p[k] = byte(round*97 + i + k>>9)
+			}
+			model.wrote(p, off) // before: a failed write may still have landed
+			if _, err := f.WriteAt(p, off); err != nil {
+				break // the device is gone
+			}
+			if rng.IntN(8) == 0 {
+				if err := f.Sync(); err != nil {
+					break
+				}
+				model.synced()
+			}
+		}
+		f.Close()
+		<-killed
+	}
+	a := attach(t, "--dir", dir)
+	model.verify(t, a.device)
+	a.stop(t)
+	leftovers(t, dir)
+}
+
+// leftovers fails if a loop device or mount of the volume in dir remains.
+func leftovers(t *testing.T, dir string) {
+	t.Helper()
+	devs, err := loop.Backing(filepath.Join(dir, "fuse", filepath.Base(dir)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(devs) > 0 {
+		t.Errorf("loop devices left behind: %v", devs)
+	}
+	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	if bytes.Contains(mi, []byte(dir)) {
+		t.Errorf("mounts left behind under %s", dir)
+	}
+}
+
+// TestAttachAfterKill9CleansUpItsMountedLeftovers leaves a dead attach with
+// a mounted file system, a loop device and a FUSE mount, and checks that the
+// next attach clears all three and works.
+func TestAttachAfterKill9CleansUpItsMountedLeftovers(t *testing.T) {
+	requireRoot(t)
+	dir := filepath.Join(t.TempDir(), "vol")
+	mnt := filepath.Join(t.TempDir(), "mnt")
+	a := attach(t, "--dir", dir, "--size", "128Mi", "--fs", "ext4", "--mount", mnt)
+	if err := os.WriteFile(filepath.Join(mnt, "kept"), []byte("synced"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	syncfs(t, mnt)
+	old := a.device
+	a.kill(t)
+	if devs, _ := loop.Backing(filepath.Join(dir, "fuse", "vol")); len(devs) != 1 || devs[0] != old {
+		t.Fatalf("expected the dead attach's loop device %s to remain, found %v", old, devs)
+	}
+	b := attach(t, "--dir", dir, "--fs", "ext4", "--mount", mnt)
+	got, err := os.ReadFile(filepath.Join(mnt, "kept"))
+	if err != nil || string(got) != "synced" {
+		t.Fatalf("after the second attach: %q, %v\n%s", got, err, b.stderr)
+	}
+	if devs, _ := loop.Backing(filepath.Join(dir, "fuse", "vol")); len(devs) != 1 || devs[0] != b.device {
+		t.Fatalf("loop devices on the volume: %v, want only %s", devs, b.device)
+	}
+	b.stop(t)
+	leftovers(t, dir)
+}
+
+func syncfs(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestFileSystemsSurviveDetachAndFsck makes ext4 and xfs on a volume,
+// writes a tree with fsync, detaches, attaches without mounting, checks the
+// file system with its fsck, mounts again and compares the contents.
+func TestFileSystemsSurviveDetachAndFsck(t *testing.T) {
+	requireRoot(t)
+	for _, fs := range []string{"ext4", "xfs"} {
+		t.Run(fs, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "vol")
+			mnt := filepath.Join(t.TempDir(), "mnt")
+			a := attach(t, "--dir", dir, "--size", "320Mi", "--fs", fs, "--mount", mnt)
+			tree := writeTree(t, mnt)
+			a.stop(t)
+			leftovers(t, dir)
+
+			b := attach(t, "--dir", dir)
+			check := exec.Command("e2fsck", "-fn", b.device)
+			if fs == "xfs" {
+				check = exec.Command("xfs_repair", "-n", b.device)
+			}
+			if out, err := check.CombinedOutput(); err != nil {
+				t.Fatalf("%s: %v\n%s", check, err, out)
+			}
+			b.stop(t)
+
+			c := attach(t, "--dir", dir, "--fs", fs, "--mount", mnt)
+			for name, want := range tree {
+				got, err := os.ReadFile(filepath.Join(c.mount, name))
+				if err != nil || !bytes.Equal(got, want) {
+					t.Fatalf("%s after reattach: %d bytes, %v; want %d bytes", name, len(got), err, len(want))
+				}
+			}
+			c.stop(t)
+			leftovers(t, dir)
+		})
+	}
+}
+
+// writeTree writes directories of files of assorted sizes, each fsynced,
+// and returns their contents by path.
+func writeTree(t *testing.T, root string) map[string][]byte {
+	t.Helper()
+	rng := rand.New(rand.NewPCG(3, 4))
+	tree := map[string][]byte{}
+	for d := range 5 {
+		for f := range 20 {
+			name := fmt.Sprintf("d%d/f%d", d, f)
+			data := make([]byte, rng.IntN(300<<10))
+			for k := range data {
+				data[k] = byte(rng.Uint32())
+			}
+			path := filepath.Join(root, name)
+			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			fh, err := os.Create(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := fh.Write(data); err != nil {
+				t.Fatal(err)
+			}
+			if err := fh.Sync(); err != nil {
+				t.Fatal(err)
+			}
+			fh.Close()
+			tree[name] = data
+		}
+	}
+	return tree
+}
