@@ -1,8 +1,8 @@
 // Package attach makes a volume directory a usable block device on this
-// machine: it opens (and recovers) the volume, serves it through a FUSE file,
-// attaches a loop device to that file, and optionally makes and mounts a
-// file system on it. It finds and clears its own leftovers from a process
-// that died, and never touches loop devices or mounts that are not its own.
+// machine: it opens (and recovers) the volume under its lock, exposes it
+// through a frontend (fuseloop: a FUSE file with a loop device on it, which
+// clears its own leftovers from a process that died), and optionally makes
+// and mounts a file system on it.
 package attach
 
 import (
@@ -11,20 +11,18 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 
-	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 	mount "k8s.io/mount-utils"
 	"k8s.io/utils/exec"
 
-	"github.com/jvol-io/jvol/pkg/frontend/fusefile"
-	"github.com/jvol-io/jvol/pkg/loop"
+	"github.com/jvol-io/jvol/pkg/frontend"
+	"github.com/jvol-io/jvol/pkg/frontend/fuseloop"
 	"github.com/jvol-io/jvol/pkg/volume"
 )
 
-// FuseDir is where, inside the volume directory, the FUSE file system is
-// mounted; the served file is named after the volume.
+// FuseDir is where, inside the volume directory, the fuseloop frontend
+// mounts its FUSE file system; the served file is named after the volume.
 const FuseDir = "fuse"
 
 // Options for Attach.
@@ -42,7 +40,7 @@ type Attachment struct {
 	*volume.Dir
 	Device    string
 	MountPath string
-	fuse      *fusefile.Server
+	fe        frontend.Frontend
 }
 
 // Attach attaches the volume in o.Dir, creating it if needed.
@@ -70,24 +68,11 @@ func Attach(ctx context.Context, o Options) (*Attachment, error) {
 }
 
 func (a *Attachment) attach(o Options) error {
-	mnt := filepath.Join(a.Path, FuseDir)
-	file := filepath.Join(mnt, a.Meta.Name)
-	// We hold the directory's lock, so whatever is mounted or attached at
-	// our paths was left by a process that died.
-	if err := clearLeftovers(mnt, file); err != nil {
-		return err
-	}
-	if err := os.MkdirAll(mnt, 0o700); err != nil {
-		return err
-	}
-	srv, err := fusefile.Mount(mnt, a.Meta.Name, a.Volume)
+	fe, err := fuseloop.Open(filepath.Join(a.Path, FuseDir), a.Meta.Name, a.Volume)
 	if err != nil {
 		return err
 	}
-	a.fuse = srv
-	if a.Device, err = loop.Attach(file); err != nil {
-		return err
-	}
+	a.fe, a.Device = fe, fe.Path()
 	klog.InfoS("Attached volume", "dir", a.Path, "device", a.Device, "size", a.Size())
 	if o.FS == "" {
 		return nil
@@ -103,55 +88,13 @@ func (a *Attachment) attach(o Options) error {
 	return nil
 }
 
-// clearLeftovers undoes what a dead attach of the same volume left: file
-// systems mounted from its loop devices, the loop devices, and its FUSE
-// mount (whose server is gone: "transport endpoint is not connected").
-func clearLeftovers(mnt, file string) error {
-	devs, err := loop.Backing(file)
-	if err != nil {
-		return err
-	}
-	mounts, err := mount.ParseMountInfo("/proc/self/mountinfo")
-	if err != nil {
-		return err
-	}
-	for _, dev := range devs {
-		for _, m := range mounts {
-			if m.Source == dev {
-				klog.InfoS("Unmounting a leftover file system", "device", dev, "mountpoint", m.MountPoint)
-				if err := unix.Unmount(m.MountPoint, unix.MNT_DETACH); err != nil {
-					return fmt.Errorf("attach: unmount leftover %s: %w", m.MountPoint, err)
-				}
-			}
-		}
-		klog.InfoS("Detaching a leftover loop device", "device", dev, "file", file)
-		if err := loop.Detach(dev); err != nil {
-			return err
-		}
-	}
-	for _, m := range mounts {
-		if m.MountPoint == mnt && strings.HasPrefix(m.FsType, "fuse") {
-			klog.InfoS("Unmounting a leftover FUSE mount", "mountpoint", mnt)
-			if err := unix.Unmount(mnt, unix.MNT_DETACH); err != nil {
-				return fmt.Errorf("attach: unmount leftover %s: %w", mnt, err)
-			}
-		}
-	}
-	return nil
-}
-
 // Grow grows the volume and the loop device online; a mounted file system
 // is the caller's to grow.
 func (a *Attachment) Grow(ctx context.Context, size int64) error {
 	if err := a.Dir.Grow(ctx, size); err != nil {
 		return err
 	}
-	// A stat refreshes the size the kernel caches for the FUSE file, which
-	// LOOP_SET_CAPACITY reads.
-	if _, err := os.Stat(a.fuse.Path); err != nil {
-		return err
-	}
-	return loop.SetCapacity(a.Device)
+	return a.fe.Resized()
 }
 
 // Detach unmounts the file system (if Attach mounted one), flushes, frees
@@ -164,18 +107,14 @@ func (a *Attachment) Detach() error {
 			errs = append(errs, err)
 		}
 	}
-	if a.Device != "" {
+	if a.fe != nil {
 		if err := a.Flush(context.Background()); err != nil {
 			errs = append(errs, err)
 		}
-		if err := loop.Detach(a.Device); err != nil {
+		if err := a.fe.Close(); err != nil {
 			errs = append(errs, err)
 		}
-	}
-	if a.fuse != nil {
-		if err := a.fuse.Unmount(); err != nil {
-			errs = append(errs, err)
-		}
+		a.fe = nil
 	}
 	if err := a.Dir.Close(); err != nil {
 		errs = append(errs, err)

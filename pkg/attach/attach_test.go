@@ -33,7 +33,7 @@ func attachNew(t *testing.T, dir string, o Options) *Attachment {
 		t.Fatalf("attach: %v", err)
 	}
 	t.Cleanup(func() {
-		if a.fuse != nil {
+		if a.fe != nil {
 			a.Detach()
 		}
 	})
@@ -112,7 +112,6 @@ func TestBlockDeviceMatchesAModel(t *testing.T) {
 	if err := a.Detach(); err != nil {
 		t.Fatal(err)
 	}
-	a.fuse = nil
 	b := attachNew(t, a.Path, Options{})
 	g := openDevice(t, b.Device)
 	for off := int64(0); off < size; off += int64(len(buf)) {
@@ -129,11 +128,10 @@ func TestDetachLeavesNoLoopDeviceOrMount(t *testing.T) {
 	requireRoot(t)
 	dir := t.TempDir()
 	a := attachNew(t, dir, Options{Volume: volume.Options{Size: 16 << 20}})
-	file := a.fuse.Path
+	file := filepath.Join(dir, FuseDir, filepath.Base(dir))
 	if err := a.Detach(); err != nil {
 		t.Fatal(err)
 	}
-	a.fuse = nil
 	if devs, _ := loop.Backing(file); len(devs) != 0 {
 		t.Fatalf("loop devices left: %v", devs)
 	}

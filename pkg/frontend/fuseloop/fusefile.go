@@ -1,9 +1,4 @@
-// Package fusefile serves a block device as one regular file in a FUSE
-// mount, so that a loop device can be attached to it: the frontend for
-// kernels without nbd or ublk. The options are the ones measured to matter
-// (../shared/notes/frontend-performance.md): asynchronous direct I/O,
-// parallel direct writes, 1 MiB requests, no splice.
-package fusefile
+package fuseloop
 
 import (
 	"context"
@@ -15,24 +10,17 @@ import (
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
-)
 
-// Device is what the file serves.
-type Device interface {
-	ReadAt(p []byte, off int64) (int, error)
-	WriteAt(p []byte, off int64) (int, error)
-	// Flush makes every completed write durable.
-	Flush(ctx context.Context) error
-	// Discard deallocates a range: it reads as zeros afterwards.
-	Discard(off, n int64) error
-	Size() int64
-}
+	"github.com/jvol-io/jvol/pkg/frontend"
+)
 
 // MaxRequest is the largest read or write the kernel sends.
 const MaxRequest = 1 << 20
 
-// Server is a mounted FUSE file system holding one file.
-type Server struct {
+// fuseServer is a mounted FUSE file system holding one file. The options
+// are the ones measured to matter (../shared/notes/frontend-performance.md):
+// asynchronous direct I/O, parallel direct writes, 1 MiB requests, no splice.
+type fuseServer struct {
 	srv *fuse.Server
 	// Path is the served file.
 	Path string
@@ -40,10 +28,10 @@ type Server struct {
 	Mountpoint string
 }
 
-// Mount mounts a file system at dir (an existing directory) whose only
+// mountFile mounts a file system at dir (an existing directory) whose only
 // entry is the file name, serving dev, and returns once the kernel can use
 // it. It mounts directly (mount(2), as root), not through fusermount.
-func Mount(dir, name string, dev Device) (*Server, error) {
+func mountFile(dir, name string, dev frontend.Device) (*fuseServer, error) {
 	root := &root{name: name, dev: dev}
 	zero := time.Duration(0)
 	srv, err := fs.Mount(dir, root, &fs.Options{
@@ -69,11 +57,11 @@ func Mount(dir, name string, dev Device) (*Server, error) {
 		srv.Unmount()
 		return nil, fmt.Errorf("fuse mount at %s: %w", dir, err)
 	}
-	return &Server{srv: srv, Path: dir + "/" + name, Mountpoint: dir}, nil
+	return &fuseServer{srv: srv, Path: dir + "/" + name, Mountpoint: dir}, nil
 }
 
 // Unmount unmounts the file system and waits until it is no longer served.
-func (s *Server) Unmount() error {
+func (s *fuseServer) Unmount() error {
 	if err := s.srv.Unmount(); err != nil {
 		return fmt.Errorf("fuse unmount %s: %w", s.Mountpoint, err)
 	}
@@ -84,7 +72,7 @@ func (s *Server) Unmount() error {
 type root struct {
 	fs.Inode
 	name string
-	dev  Device
+	dev  frontend.Device
 }
 
 var _ = (fs.NodeOnAdder)((*root)(nil))
@@ -96,7 +84,7 @@ func (r *root) OnAdd(ctx context.Context) {
 
 type file struct {
 	fs.Inode
-	dev Device
+	dev frontend.Device
 }
 
 var (
