@@ -22,13 +22,19 @@ build: ## Build bin/jvol.
 	$(GO) build -o $(BIN) ./cmd/jvol
 
 .PHONY: demo
-demo: build ## Run jvol's main job on this machine (the journal engine until volumes land).
+demo: build ## Run jvol's main job on this machine: a journaled volume with ext4 on it (root).
+	hack/deps.sh
+	hack/demo.sh
+
+.PHONY: journal-demo
+journal-demo: build ## Run the journal engine alone: writers, flushes, checkpoints, recovery.
 	./$(BIN) journal demo
 
 ##@ Test
 
 .PHONY: test
-test: ## Run every test with the race detector (root-only tests need root).
+test: ## Run every test with the race detector (as root: loop devices, FUSE, mounts).
+	hack/deps.sh
 	$(GO) test -race -count=1 ./...
 
 .PHONY: lint
@@ -46,5 +52,10 @@ fuzz: ## Run every fuzz target for FUZZTIME (default 30s) each.
 	GO=$(GO) PATH=$(dir $(GO)):$$PATH hack/fuzz.sh
 
 .PHONY: bench
-bench: ## Run the benchmarks (MB/s and allocations).
+bench: ## Run the Go benchmarks (MB/s and allocations).
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+.PHONY: bench-fio
+bench-fio: build ## fio: the jvol device vs a raw loop device vs ext4 data=journal (root).
+	hack/deps.sh --bench
+	hack/bench.sh

@@ -2,20 +2,31 @@ package main
 
 import (
 	"context"
+	"path/filepath"
 	"strings"
 	"testing"
 )
 
 func TestBadCommandLinesFailWithAReason(t *testing.T) {
 	cases := map[string][]string{
-		"no command":              nil,
-		"an unknown command":      {"frobnicate"},
-		"dump without a file":     {"journal", "dump"},
-		"dump of nothing":         {"journal", "dump", "/nonexistent/journal"},
-		"a bad size":              {"journal", "demo", "--journal-size", "12KB"},
-		"an unknown journal verb": {"journal", "compact"},
+		"no command":                                   nil,
+		"an unknown command":                           {"frobnicate"},
+		"dump without a file":                          {"journal", "dump"},
+		"dump of nothing":                              {"journal", "dump", "/nonexistent/journal"},
+		"a bad size":                                   {"journal", "demo", "--journal-size", "12KB"},
+		"an unknown journal verb":                      {"journal", "compact"},
+		"attach without a directory":                   {"attach", "--size", "1Gi"},
+		"attach of a new volume without a size":        {"attach", "--dir", "NEWDIR"},
+		"attach with a size in decimal units":          {"attach", "--dir", "NEWDIR", "--size", "1GB"},
+		"attach with a file system but no mount point": {"attach", "--dir", "NEWDIR", "--size", "1Gi", "--fs", "ext4"},
+		"status of no volume":                          {"status", "--dir", "NEWDIR"},
 	}
 	for name, args := range cases {
+		for i := range args {
+			if args[i] == "NEWDIR" {
+				args[i] = filepath.Join(t.TempDir(), "vol")
+			}
+		}
 		t.Run(name, func(t *testing.T) {
 			err := run(context.Background(), args)
 			if err == nil || strings.TrimSpace(err.Error()) == "" {

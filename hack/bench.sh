@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# fio, side by side and interleaved in one run, on the same file system:
+#   raw   a loop device (direct I/O, 4 KiB sectors) on a plain preallocated file
+#   jvol  a jvol volume attached with `jvol attach`
+#   ext4j ext4 with data=journal and an external journal device (both loop
+#         devices on files), fio on a file inside it: the kernel's own
+#         data-journaling peer
+# and prints each workload's figure and the ratios jvol/raw and jvol/ext4j.
+# The disk here is noisy: only ratios from one run mean anything.
+#
+# Usage: sudo hack/bench.sh [RUNTIME_SECONDS] (default 15 per job)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runtime=${1:-15}
+size=2G
+work=$(mktemp -d /var/tmp/jvol-bench.XXXXXX)
+pid= raw= ext4dev= ext4jdev=
+cleanup() {
+  mountpoint -q "$work/ext4j" && umount "$work/ext4j"
+  [ -n "$raw" ] && losetup -d "$raw"
+  [ -n "$ext4dev" ] && losetup -d "$ext4dev"
+  [ -n "$ext4jdev" ] && losetup -d "$ext4jdev"
+  [ -n "$pid" ] && kill -TERM "$pid" && wait "$pid" || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# raw: a loop device on a plain file.
+fallocate -l "$size" "$work/raw.img"
+raw=$(losetup --find --show --direct-io=on --sector-size 4096 "$work/raw.img")
+
+# jvol: journal at its default (10% of the size); the sequential write job
+# writes the whole device, past the journal's size.
+bin/jvol attach --dir "$work/vol" --size "${size%G}Gi" >"$work/jvol.out" 2>"$work/jvol.log" &
+pid=$!
+for _ in $(seq 300); do grep -q '^device=' "$work/jvol.out" 2>/dev/null && break; sleep 0.1; done
+jvol=$(sed -n 's/^device=//p' "$work/jvol.out")
+[ -n "$jvol" ] || { cat "$work/jvol.log"; exit 1; }
+
+# ext4 data=journal with an external 256 MiB journal device.
+fallocate -l 3G "$work/ext4.img"
+fallocate -l 256M "$work/ext4j.img"
+ext4dev=$(losetup --find --show --direct-io=on "$work/ext4.img")
+ext4jdev=$(losetup --find --show --direct-io=on "$work/ext4j.img")
+mke2fs -q -F -O journal_dev -b 4096 "$ext4jdev"
+mkfs.ext4 -q -F -b 4096 -J device="$ext4jdev" "$ext4dev"
+mkdir -p "$work/ext4j"
+mount -o data=journal "$ext4dev" "$work/ext4j"
+fallocate -l "$size" "$work/ext4j/file"
+
+# name:fio options; the figure is MB/s for 1M jobs, IOPS for 4k jobs.
+jobs=(
+  "seq-write-1M-qd8:--rw=write --bs=1M --iodepth=8"
+  "seq-read-1M-qd8:--rw=read --bs=1M --iodepth=8"
+  "rand-write-4k-qd32:--rw=randwrite --bs=4k --iodepth=32"
+  "rand-read-4k-qd32:--rw=randread --bs=4k --iodepth=32"
+  "write-fsync-4k-qd1:--rw=write --bs=4k --iodepth=1 --fsync=1"
+)
+
+run() { # run TARGET FILENAME JOBOPTS -> prints the figure
+  local target=$1 file=$2 opts=$3 direct=1
+  [ "$target" = ext4j ] && direct=0 # data=journal takes no O_DIRECT
+  # shellcheck disable=SC2086
+  fio --name="$target" --filename="$file" --size="$size" --ioengine=libaio --direct=$direct \
+    --time_based --runtime="$runtime" --ramp_time=2 --group_reporting $opts \
+    --output-format=json --output="$work/fio.json" >/dev/null
+  python3 - "$work/fio.json" "$opts" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))["jobs"][0]
+d = j["write"] if j["write"]["io_bytes"] > j["read"]["io_bytes"] else j["read"]
+print(f'{d["bw_bytes"]/1e6:.0f}' if "--bs=1M" in sys.argv[2] else f'{d["iops"]:.0f}')
+PY
+}
+
+printf '%-20s %10s %10s %10s %9s %11s\n' workload raw jvol ext4j jvol/raw jvol/ext4j
+for job in "${jobs[@]}"; do
+  name=${job%%:*} opts=${job#*:}
+  r=$(run raw "$raw" "$opts")
+  j=$(run jvol "$jvol" "$opts")
+  e=$(run ext4j "$work/ext4j/file" "$opts")
+  unit=IOPS; [[ $opts == *--bs=1M* ]] && unit=MB/s
+  printf '%-20s %10s %10s %10s %9.2f %11.2f  (%s)\n' "$name" "$r" "$j" "$e" \
+    "$(echo "$j / $r" | bc -l)" "$(echo "$j / $e" | bc -l)" "$unit"
+done
+echo
+bin/jvol status --dir "$work/vol" | grep -E 'stalls|commits|flushes'
