@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"net/http"
+	_ "net/http/pprof"
 	"os"
 	"runtime"
 	"time"
@@ -60,6 +62,10 @@ func attachCmd(ctx context.Context, args []string) error {
 		o.Volume.FIFOSize = int(n)
 	}
 	runtime.GOMAXPROCS(max(runtime.GOMAXPROCS(0), servingThreads))
+	if addr := os.Getenv("JVOL_PPROF_ADDR"); addr != "" {
+		// Profiling on demand, e.g. JVOL_PPROF_ADDR=127.0.0.1:6060.
+		go func() { klog.ErrorS(http.ListenAndServe(addr, nil), "pprof server") }()
+	}
 
 	a, err := attach.Attach(ctx, o)
 	if err != nil {

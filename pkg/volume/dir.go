@@ -112,7 +112,7 @@ func (d *Dir) open(o Options) error {
 	if o.CommitInterval != 0 {
 		cfg.CommitInterval = o.CommitInterval
 	}
-	if d.data, err = vfs.OpenBuffered(filepath.Join(d.Path, DataFile)); err != nil {
+	if d.data, err = vfs.OpenDirect(filepath.Join(d.Path, DataFile)); err != nil {
 		return err
 	}
 	if d.journal, err = vfs.OpenDirect(filepath.Join(d.Path, JournalFile)); err != nil {

@@ -2,17 +2,17 @@
 // and a journal image, written through the journal.
 //
 // A write becomes a block-write record: reserved in the FIFO, filled, then
-// applied to the data image (through the page cache, not yet durable), and
-// only then committed. So everything the journal has written is already in
-// the data image's page cache, and the page cache is the index of the newest
-// data: reads go straight to the data image. Overlapping writes are
-// serialised by range locks, so journal order and data order agree.
+// applied to the data image (direct I/O, not yet flushed from the disk's
+// cache), and only then committed. So everything the journal has written is
+// already in the data image, which is therefore always the newest data:
+// reads go straight to it. Overlapping writes are serialised by range locks,
+// so journal order and data order agree.
 //
 // A flush waits until the journal has synced every earlier write. The
 // committer, gjournal style, switches journal areas when half the ring is in
 // use or the commit interval passes: it takes the journal's durable position,
-// fdatasyncs the data image (which holds every record before it), and
-// checkpoints there. After a crash, Open replays the records after the
+// fdatasyncs the data image (which holds every record before it: the sync
+// makes the disk's cache durable), and checkpoints there. After a crash, Open replays the records after the
 // checkpoint into the data image, newest last, before anything is served.
 package volume
 
@@ -118,8 +118,7 @@ func (v *Volume) replay(_ uint64, r journal.Record) error {
 			if int64(off)+int64(len(data)) > v.size {
 				return fmt.Errorf("volume: replayed write at %d beyond the size %d", off, v.size)
 			}
-			_, err = v.data.WriteAt(data, int64(off))
-			return err
+			return v.writeData(data, int64(off))
 		case journal.SubDiscard:
 			u, err := s.Uint64s(2)
 			if err != nil {
@@ -161,7 +160,10 @@ func (v *Volume) ReadAt(p []byte, off int64) (int, error) {
 	if err := v.check(off, int64(len(p))); err != nil {
 		return 0, err
 	}
-	return v.data.ReadAt(p, off)
+	if err := v.readData(p, off); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
 
 // maxChunk is the largest write one record carries; larger ones are split
@@ -202,7 +204,7 @@ func (v *Volume) writeChunk(p []byte, off int64) error {
 	journal.PutBlockWrite(r.Payload, uint64(off), p)
 	// Into the data image before the commit: whatever the journal has
 	// written, the data image's page cache already holds.
-	if _, err := v.data.WriteAt(p, off); err != nil {
+	if err := v.writeData(p, off); err != nil {
 		r.Abort()
 		return err
 	}
