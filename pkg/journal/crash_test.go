@@ -84,6 +84,19 @@ func (c *crashRun) unack(n int) {
 	c.acked = c.acked[:len(c.acked)-n]
 }
 
+// damageLast appends n records of min to max bytes, flushes them, then
+// damages the last one (start and end are its file offsets) as a write torn
+// by a crash would, so it counts as merely appended.
+func (c *crashRun) damageLast(n, minSize, maxSize int, damage func(start, end int64)) *faultfs.File {
+	c.append(n, minSize, maxSize)
+	c.flush()
+	c.unack(1)
+	p := c.positions()
+	start := c.fileOffset(p[len(p)-1])
+	damage(start, start+int64(AlignedSize(len(c.maybe[0]))))
+	return c.f.PowerCut(nil)
+}
+
 // positions returns the ring positions of the records in the image now.
 func (c *crashRun) positions() []uint64 {
 	var pos []uint64
@@ -191,45 +204,21 @@ func TestCrashRecovery(t *testing.T) {
 			return c.f.PowerCut(faultfs.TearRandomly(c.rng))
 		}},
 		{"a torn sector in the header of the last record", 4 << 20, func(c *crashRun) *faultfs.File {
-			c.append(30, 600, 3000)
-			c.flush()
-			c.unack(1)
-			p := c.positions()
-			smash(c.f, c.fileOffset(p[len(p)-1]), false)
-			return c.f.PowerCut(nil)
+			return c.damageLast(30, 600, 3000, func(start, _ int64) { smash(c.f, start, false) })
 		}},
 		{"a torn sector in the trailer of the last record", 4 << 20, func(c *crashRun) *faultfs.File {
-			c.append(30, 6000, 9000)
-			c.flush()
-			c.unack(1)
-			p := c.positions()
-			end := c.fileOffset(p[len(p)-1]) + int64(AlignedSize(len(c.maybe[0])))
-			smash(c.f, end-TrailerSize, false)
-			return c.f.PowerCut(nil)
+			return c.damageLast(30, 6000, 9000, func(_, end int64) { smash(c.f, end-TrailerSize, false) })
 		}},
 		{"a torn sector in the payload of the last record", 4 << 20, func(c *crashRun) *faultfs.File {
-			c.append(30, 6000, 9000)
-			c.flush()
-			c.unack(1)
-			p := c.positions()
-			smash(c.f, c.fileOffset(p[len(p)-1])+2048, false)
-			return c.f.PowerCut(nil)
+			return c.damageLast(30, 6000, 9000, func(start, _ int64) { smash(c.f, start+2048, false) })
 		}},
 		{"a zeroed sector in the last record", 4 << 20, func(c *crashRun) *faultfs.File {
-			c.append(30, 6000, 9000)
-			c.flush()
-			c.unack(1)
-			p := c.positions()
-			smash(c.f, c.fileOffset(p[len(p)-1])+1024, true)
-			return c.f.PowerCut(nil)
+			return c.damageLast(30, 6000, 9000, func(start, _ int64) { smash(c.f, start+1024, true) })
 		}},
 		{"a bit flip in the last record", 4 << 20, func(c *crashRun) *faultfs.File {
-			c.append(30, 600, 900)
-			c.flush()
-			c.unack(1)
-			p := c.positions()
-			c.f.Mutate(c.fileOffset(p[len(p)-1])+40, func(b []byte) { b[0] ^= 0x10 })
-			return c.f.PowerCut(nil)
+			return c.damageLast(30, 600, 900, func(start, _ int64) {
+				c.f.Mutate(start+40, func(b []byte) { b[0] ^= 0x10 })
+			})
 		}},
 		{"records that wrap the ring end behind a pad", 2 << 20, func(c *crashRun) *faultfs.File {
 			for c.j.Stats().Head < uint64(3*c.ringSz) { // laps, checkpointing as a committer would

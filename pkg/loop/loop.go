@@ -69,26 +69,24 @@ func configure(dev string, n int, f *os.File, path string) error {
 // Detach detaches the loop device. If something still holds it open, the
 // kernel detaches it when that closes.
 func Detach(dev string) error {
-	d, err := os.OpenFile(dev, os.O_RDWR, 0)
-	if err != nil {
-		return err
+	err := ioctl(dev, unix.LOOP_CLR_FD)
+	if errors.Is(err, unix.ENXIO) { // not attached: done already
+		return nil
 	}
-	defer d.Close()
-	if err := unix.IoctlSetInt(int(d.Fd()), unix.LOOP_CLR_FD, 0); err != nil && !errors.Is(err, unix.ENXIO) {
-		return fmt.Errorf("loop: detach %s: %w", dev, err)
-	}
-	return nil
+	return err
 }
 
 // SetCapacity makes the loop device take the current size of its file.
-func SetCapacity(dev string) error {
+func SetCapacity(dev string) error { return ioctl(dev, unix.LOOP_SET_CAPACITY) }
+
+func ioctl(dev string, req uint) error {
 	d, err := os.OpenFile(dev, os.O_RDWR, 0)
 	if err != nil {
 		return err
 	}
 	defer d.Close()
-	if err := unix.IoctlSetInt(int(d.Fd()), unix.LOOP_SET_CAPACITY, 0); err != nil {
-		return fmt.Errorf("loop: set capacity of %s: %w", dev, err)
+	if err := unix.IoctlSetInt(int(d.Fd()), req, 0); err != nil {
+		return fmt.Errorf("loop: %s: ioctl %#x: %w", dev, req, err)
 	}
 	return nil
 }
