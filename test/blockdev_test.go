@@ -12,8 +12,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -54,8 +56,26 @@ type attached struct {
 	cmd    *exec.Cmd
 	device string
 	mount  string
-	stderr *bytes.Buffer
+	stderr *syncBuffer
 	extra  chan string // what stdout said after the ready lines
+}
+
+// syncBuffer is a bytes.Buffer safe to read while a process writes to it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // attach starts `jvol attach` with args and waits for its device line
@@ -67,7 +87,7 @@ func attach(t *testing.T, args ...string) *attached {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := &attached{cmd: cmd, stderr: &bytes.Buffer{}}
+	a := &attached{cmd: cmd, stderr: &syncBuffer{}}
 	cmd.Stderr = a.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -270,7 +290,7 @@ func leftovers(t *testing.T, dir string) {
 		t.Errorf("loop devices left behind: %v", devs)
 	}
 	mi, _ := os.ReadFile("/proc/self/mountinfo")
-	if bytes.Contains(mi, []byte(dir)) {
+	if bytes.Contains(mi, []byte(strings.ReplaceAll(dir, " ", `\040`))) {
 		t.Errorf("mounts left behind under %s", dir)
 	}
 }
@@ -385,4 +405,56 @@ func writeTree(t *testing.T, root string) map[string][]byte {
 		}
 	}
 	return tree
+}
+
+// TestDetachWithABusyFileSystemKeepsServing: SIGTERM while a file in the
+// mount is open must not pull the device out from under the file system;
+// the volume stays attached, and a second SIGTERM once the file is closed
+// detaches cleanly.
+func TestDetachWithABusyFileSystemKeepsServing(t *testing.T) {
+	requireRoot(t)
+	dir := filepath.Join(t.TempDir(), "vol")
+	mnt := filepath.Join(t.TempDir(), "mnt")
+	a := attach(t, "--dir", dir, "--size", "128Mi", "--fs", "ext4", "--mount", mnt)
+	busy, err := os.Create(filepath.Join(mnt, "busy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(a.stderr.String(), "still attached") { // the log line is all there is to wait on
+		if time.Now().After(deadline) {
+			t.Fatalf("no refusal to detach a busy file system:\n%s", a.stderr)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := busy.WriteString("still served"); err != nil {
+		t.Fatal(err)
+	}
+	if err := busy.Sync(); err != nil {
+		t.Fatalf("the busy file system lost its device: %v", err)
+	}
+	busy.Close()
+	a.stop(t)
+	leftovers(t, dir)
+}
+
+// TestAttachThroughASymlinkCleansUpAfterKill9: the kernel names loop
+// backing files and mounts by their real path; a volume reached through a
+// symlinked directory whose name has a space must still find its leftovers.
+func TestAttachThroughASymlinkCleansUpAfterKill9(t *testing.T) {
+	requireRoot(t)
+	base := t.TempDir()
+	if err := os.Mkdir(filepath.Join(base, "real dir"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(base, "real dir"), filepath.Join(base, "link")); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(base, "link", "vol")
+	a := attach(t, "--dir", dir, "--size", "16Mi")
+	a.kill(t)
+	b := attach(t, "--dir", dir)
+	b.stop(t)
+	leftovers(t, filepath.Join(base, "real dir", "vol"))
 }

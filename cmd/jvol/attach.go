@@ -8,7 +8,9 @@ import (
 	"net/http"
 	_ "net/http/pprof"
 	"os"
+	"os/signal"
 	"runtime"
+	"syscall"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -67,6 +69,11 @@ func attachCmd(ctx context.Context, args []string) error {
 		go func() { klog.ErrorS(http.ListenAndServe(addr, nil), "pprof server") }()
 	}
 
+	// Signals after the first arrive here: a detach that finds the file
+	// system busy keeps the volume served until the next one.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
 	a, err := attach.Attach(ctx, o)
 	if err != nil {
 		return err
@@ -77,20 +84,26 @@ func attachCmd(ctx context.Context, args []string) error {
 	}
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
-	for done := false; !done; {
+	for {
 		if err := a.PublishStatus(); err != nil {
 			klog.ErrorS(err, "Publishing status", "dir", a.Path)
 		}
 		select {
-		case <-ctx.Done():
-			done = true
 		case <-t.C:
+			continue
+		case <-sigs:
 		}
+		klog.InfoS("Detaching", "dir", a.Path, "device", a.Device)
+		err := a.Detach()
+		if err == nil {
+			return nil
+		}
+		if a.Attached() {
+			klog.ErrorS(err, "Detach failed; still attached: send the signal again to retry", "dir", a.Path)
+			continue
+		}
+		return err
 	}
-	klog.InfoS("Detaching", "dir", a.Path, "device", a.Device)
-	err = a.Detach()
-	os.Remove(a.Path + "/" + attach.StatusFile)
-	return err
 }
 
 func statusCmd(args []string) error {

@@ -59,6 +59,12 @@ func Attach(ctx context.Context, o Options) (*Attachment, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The kernel names loop backing files and mount points by their real
+	// path; so must we, to recognise our own leftovers.
+	if d.Path, err = filepath.EvalSymlinks(dir); err != nil {
+		d.Close()
+		return nil, err
+	}
 	a := &Attachment{Dir: d}
 	if err := a.attach(o); err != nil {
 		a.Detach()
@@ -97,27 +103,28 @@ func (a *Attachment) Grow(ctx context.Context, size int64) error {
 	return a.fe.Resized()
 }
 
-// Detach unmounts the file system (if Attach mounted one), flushes, frees
-// the loop device, unmounts the FUSE file system and closes the volume
-// (a final commit). It undoes whatever part of Attach happened.
+// Attached reports whether the block device is still there.
+func (a *Attachment) Attached() bool { return a.fe != nil }
+
+// Detach unmounts the file system (if Attach mounted one), flushes, removes
+// the block device and closes the volume (a final commit). If the file
+// system or the device is still busy, it stops there and returns the error:
+// the volume stays attached and served, and Detach can be called again.
 func (a *Attachment) Detach() error {
-	var errs []error
 	if a.MountPath != "" {
 		if err := mount.New("").Unmount(a.MountPath); err != nil {
-			errs = append(errs, err)
+			return fmt.Errorf("detach: %w; the volume stays attached", err)
 		}
+		a.MountPath = ""
 	}
+	var flushErr error
 	if a.fe != nil {
-		if err := a.Flush(context.Background()); err != nil {
-			errs = append(errs, err)
-		}
+		flushErr = a.Flush(context.Background())
 		if err := a.fe.Close(); err != nil {
-			errs = append(errs, err)
+			return fmt.Errorf("detach: %w; the volume stays attached", err)
 		}
 		a.fe = nil
 	}
-	if err := a.Dir.Close(); err != nil {
-		errs = append(errs, err)
-	}
-	return errors.Join(errs...)
+	os.Remove(filepath.Join(a.Path, StatusFile)) // while the lock is ours
+	return errors.Join(flushErr, a.Dir.Close())
 }

@@ -75,7 +75,7 @@ func OpenDir(path string, o Options) (*Dir, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+	if err := lockDir(lock); err != nil {
 		lock.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
 			return nil, fmt.Errorf("%w: %s", ErrInUse, path)
@@ -84,10 +84,27 @@ func OpenDir(path string, o Options) (*Dir, error) {
 	}
 	d.lock = lock
 	if err := d.open(o); err != nil {
+		if d.Volume != nil {
+			d.Volume.Close()
+		}
 		d.release()
 		return nil, err
 	}
 	return d, nil
+}
+
+// lockDir takes the directory's lock without waiting for another attach.
+// `jvol status` holds it shared for an instant to see whether the volume is
+// attached; a few short retries keep that from failing an attach.
+func lockDir(f *os.File) error {
+	var err error
+	for range 20 {
+		if err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); !errors.Is(err, syscall.EWOULDBLOCK) {
+			return err
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return err
 }
 
 func (d *Dir) open(o Options) error {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -105,5 +106,21 @@ func TestOpenDirCreatesReopensAndLocks(t *testing.T) {
 	}
 	if m, err := ReadMeta(dir); err != nil || m.Size != 16<<20 {
 		t.Fatalf("metadata after growing: %+v, %v", m, err)
+	}
+}
+
+func TestAFailedOpenLeavesNothingRunning(t *testing.T) {
+	dir := t.TempDir()
+	d, err := OpenDir(dir, Options{Size: 8 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	before := runtime.NumGoroutine()
+	if _, err := OpenDir(dir, Options{Size: 8<<20 + 1}); !errors.Is(err, ErrAlignment) {
+		t.Fatalf("growing to an unaligned size: %v", err)
+	}
+	if after := runtime.NumGoroutine(); after > before {
+		t.Fatalf("%d goroutines before a failed open, %d after: the volume was left running", before, after)
 	}
 }

@@ -66,8 +66,13 @@ type Volume struct {
 	lastCkpt uint64
 	quit     chan struct{}
 	done     chan struct{}
-	failMu   sync.Mutex
-	err      error // the first commit failure: the volume is unusable
+	// ctx ends with the first commit failure: the volume is unusable then,
+	// and I/O, even I/O blocked on a full journal, fails with the cause.
+	ctx  context.Context
+	fail context.CancelCauseFunc
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // Open opens a volume on its data and journal images (the journal already
@@ -87,6 +92,7 @@ func Open(data Data, jf vfs.File, size int64, cfg Config) (*Volume, journal.Reco
 			return nil, journal.Recovery{}, err
 		}
 	}
+	v.ctx, v.fail = context.WithCancelCause(context.Background())
 	j, rec, err := journal.Open(jf, cfg.Journal, v.replay)
 	if err != nil {
 		return nil, rec, err
@@ -147,7 +153,7 @@ func (v *Volume) Size() int64 {
 }
 
 func (v *Volume) check(off, n int64) error {
-	if off < 0 || n < 0 || off+n > v.size {
+	if off < 0 || n < 0 || off > v.size || n > v.size-off {
 		return fmt.Errorf("%w: [%d, %d) of %d", ErrOutOfRange, off, off+n, v.size)
 	}
 	return nil
@@ -197,9 +203,9 @@ func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
 
 func (v *Volume) writeChunk(p []byte, off int64) error {
 	defer v.locks.unlock(v.locks.lock(off, int64(len(p))))
-	r, err := v.j.Reserve(context.Background(), StreamIO, journal.BlockWriteSize(len(p)))
+	r, err := v.j.Reserve(v.ctx, StreamIO, journal.BlockWriteSize(len(p)))
 	if err != nil {
-		return err
+		return v.cause(err)
 	}
 	journal.PutBlockWrite(r.Payload, uint64(off), p)
 	// Into the data image before the commit: whatever the journal has
@@ -223,9 +229,9 @@ func (v *Volume) Discard(off, n int64) error {
 		return nil
 	}
 	defer v.locks.unlock(v.locks.lock(off, n))
-	r, err := v.j.Reserve(context.Background(), StreamIO, journal.SubSize(16))
+	r, err := v.j.Reserve(v.ctx, StreamIO, journal.SubSize(16))
 	if err != nil {
-		return err
+		return v.cause(err)
 	}
 	journal.PutDiscard(r.Payload, uint64(off), uint64(n))
 	if err := v.data.Punch(off, n); err != nil {
@@ -242,6 +248,11 @@ func (v *Volume) Grow(ctx context.Context, size int64) error {
 	if size%vfs.BlockSize != 0 {
 		return ErrAlignment
 	}
+	if err := v.failed(); err != nil {
+		return err
+	}
+	ctx, done := v.bind(ctx)
+	defer done()
 	v.sizeMu.Lock()
 	defer v.sizeMu.Unlock()
 	switch {
@@ -252,7 +263,7 @@ func (v *Volume) Grow(ctx context.Context, size int64) error {
 	}
 	r, err := v.j.Reserve(ctx, StreamIO, journal.SubSize(8))
 	if err != nil {
-		return err
+		return v.cause(err)
 	}
 	body, _ := journal.PutSub(r.Payload, journal.SubResize|journal.SubLast, 8)
 	putU64(body, uint64(size))
@@ -262,7 +273,7 @@ func (v *Volume) Grow(ctx context.Context, size int64) error {
 	}
 	r.Commit(len(r.Payload))
 	if err := v.j.Flush(ctx); err != nil {
-		return err
+		return v.cause(err)
 	}
 	v.size = size
 	return nil
@@ -279,13 +290,26 @@ func (v *Volume) Flush(ctx context.Context) error {
 	if err := v.failed(); err != nil {
 		return err
 	}
-	return v.j.Flush(ctx)
+	ctx, done := v.bind(ctx)
+	defer done()
+	return v.cause(v.j.Flush(ctx))
 }
 
-func (v *Volume) failed() error {
-	v.failMu.Lock()
-	defer v.failMu.Unlock()
-	return v.err
+// bind returns ctx, also ended when the volume fails.
+func (v *Volume) bind(ctx context.Context) (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	stop := context.AfterFunc(v.ctx, func() { cancel(context.Cause(v.ctx)) })
+	return ctx, func() { stop(); cancel(nil) }
+}
+
+func (v *Volume) failed() error { return context.Cause(v.ctx) }
+
+// cause returns why the volume failed if it did, else err.
+func (v *Volume) cause(err error) error {
+	if c := v.failed(); c != nil {
+		return c
+	}
+	return err
 }
 
 // committer commits when half the ring is in use or the interval passes.
@@ -301,11 +325,6 @@ func (v *Volume) committer() {
 		case <-v.j.CheckpointWanted():
 		}
 		if err := v.commit(); err != nil {
-			v.failMu.Lock()
-			if v.err == nil {
-				v.err = err
-			}
-			v.failMu.Unlock()
 			return
 		}
 	}
@@ -316,14 +335,22 @@ func (v *Volume) committer() {
 func (v *Volume) commit() error {
 	v.commitMu.Lock()
 	defer v.commitMu.Unlock()
+	if err := v.failed(); err != nil {
+		return err
+	}
 	pos, id := v.j.Durable()
 	if pos == v.lastCkpt && v.commits > 0 {
 		return nil
 	}
+	// A failed fdatasync is final: the kernel may have dropped the pages
+	// and tells only one caller, so no later commit may checkpoint.
 	if err := v.data.Sync(); err != nil {
-		return fmt.Errorf("volume: sync data image: %w", err)
+		err = fmt.Errorf("volume: sync data image: %w", err)
+		v.fail(err)
+		return err
 	}
 	if err := v.j.Checkpoint(pos, id); err != nil {
+		v.fail(err)
 		return err
 	}
 	v.lastCkpt = pos
@@ -343,6 +370,11 @@ func (v *Volume) Commit(ctx context.Context) error {
 // Close flushes, commits and closes the journal cleanly. It does not close
 // the files.
 func (v *Volume) Close() error {
+	v.closeOnce.Do(func() { v.closeErr = v.close() })
+	return v.closeErr
+}
+
+func (v *Volume) close() error {
 	close(v.quit)
 	<-v.done
 	err := v.Commit(context.Background())

@@ -256,3 +256,32 @@ func TestConcurrentOverlappingWritesLeaveJournalAndDataInAgreement(t *testing.T)
 	}
 	v.Close()
 }
+
+// TestAFailedCommitFailsIOInsteadOfHangingIt: after the data image's
+// fdatasync fails, no commit can free the journal; writers that would wait
+// for space forever must get the error instead, and no later commit may
+// checkpoint.
+func TestAFailedCommitFailsIOInsteadOfHangingIt(t *testing.T) {
+	data, jf := images(t, 4<<20, 2<<20)
+	v := openVolume(t, data, jf, 4<<20)
+	data.SetFailSync(func() error { return faultfs.ErrInjected })
+	p := bytes.Repeat([]byte{7}, 256<<10)
+	var err error
+	for i := 0; err == nil && i < 64; i++ { // 16 MiB through a 2 MiB ring
+		_, err = v.WriteAt(p, int64(i%16)*int64(len(p)))
+	}
+	if !errors.Is(err, faultfs.ErrInjected) {
+		t.Fatalf("writes after a failed commit: %v, want the sync error", err)
+	}
+	data.SetFailSync(nil)
+	before := v.Stats().Commits
+	if err := v.commit(); err == nil || v.Stats().Commits != before {
+		t.Fatalf("a commit after a failed sync went ahead: %v", err)
+	}
+	if err := v.Flush(context.Background()); !errors.Is(err, faultfs.ErrInjected) {
+		t.Fatalf("flush: %v", err)
+	}
+	if err := v.Grow(context.Background(), 8<<20); !errors.Is(err, faultfs.ErrInjected) {
+		t.Fatalf("grow: %v", err)
+	}
+}

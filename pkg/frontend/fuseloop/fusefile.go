@@ -157,18 +157,19 @@ func (f *file) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno { retu
 // Allocate takes the punch-hole a loop device's discard becomes; plain
 // allocation within the file is a no-op (the volume's space is its own).
 func (f *file) Allocate(ctx context.Context, fh fs.FileHandle, off, size uint64, mode uint32) syscall.Errno {
+	devSize := f.dev.Size()
+	if int64(off+size) > devSize && mode&unix.FALLOC_FL_KEEP_SIZE == 0 {
+		return syscall.ENOSPC // the file's size changes only through the volume
+	}
 	switch {
 	case mode&unix.FALLOC_FL_PUNCH_HOLE != 0, mode&unix.FALLOC_FL_ZERO_RANGE != 0:
-		end := min(int64(off+size), f.dev.Size())
+		end := min(int64(off+size), devSize)
 		if int64(off) >= end {
 			return 0
 		}
 		return errno(f.dev.Discard(int64(off), end-int64(off)))
 	case mode&^unix.FALLOC_FL_KEEP_SIZE == 0:
-		if int64(off+size) > f.dev.Size() && mode&unix.FALLOC_FL_KEEP_SIZE == 0 {
-			return syscall.ENOSPC
-		}
-		return 0
+		return 0 // the data image is sparse: nothing is reserved ahead
 	}
 	return syscall.EOPNOTSUPP
 }
@@ -179,8 +180,11 @@ func errno(err error) syscall.Errno {
 		return 0
 	}
 	var e syscall.Errno
-	if errors.As(err, &e) {
+	switch {
+	case errors.As(err, &e):
 		return e
+	case errors.Is(err, context.Canceled):
+		return syscall.EINTR
 	}
 	return syscall.EIO
 }

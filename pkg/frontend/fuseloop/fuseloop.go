@@ -79,6 +79,9 @@ func clearLeftovers(mnt, file string) error {
 	if err != nil {
 		return err
 	}
+	for i := range mounts { // mountinfo escapes space, tab, newline, backslash
+		mounts[i].MountPoint, mounts[i].Source = unescape(mounts[i].MountPoint), unescape(mounts[i].Source)
+	}
 	for _, dev := range devs {
 		for _, m := range mounts {
 			if m.Source == dev {
@@ -103,3 +106,22 @@ func clearLeftovers(mnt, file string) error {
 	}
 	return nil
 }
+
+// unescape undoes mountinfo's octal escapes (\040 for a space).
+func unescape(s string) string {
+	if !strings.Contains(s, "\\") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) && isOctal(s[i+1]) && isOctal(s[i+2]) && isOctal(s[i+3]) {
+			b.WriteByte((s[i+1]-'0')<<6 | (s[i+2]-'0')<<3 | (s[i+3] - '0'))
+			i += 3
+			continue
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+func isOctal(c byte) bool { return c >= '0' && c <= '7' }
