@@ -393,14 +393,16 @@ func (j *Journal) place(pos uint64, h Header, a uint64) error {
 	if phys := head % j.ring; phys+a > j.ring {
 		p1, p2 = j.ring-phys, pos%blk
 	}
+	var tail uint64
 	for stalled := false; ; stalled = true {
 		// The ring is written in whole blocks: the head must not enter the
 		// block that holds the checkpoint, or its zero fill would wipe the
 		// first live record.
 		j.mu.Lock()
-		limit, ch := j.tail&^(blk-1)+j.ring, j.ringFree
+		tail = j.tail
+		ch := j.ringFree
 		j.mu.Unlock()
-		if head+p1+p2+a <= limit {
+		if head+p1+p2+a <= tail&^(blk-1)+j.ring {
 			break
 		}
 		if !stalled {
@@ -444,16 +446,10 @@ func (j *Journal) place(pos uint64, h Header, a uint64) error {
 	}
 	j.lastID = max(j.lastID, h.Transid)
 	j.headPub.Store(j.rw.head)
-	if j.rw.head-j.syncedTail() >= j.ring/2 {
+	if j.rw.head-tail >= j.ring/2 { // the tail read above: one lock a record
 		j.wantCheckpoint()
 	}
 	return nil
-}
-
-func (j *Journal) syncedTail() uint64 {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	return j.tail
 }
 
 func (j *Journal) wantCheckpoint() {

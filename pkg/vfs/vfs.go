@@ -75,16 +75,6 @@ func (o *OSFile) Punch(off, n int64) error {
 	return unix.Fallocate(int(o.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
 }
 
-// OpenBuffered opens an existing file for reading and writing through the
-// page cache.
-func OpenBuffered(path string) (*OSFile, error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return nil, err
-	}
-	return &OSFile{f: f}, nil
-}
-
 func (o *OSFile) Size() (int64, error) {
 	st, err := o.f.Stat()
 	if err != nil {
