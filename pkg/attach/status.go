@@ -69,7 +69,8 @@ func (a *Attachment) PublishStatus() error {
 	if err != nil {
 		return err
 	}
-	return volume.WriteFileAtomic(filepath.Join(a.Path, StatusFile), append(b, '\n'))
+	// Once a second: readers need it whole, not durable.
+	return volume.ReplaceFile(filepath.Join(a.Path, StatusFile), append(b, '\n'))
 }
 
 // ReadStatus returns the status of the volume in dir: what its attach

@@ -279,26 +279,35 @@ func WriteMeta(path string, m Meta) error {
 }
 
 // WriteFileAtomic writes b to a temporary file beside name, syncs it,
-// renames it over name and syncs the directory.
+// renames it over name and syncs the directory: after a crash, name holds
+// the old contents or the new, whole.
 func WriteFileAtomic(name string, b []byte) error {
+	if err := replaceFile(name, b, true); err != nil {
+		return err
+	}
+	return vfs.SyncDir(name)
+}
+
+// ReplaceFile replaces name with b so that readers see the old contents or
+// the new, whole; nothing is synced (for files that need not survive a
+// crash, such as published figures).
+func ReplaceFile(name string, b []byte) error { return replaceFile(name, b, false) }
+
+func replaceFile(name string, b []byte, sync bool) error {
 	tmp, err := os.CreateTemp(filepath.Dir(name), "."+filepath.Base(name)+".tmp-*")
 	if err != nil {
 		return err
 	}
 	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
+	_, err = tmp.Write(b)
+	if err == nil && sync {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return err
 	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), name); err != nil {
-		return err
-	}
-	return vfs.SyncDir(name)
+	return os.Rename(tmp.Name(), name)
 }
