@@ -60,16 +60,44 @@ type attached struct {
 	extra  chan string // what stdout said after the ready lines
 }
 
-// syncBuffer is a bytes.Buffer safe to read while a process writes to it.
+// syncBuffer is a bytes.Buffer safe to read while a process writes to it;
+// waitFor blocks until it contains a string.
 type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+	mu      sync.Mutex
+	b       bytes.Buffer
+	changed chan struct{} // closed and replaced on every write
 }
 
 func (s *syncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.changed != nil {
+		close(s.changed)
+		s.changed = nil
+	}
 	return s.b.Write(p)
+}
+
+// waitFor returns whether the buffer came to contain want within d.
+func (s *syncBuffer) waitFor(want string, d time.Duration) bool {
+	timeout := time.After(d)
+	for {
+		s.mu.Lock()
+		if strings.Contains(s.b.String(), want) {
+			s.mu.Unlock()
+			return true
+		}
+		if s.changed == nil {
+			s.changed = make(chan struct{})
+		}
+		ch := s.changed
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-timeout:
+			return false
+		}
+	}
 }
 
 func (s *syncBuffer) String() string {
@@ -421,12 +449,8 @@ func TestDetachWithABusyFileSystemKeepsServing(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.cmd.Process.Signal(syscall.SIGTERM)
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(a.stderr.String(), "still attached") { // the log line is all there is to wait on
-		if time.Now().After(deadline) {
-			t.Fatalf("no refusal to detach a busy file system:\n%s", a.stderr)
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !a.stderr.waitFor("still attached", 30*time.Second) {
+		t.Fatalf("no refusal to detach a busy file system:\n%s", a.stderr)
 	}
 	if _, err := busy.WriteString("still served"); err != nil {
 		t.Fatal(err)
