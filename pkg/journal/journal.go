@@ -272,6 +272,9 @@ func (j *Journal) Close() error {
 // fail stops the journal with err: flushes and reservations return it.
 // Errors of fdatasync are final: the kernel may have dropped the pages.
 func (j *Journal) fail(err error) {
+	// Refuse new reservations before any flush waiter can see the error:
+	// a caller told its flush failed must not then get an append through.
+	j.fifo.Close(err)
 	j.mu.Lock()
 	if j.err == nil {
 		j.err = err
@@ -279,7 +282,6 @@ func (j *Journal) fail(err error) {
 		j.synced = make(chan struct{})
 	}
 	j.mu.Unlock()
-	j.fifo.Close(err)
 }
 
 func (j *Journal) run() {
