@@ -22,6 +22,14 @@ commands:
   journal dump DIR-or-FILE   print the live records of a journal image, one per line
   journal demo [--dir DIR]   run the journal engine alone: writers, flushes, checkpoints,
                              live figures, then crash recovery
+
+CSI driver (flags: jvol ROLE -h):
+  controller --endpoint unix://SOCK
+                             CSI Identity and Controller; volumes are Journal objects
+  node --endpoint unix://SOCK --node-id NAME [--state-dir /var/lib/jvol]
+                             CSI Identity and Node; makes and serves this node's volumes
+  standalone --endpoint unix://SOCK --node-id NAME --state-dir DIR
+                             both, without Kubernetes: Journals kept in DIR/journals
 Sizes take Ki, Mi, Gi or Ti.
 `
 
@@ -51,6 +59,12 @@ func run(ctx context.Context, args []string) error {
 		return statusCmd(args[1:])
 	case "journal":
 		return journalCmd(ctx, args[1:])
+	case "controller":
+		return controllerCmd(ctx, args[1:])
+	case "node":
+		return nodeCmd(ctx, args[1:])
+	case "standalone":
+		return standaloneCmd(ctx, args[1:])
 	}
 	return fmt.Errorf("unknown command %q: %w", args[0], errUsage)
 }

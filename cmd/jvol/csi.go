@@ -1,0 +1,252 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	v1 "github.com/jvol-io/jvol/pkg/apis/jvol/v1alpha1"
+	"github.com/jvol-io/jvol/pkg/catalog"
+	"github.com/jvol-io/jvol/pkg/csi"
+	"github.com/jvol-io/jvol/pkg/node"
+	"github.com/jvol-io/jvol/pkg/registration"
+)
+
+// AvailableAnnotation is where a node plugin publishes, on its Node, the
+// bytes free for volumes; the controller's GetCapacity reads it.
+const AvailableAnnotation = "jvol.io/available-bytes"
+
+func newFlags(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	klog.InitFlags(fs)
+	return fs
+}
+
+func scheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(s); err != nil {
+		panic(err)
+	}
+	if err := v1.AddToScheme(s); err != nil {
+		panic(err)
+	}
+	return s
+}
+
+func available(dir string) (int64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, err
+	}
+	return int64(st.Bavail) * st.Bsize, nil
+}
+
+// serveHealth answers /healthz (the process is up) and /readyz (staged
+// volumes are served again and the CSI socket is open).
+func serveHealth(ctx context.Context, addr string, ready *atomic.Bool) {
+	if addr == "" {
+		return
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !ready.Load() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	s := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		s.Close()
+	}()
+	go func() {
+		if err := s.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			klog.ErrorS(err, "Health endpoint failed", "addr", addr)
+		}
+	}()
+}
+
+func controllerCmd(ctx context.Context, args []string) error {
+	fs := newFlags("controller")
+	endpoint := fs.String("endpoint", "unix:///csi/csi.sock", "CSI endpoint")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := ctrl.GetConfig()
+	if err != nil {
+		return err
+	}
+	c, err := client.New(cfg, client.Options{Scheme: scheme()})
+	if err != nil {
+		return err
+	}
+	cs := &csi.Controller{Store: catalog.Kube{Client: c}, Capacity: func(ctx context.Context, name string) (int64, error) {
+		var n corev1.Node
+		if err := c.Get(ctx, client.ObjectKey{Name: name}, &n); err != nil {
+			return 0, err
+		}
+		v, ok := n.Annotations[AvailableAnnotation]
+		if !ok {
+			return 0, fmt.Errorf("node %s has no %s annotation: is the jvol node plugin running there?", name, AvailableAnnotation)
+		}
+		return strconv.ParseInt(v, 10, 64)
+	}}
+	return csi.Serve(ctx, *endpoint, csi.NewServer(&csi.Identity{Controller: true}, cs, nil))
+}
+
+type nodeFlags struct {
+	endpoint, nodeID, stateDir, healthAddr *string
+}
+
+func addNodeFlags(fs *flag.FlagSet) nodeFlags {
+	return nodeFlags{
+		endpoint:   fs.String("endpoint", "unix:///csi/csi.sock", "CSI endpoint"),
+		nodeID:     fs.String("node-id", "", "this node's name (required)"),
+		stateDir:   fs.String("state-dir", "/var/lib/jvol", "where volumes and their state are kept"),
+		healthAddr: fs.String("health-addr", "", "serve /healthz and /readyz here (host:port)"),
+	}
+}
+
+func (f nodeFlags) check() error {
+	if *f.nodeID == "" {
+		return fmt.Errorf("--node-id is required: %w", errUsage)
+	}
+	return nil
+}
+
+func nodeCmd(ctx context.Context, args []string) error {
+	fs := newFlags("node")
+	f := addNodeFlags(fs)
+	kubeletDir := fs.String("kubelet-dir", "/var/lib/kubelet", "the kubelet's root directory")
+	register := fs.Bool("register", true, "register with the kubelet")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := f.check(); err != nil {
+		return err
+	}
+	var ready atomic.Bool
+	serveHealth(ctx, *f.healthAddr, &ready)
+	volumes, err := node.New(*f.stateDir)
+	if err != nil {
+		return err
+	}
+	// Pods' volumes first: nothing else is ready until they are served.
+	if err := volumes.Restore(ctx); err != nil {
+		klog.ErrorS(err, "Some staged volumes could not be served again")
+	}
+	cfg, err := ctrl.GetConfig()
+	if err != nil {
+		return err
+	}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:  scheme(),
+		Metrics: metricsserver.Options{BindAddress: "0"},
+		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
+			&v1.Journal{}: {Label: labels.SelectorFromSet(labels.Set{catalog.NodeLabel: *f.nodeID})},
+		}},
+	})
+	if err != nil {
+		return err
+	}
+	r := &node.Reconciler{Store: catalog.Kube{Client: mgr.GetClient()}, Volumes: volumes, NodeID: *f.nodeID}
+	if err := r.SetupWithManager(mgr); err != nil {
+		return err
+	}
+	errc := make(chan error, 3)
+	go func() { errc <- mgr.Start(ctx) }()
+	go publishAvailable(ctx, mgr.GetClient(), *f.nodeID, *f.stateDir)
+	if *register {
+		sock := strings.TrimPrefix(*f.endpoint, "unix://")
+		go func() { errc <- registration.Serve(ctx, *kubeletDir, csi.DriverName, sock) }()
+	}
+	s := csi.NewServer(&csi.Identity{Ready: &ready}, nil, &csi.Node{Volumes: volumes, NodeID: *f.nodeID})
+	go func() { errc <- csi.Serve(ctx, *f.endpoint, s) }()
+	ready.Store(true)
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	// Volumes stay staged across a restart: commit them, leave them mounted.
+	return errors.Join(err, volumes.Sync(context.Background()))
+}
+
+// publishAvailable keeps the node's free bytes in an annotation of its Node.
+func publishAvailable(ctx context.Context, c client.Client, nodeName, dir string) {
+	t := time.NewTicker(30 * time.Second)
+	defer t.Stop()
+	for {
+		if n, err := available(dir); err == nil {
+			patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, AvailableAnnotation, strconv.FormatInt(n, 10))
+			obj := &corev1.Node{}
+			obj.Name = nodeName
+			if err := c.Patch(ctx, obj, client.RawPatch("application/merge-patch+json", []byte(patch))); err != nil {
+				klog.ErrorS(err, "Could not publish free space", "node", nodeName)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func standaloneCmd(ctx context.Context, args []string) error {
+	fs := newFlags("standalone")
+	f := addNodeFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := f.check(); err != nil {
+		return err
+	}
+	var ready atomic.Bool
+	serveHealth(ctx, *f.healthAddr, &ready)
+	volumes, err := node.New(*f.stateDir)
+	if err != nil {
+		return err
+	}
+	files, err := catalog.OpenFiles(filepath.Join(*f.stateDir, "journals"))
+	if err != nil {
+		return err
+	}
+	if err := volumes.Restore(ctx); err != nil {
+		klog.ErrorS(err, "Some staged volumes could not be served again")
+	}
+	loop := node.NewLoop(&node.Reconciler{Store: files, Volumes: volumes, NodeID: *f.nodeID})
+	files.Changed = loop.Changed
+	errc := make(chan error, 2)
+	go func() { errc <- loop.Run(ctx) }()
+	cs := &csi.Controller{Store: files, DefaultNode: *f.nodeID, Capacity: func(context.Context, string) (int64, error) {
+		return available(*f.stateDir)
+	}}
+	s := csi.NewServer(&csi.Identity{Controller: true, Ready: &ready}, cs, &csi.Node{Volumes: volumes, NodeID: *f.nodeID})
+	go func() { errc <- csi.Serve(ctx, *f.endpoint, s) }()
+	ready.Store(true)
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	return errors.Join(err, volumes.Sync(context.Background()))
+}

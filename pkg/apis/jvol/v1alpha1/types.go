@@ -1,0 +1,204 @@
+package v1alpha1
+
+import (
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Duplex says when FIFO space is freed: Half once a record is written to the
+// journal image; Full only once the sink has acknowledged its transaction id.
+// +kubebuilder:validation:Enum=Half;Full
+type Duplex string
+
+const (
+	Half Duplex = "Half"
+	Full Duplex = "Full"
+)
+
+// Phase is where a Journal is in its life.
+type Phase string
+
+const (
+	PhasePending  Phase = "Pending"  // not yet made by its node
+	PhaseReady    Phase = "Ready"    // images exist, not attached
+	PhaseAttached Phase = "Attached" // served as a block device on its node
+	PhaseDegraded Phase = "Degraded" // serving, but something needs attention (sink out of sync, say)
+	PhaseDeleting Phase = "Deleting" // images being removed
+	PhaseFailed   Phase = "Failed"   // the node cannot make or serve it; see conditions
+)
+
+// Finalizer keeps a Journal until its node has removed the backing images.
+const Finalizer = "jvol.io/backing-images"
+
+// Condition types.
+const (
+	// ConditionReady is true when the images exist at spec.capacity.
+	ConditionReady = "Ready"
+)
+
+// Limits, in bytes, that the schema and Validate both enforce.
+const (
+	MinCapacity    = 1 << 20
+	MinJournalSize = 64 << 20
+	MinFIFOSize    = 1 << 20
+	MaxFIFOSize    = 1 << 30
+)
+
+// JournalSpec is what the volume should be. Sizes are in bytes (quantities
+// such as 10Gi are accepted).
+//
+// +kubebuilder:validation:XValidation:rule="self.node == oldSelf.node",message="node is immutable"
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.capacity) || quantity(string(self.capacity)).compareTo(quantity(string(oldSelf.capacity))) >= 0",message="capacity never shrinks"
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.journalSize) ? !has(self.journalSize) : (has(self.journalSize) && string(self.journalSize) == string(oldSelf.journalSize))",message="journalSize is immutable"
+type JournalSpec struct {
+	// Node is the name of the node that holds the volume.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Node string `json:"node"`
+
+	// Capacity of the volume: a multiple of 4Ki, at least 1Mi. It may grow,
+	// never shrink.
+	// +kubebuilder:validation:XValidation:rule="quantity(string(self)).isGreaterThan(quantity('1Mi')) || quantity(string(self)).compareTo(quantity('1Mi')) == 0",message="capacity must be at least 1Mi"
+	// +kubebuilder:validation:XValidation:rule="quantity(string(self)).asInteger() % 4096 == 0",message="capacity must be a multiple of 4Ki"
+	Capacity resource.Quantity `json:"capacity"`
+
+	// JournalSize is the size of the journal image: default 10% of the
+	// capacity, at least 64Mi; a multiple of 4Ki. Fixed at creation.
+	// +optional
+	// +kubebuilder:validation:XValidation:rule="quantity(string(self)).compareTo(quantity('64Mi')) >= 0",message="journalSize must be at least 64Mi"
+	// +kubebuilder:validation:XValidation:rule="quantity(string(self)).asInteger() % 4096 == 0",message="journalSize must be a multiple of 4Ki"
+	JournalSize *resource.Quantity `json:"journalSize,omitempty"`
+
+	// FIFOSize is the size of the memory FIFO: a power of two from 1Mi to
+	// 1Gi; default 16Mi.
+	// +optional
+	// +kubebuilder:validation:XValidation:rule="quantity(string(self)).asInteger() in [1048576, 2097152, 4194304, 8388608, 16777216, 33554432, 67108864, 134217728, 268435456, 536870912, 1073741824]",message="fifoSize must be a power of two from 1Mi to 1Gi"
+	FIFOSize *resource.Quantity `json:"fifoSize,omitempty"`
+
+	// Duplex is Half (default) or Full.
+	// +optional
+	// +kubebuilder:default=Half
+	Duplex Duplex `json:"duplex,omitempty"`
+
+	// Sink is where the journal stream also goes; none if empty.
+	// +optional
+	Sink *SinkSpec `json:"sink,omitempty"`
+
+	// CommitInterval is how often the journal is committed to the data
+	// image at the latest, 1s to 1h; default 5s.
+	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s') && duration(self) <= duration('1h')",message="commitInterval must be from 1s to 1h"
+	CommitInterval *metav1.Duration `json:"commitInterval,omitempty"`
+
+	// FSType is the file system of a Filesystem volume (ext4 or xfs);
+	// empty for a raw block volume.
+	// +optional
+	// +kubebuilder:validation:Enum="";ext4;xfs
+	FSType string `json:"fsType,omitempty"`
+}
+
+// SinkSpec names an off-site receiver of the journal stream.
+type SinkSpec struct {
+	// URL of the receiver: tcp://host:port or tls://host:port.
+	// +kubebuilder:validation:MaxLength=2048
+	// +kubebuilder:validation:Pattern=`^(tcp|tls)://[^/?#\s]+:[0-9]{1,5}$`
+	URL string `json:"url"`
+	// CredentialsSecretRef names a Secret holding the token (key "token")
+	// and, for tls, the client certificate ("tls.crt", "tls.key") and the
+	// receiver's CA ("ca.crt").
+	// +optional
+	CredentialsSecretRef *SecretReference `json:"credentialsSecretRef,omitempty"`
+}
+
+// SecretReference names a Secret.
+type SecretReference struct {
+	// +kubebuilder:validation:MinLength=1
+	Name string `json:"name"`
+	// +kubebuilder:validation:MinLength=1
+	Namespace string `json:"namespace"`
+}
+
+// JournalStatus is what the node last saw. The node refreshes the figures
+// every few seconds, not on every write.
+type JournalStatus struct {
+	// +optional
+	Phase Phase `json:"phase,omitempty"`
+	// ObservedGeneration is the generation of the spec the node last acted on.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// Capacity the images have now.
+	// +optional
+	Capacity *resource.Quantity `json:"capacity,omitempty"`
+	// Device is the block device while attached, such as /dev/loop3.
+	// +optional
+	Device string `json:"device,omitempty"`
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+
+	// FIFOUsed is the memory FIFO's reserved, not yet freed bytes.
+	// +optional
+	FIFOUsed int64 `json:"fifoUsed,omitempty"`
+	// FIFOStalls counts writers that waited for FIFO space.
+	// +optional
+	FIFOStalls int64 `json:"fifoStalls,omitempty"`
+	// JournalUsed is the journal image's bytes not yet committed.
+	// +optional
+	JournalUsed int64 `json:"journalUsed,omitempty"`
+	// Transid is the last transaction id handed out.
+	// +optional
+	Transid int64 `json:"transid,omitempty"`
+	// AckedTransid is the last transaction id that is durable: in the
+	// journal image, or at the sink in full duplex.
+	// +optional
+	AckedTransid int64 `json:"ackedTransid,omitempty"`
+	// BytesUnacked is what has been written to the FIFO and not yet
+	// acknowledged.
+	// +optional
+	BytesUnacked int64 `json:"bytesUnacked,omitempty"`
+	// Lag is BytesUnacked for people, such as 12Mi.
+	// +optional
+	Lag string `json:"lag,omitempty"`
+	// LastAckTime is when AckedTransid last moved.
+	// +optional
+	LastAckTime *metav1.Time `json:"lastAckTime,omitempty"`
+	// SinkState is the sink's link: empty without a sink.
+	// +optional
+	SinkState string `json:"sinkState,omitempty"`
+	// Updated is when the node last refreshed the figures.
+	// +optional
+	Updated *metav1.Time `json:"updated,omitempty"`
+}
+
+// Journal is one jvol volume: its backing images on a node, its journal and
+// where the journal's stream goes.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:scope=Cluster,shortName=jnl
+// +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.spec.node`
+// +kubebuilder:printcolumn:name="Capacity",type=string,JSONPath=`.spec.capacity`
+// +kubebuilder:printcolumn:name="FIFO",type=string,JSONPath=`.spec.fifoSize`
+// +kubebuilder:printcolumn:name="Duplex",type=string,JSONPath=`.spec.duplex`
+// +kubebuilder:printcolumn:name="Sink",type=string,JSONPath=`.spec.sink.url`
+// +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="Lag",type=string,JSONPath=`.status.lag`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type Journal struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   JournalSpec   `json:"spec"`
+	Status JournalStatus `json:"status,omitempty"`
+}
+
+// JournalList is a list of Journals.
+//
+// +kubebuilder:object:root=true
+type JournalList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []Journal `json:"items"`
+}

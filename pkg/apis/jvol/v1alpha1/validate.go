@@ -1,0 +1,65 @@
+package v1alpha1
+
+import (
+	"fmt"
+	"regexp"
+	"time"
+)
+
+// The schema (CEL and OpenAPI) enforces these on a cluster; Validate and
+// ValidateUpdate enforce the same where there is no API server (standalone).
+
+var sinkURL = regexp.MustCompile(`^(tcp|tls)://[^/?#\s]+:[0-9]{1,5}$`)
+
+// Validate checks a spec on its own.
+func (s *JournalSpec) Validate() error {
+	switch {
+	case s.Node == "" || len(s.Node) > 253:
+		return fmt.Errorf("spec.node: must be 1 to 253 characters")
+	case s.Capacity.Value() < MinCapacity:
+		return fmt.Errorf("spec.capacity: must be at least 1Mi")
+	case s.Capacity.Value()%4096 != 0:
+		return fmt.Errorf("spec.capacity: must be a multiple of 4Ki")
+	}
+	if q := s.JournalSize; q != nil {
+		if q.Value() < MinJournalSize || q.Value()%4096 != 0 {
+			return fmt.Errorf("spec.journalSize: must be a multiple of 4Ki, at least 64Mi")
+		}
+	}
+	if q := s.FIFOSize; q != nil {
+		if v := q.Value(); v < MinFIFOSize || v > MaxFIFOSize || v&(v-1) != 0 {
+			return fmt.Errorf("spec.fifoSize: must be a power of two from 1Mi to 1Gi")
+		}
+	}
+	switch s.Duplex {
+	case "", Half, Full:
+	default:
+		return fmt.Errorf("spec.duplex: %q: must be Half or Full", s.Duplex)
+	}
+	if s.Sink != nil && !sinkURL.MatchString(s.Sink.URL) {
+		return fmt.Errorf("spec.sink.url: %q: must be tcp://host:port or tls://host:port", s.Sink.URL)
+	}
+	if d := s.CommitInterval; d != nil && (d.Duration < time.Second || d.Duration > time.Hour) {
+		return fmt.Errorf("spec.commitInterval: must be from 1s to 1h")
+	}
+	switch s.FSType {
+	case "", "ext4", "xfs":
+	default:
+		return fmt.Errorf("spec.fsType: %q: must be ext4 or xfs", s.FSType)
+	}
+	return nil
+}
+
+// ValidateUpdate checks a change from old to s.
+func (s *JournalSpec) ValidateUpdate(old *JournalSpec) error {
+	switch {
+	case s.Node != old.Node:
+		return fmt.Errorf("spec.node: node is immutable")
+	case s.Capacity.Cmp(old.Capacity) < 0:
+		return fmt.Errorf("spec.capacity: capacity never shrinks")
+	case (s.JournalSize == nil) != (old.JournalSize == nil) ||
+		s.JournalSize != nil && s.JournalSize.Cmp(*old.JournalSize) != 0:
+		return fmt.Errorf("spec.journalSize: journalSize is immutable")
+	}
+	return s.Validate()
+}

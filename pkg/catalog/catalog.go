@@ -1,0 +1,37 @@
+// Package catalog keeps Journal objects: in the Kubernetes API (Kube), or,
+// without an API server, as files in a directory (Files) that behave like
+// it: resource versions, generations, finalizers and API errors.
+package catalog
+
+import (
+	"context"
+
+	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	v1 "github.com/jvol-io/jvol/pkg/apis/jvol/v1alpha1"
+)
+
+// NodeLabel carries a Journal's spec.node, so that a node can watch only
+// its own Journals.
+const NodeLabel = "jvol.io/node"
+
+// NameAnnotation carries the CSI volume name a Journal was created for.
+const NameAnnotation = "jvol.io/csi-name"
+
+// Store is where Journals are kept. Errors are the API's
+// (k8s.io/apimachinery/pkg/api/errors): test them with IsNotFound,
+// IsAlreadyExists, IsConflict, IsInvalid.
+type Store interface {
+	Get(ctx context.Context, name string) (*v1.Journal, error)
+	List(ctx context.Context) ([]v1.Journal, error)
+	// Create stores a new Journal and fills in its metadata.
+	Create(ctx context.Context, j *v1.Journal) error
+	// Update stores j's metadata and spec if j.ResourceVersion is current.
+	Update(ctx context.Context, j *v1.Journal) error
+	// UpdateStatus stores j's status if j.ResourceVersion is current.
+	UpdateStatus(ctx context.Context, j *v1.Journal) error
+	// Delete marks the Journal deleted; it goes once it has no finalizers.
+	Delete(ctx context.Context, name string) error
+}
+
+var resource = schema.GroupResource{Group: v1.GroupVersion.Group, Resource: "journals"}

@@ -1,0 +1,511 @@
+// Package node keeps the volumes of one node: it makes, grows and removes
+// their directories, stages them (a block device, and for file system
+// volumes a mounted file system), publishes them (bind mounts), and records
+// what is staged so that a restarted node plugin serves it again.
+//
+// Callers serialise the operations on one volume with Lock or TryLock.
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/klog/v2"
+	mount "k8s.io/mount-utils"
+	"k8s.io/utils/exec"
+
+	"github.com/jvol-io/jvol/pkg/attach"
+	"github.com/jvol-io/jvol/pkg/volume"
+)
+
+var (
+	ErrBadName   = errors.New("not a valid volume id")
+	ErrNotFound  = errors.New("volume not found")
+	ErrStaged    = errors.New("volume is staged")
+	ErrNotStaged = errors.New("volume is not staged")
+	// ErrConflict: staged or published already, with other parameters.
+	ErrConflict = errors.New("volume already staged or published differently")
+)
+
+// StageFile records, inside a volume directory, how the volume is staged
+// and published: JSON, replaced atomically.
+const StageFile = "csi.json"
+
+// Stage is how a volume is staged and published.
+type Stage struct {
+	Version     int                `json:"version"`
+	StagingPath string             `json:"stagingPath"`
+	Block       bool               `json:"block"`
+	FSType      string             `json:"fsType,omitempty"`
+	MountFlags  []string           `json:"mountFlags,omitempty"`
+	Publishes   map[string]Publish `json:"publishes,omitempty"` // by target path
+}
+
+// Publish is one published target.
+type Publish struct {
+	ReadOnly bool `json:"readOnly"`
+}
+
+// Node is the volumes of this node.
+type Node struct {
+	dir     string
+	mounter *mount.SafeFormatAndMount
+
+	mu    sync.Mutex
+	locks map[string]*sync.Mutex
+	att   map[string]*attach.Attachment // staged volumes
+}
+
+// New keeps volumes in stateDir/volumes.
+func New(stateDir string) (*Node, error) {
+	dir := filepath.Join(stateDir, "volumes")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	return &Node{
+		dir:     dir,
+		mounter: mount.NewSafeFormatAndMount(mount.New(""), exec.New()),
+		locks:   map[string]*sync.Mutex{},
+		att:     map[string]*attach.Attachment{},
+	}, nil
+}
+
+// CheckName reports whether name may name a volume: a DNS subdomain, so
+// never a path (no separators, no "..").
+func CheckName(name string) error {
+	if len(validation.IsDNS1123Subdomain(name)) > 0 {
+		return fmt.Errorf("%w: %q", ErrBadName, name)
+	}
+	return nil
+}
+
+func (n *Node) lock(name string) *sync.Mutex {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	l := n.locks[name]
+	if l == nil {
+		l = new(sync.Mutex)
+		n.locks[name] = l
+	}
+	return l
+}
+
+// Lock waits for the volume's lock and returns its release.
+func (n *Node) Lock(name string) func() {
+	l := n.lock(name)
+	l.Lock()
+	return l.Unlock
+}
+
+// TryLock takes the volume's lock if it is free.
+func (n *Node) TryLock(name string) (func(), bool) {
+	l := n.lock(name)
+	if !l.TryLock() {
+		return nil, false
+	}
+	return l.Unlock, true
+}
+
+// Path is the volume's directory.
+func (n *Node) Path(name string) string { return filepath.Join(n.dir, name) }
+
+// Exists reports whether the volume has been made.
+func (n *Node) Exists(name string) bool {
+	if CheckName(name) != nil {
+		return false
+	}
+	_, err := volume.ReadMeta(n.Path(name))
+	return err == nil
+}
+
+// Ensure makes the volume if it does not exist and grows it to o.Size if
+// it is smaller, and returns its size. A create that died half way (images
+// without the metadata file, which is written last) is started over.
+func (n *Node) Ensure(ctx context.Context, name string, o volume.Options) (int64, error) {
+	if err := CheckName(name); err != nil {
+		return 0, err
+	}
+	if a := n.attached(name); a != nil {
+		if o.Size > a.Size() {
+			if err := a.Grow(ctx, o.Size); err != nil {
+				return 0, err
+			}
+		}
+		return a.Size(), nil
+	}
+	path := n.Path(name)
+	if _, err := volume.ReadMeta(path); errors.Is(err, os.ErrNotExist) {
+		for _, f := range []string{volume.DataFile, volume.JournalFile} {
+			if err := os.Remove(filepath.Join(path, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return 0, err
+			}
+		}
+	}
+	o.Name = name
+	d, err := volume.OpenDir(path, o)
+	if err != nil {
+		return 0, err
+	}
+	size := d.Size()
+	return size, d.Close()
+}
+
+// Remove removes a volume that is not staged. Removing one that does not
+// exist succeeds.
+func (n *Node) Remove(name string) error {
+	if err := CheckName(name); err != nil {
+		return err
+	}
+	if n.attached(name) != nil {
+		return fmt.Errorf("%w: %s", ErrStaged, name)
+	}
+	if st, err := n.readStage(name); err == nil && st.StagingPath != "" {
+		return fmt.Errorf("%w at %s: %s", ErrStaged, st.StagingPath, name)
+	}
+	return os.RemoveAll(n.Path(name))
+}
+
+func (n *Node) attached(name string) *attach.Attachment {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.att[name]
+}
+
+// Status returns the figures of a staged volume.
+func (n *Node) Status(name string) (attach.Status, bool) {
+	a := n.attached(name)
+	if a == nil {
+		return attach.Status{}, false
+	}
+	return a.Status(), true
+}
+
+// Size returns the volume's size.
+func (n *Node) Size(name string) (int64, error) {
+	if a := n.attached(name); a != nil {
+		return a.Size(), nil
+	}
+	m, err := volume.ReadMeta(n.Path(name))
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, fmt.Errorf("%w: %s", ErrNotFound, name)
+	}
+	return m.Size, err
+}
+
+func (n *Node) readStage(name string) (Stage, error) {
+	var st Stage
+	b, err := os.ReadFile(filepath.Join(n.Path(name), StageFile))
+	if err != nil {
+		return st, err
+	}
+	return st, json.Unmarshal(b, &st)
+}
+
+func (n *Node) writeStage(name string, st Stage) error {
+	if st.StagingPath == "" {
+		err := os.Remove(filepath.Join(n.Path(name), StageFile))
+		if errors.Is(err, os.ErrNotExist) {
+			err = nil
+		}
+		return err
+	}
+	st.Version = 1
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	return volume.WriteFileAtomic(filepath.Join(n.Path(name), StageFile), b)
+}
+
+// Staged returns how the volume is staged, if it is.
+func (n *Node) Staged(name string) (Stage, bool) {
+	if n.attached(name) == nil {
+		return Stage{}, false
+	}
+	st, err := n.readStage(name)
+	return st, err == nil
+}
+
+// Device returns the block device of a staged volume.
+func (n *Node) Device(name string) (string, bool) {
+	a := n.attached(name)
+	if a == nil {
+		return "", false
+	}
+	return a.Device, true
+}
+
+// StageVolume attaches the volume and, unless want.Block, makes its file
+// system (once) and mounts it at want.StagingPath. Staging again the same
+// way succeeds; any other way is ErrConflict.
+func (n *Node) StageVolume(ctx context.Context, name string, want Stage) error {
+	if !n.Exists(name) {
+		return fmt.Errorf("%w: %s", ErrNotFound, name)
+	}
+	if a := n.attached(name); a != nil {
+		st, err := n.readStage(name)
+		if err != nil {
+			return err
+		}
+		if st.StagingPath != want.StagingPath || st.Block != want.Block || st.FSType != want.FSType {
+			return fmt.Errorf("%w: staged at %s", ErrConflict, st.StagingPath)
+		}
+		return nil
+	}
+	want.Publishes = nil
+	if err := n.stage(ctx, name, want); err != nil {
+		return err
+	}
+	return n.writeStage(name, want)
+}
+
+func (n *Node) stage(_ context.Context, name string, st Stage) error {
+	a, err := attach.Attach(context.Background(), attach.Options{Dir: n.Path(name)})
+	if err != nil {
+		return err
+	}
+	if !st.Block {
+		if err := n.mounter.FormatAndMount(a.Device, st.StagingPath, st.FSType, st.MountFlags); err != nil {
+			a.Detach()
+			return fmt.Errorf("%s on %s at %s: %w", st.FSType, a.Device, st.StagingPath, err)
+		}
+	}
+	n.mu.Lock()
+	n.att[name] = a
+	n.mu.Unlock()
+	return nil
+}
+
+// UnstageVolume undoes StageVolume. Unstaging a volume that is not staged
+// succeeds.
+func (n *Node) UnstageVolume(name, stagingPath string) error {
+	a := n.attached(name)
+	if a == nil {
+		return nil
+	}
+	st, err := n.readStage(name)
+	if err != nil {
+		return err
+	}
+	if st.StagingPath != stagingPath {
+		return fmt.Errorf("%w: staged at %s, not %s", ErrConflict, st.StagingPath, stagingPath)
+	}
+	if len(st.Publishes) > 0 {
+		return fmt.Errorf("volume %s is still published at %v", name, keys(st.Publishes))
+	}
+	if !st.Block {
+		if err := mount.CleanupMountPoint(stagingPath, n.mounter, true); err != nil {
+			return err
+		}
+	}
+	if err := a.Detach(); err != nil {
+		return err
+	}
+	n.mu.Lock()
+	delete(n.att, name)
+	n.mu.Unlock()
+	return n.writeStage(name, Stage{})
+}
+
+func keys[V any](m map[string]V) []string {
+	var ks []string
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}
+
+// PublishVolume bind-mounts a staged volume at target: its file system,
+// or for block volumes the device onto a file.
+func (n *Node) PublishVolume(name, target string, readOnly bool) error {
+	a := n.attached(name)
+	if a == nil {
+		return fmt.Errorf("%w: %s", ErrNotStaged, name)
+	}
+	st, err := n.readStage(name)
+	if err != nil {
+		return err
+	}
+	if p, ok := st.Publishes[target]; ok {
+		if p.ReadOnly != readOnly {
+			return fmt.Errorf("%w: %s is published read-only=%v", ErrConflict, target, p.ReadOnly)
+		}
+		if mounted, err := n.mounter.IsMountPoint(target); err == nil && mounted {
+			return nil
+		}
+	}
+	if err := n.bind(a.Device, st, target, readOnly); err != nil {
+		return err
+	}
+	if st.Publishes == nil {
+		st.Publishes = map[string]Publish{}
+	}
+	st.Publishes[target] = Publish{ReadOnly: readOnly}
+	return n.writeStage(name, st)
+}
+
+func (n *Node) bind(device string, st Stage, target string, readOnly bool) error {
+	src := st.StagingPath
+	if st.Block {
+		src = device
+		if err := os.MkdirAll(filepath.Dir(target), 0o750); err != nil {
+			return err
+		}
+		f, err := os.OpenFile(target, os.O_CREATE, 0o660)
+		if err != nil {
+			return err
+		}
+		f.Close()
+	} else if err := os.MkdirAll(target, 0o750); err != nil {
+		return err
+	}
+	opts := []string{"bind"}
+	if readOnly {
+		opts = append(opts, "ro")
+	}
+	return n.mounter.Mount(src, target, "", opts)
+}
+
+// UnpublishVolume unmounts target and removes it. Unpublishing what is not
+// published succeeds.
+func (n *Node) UnpublishVolume(name, target string) error {
+	if err := mount.CleanupMountPoint(target, n.mounter, true); err != nil {
+		return err
+	}
+	st, err := n.readStage(name)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if _, ok := st.Publishes[target]; !ok {
+		return nil
+	}
+	delete(st.Publishes, target)
+	return n.writeStage(name, st)
+}
+
+// ExpandVolume grows a staged volume's device to size (if the volume is
+// not that large yet) and its file system to the device.
+func (n *Node) ExpandVolume(ctx context.Context, name string, size int64) (int64, error) {
+	a := n.attached(name)
+	if a == nil {
+		return 0, fmt.Errorf("%w: %s", ErrNotStaged, name)
+	}
+	if size > a.Size() {
+		if err := a.Grow(ctx, size); err != nil {
+			return 0, err
+		}
+	}
+	st, err := n.readStage(name)
+	if err != nil {
+		return 0, err
+	}
+	if !st.Block {
+		if _, err := mount.NewResizeFs(exec.New()).Resize(a.Device, st.StagingPath); err != nil {
+			return 0, fmt.Errorf("resize %s on %s: %w", st.FSType, a.Device, err)
+		}
+	}
+	return a.Size(), nil
+}
+
+// Restore serves again every volume that was staged when the node plugin
+// last stopped: stale mounts of the dead device are removed, the volume is
+// attached again (the frontend clears its own leftovers), and its file
+// system and bind mounts are mounted again. It goes on past a volume that
+// fails and returns every failure.
+func (n *Node) Restore(ctx context.Context) error {
+	ents, err := os.ReadDir(n.dir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range ents {
+		name := e.Name()
+		st, err := n.readStage(name)
+		if errors.Is(err, os.ErrNotExist) || CheckName(name) != nil {
+			continue
+		}
+		if err == nil {
+			err = n.restore(ctx, name, st)
+		}
+		if err != nil {
+			klog.ErrorS(err, "Could not serve a staged volume again", "volume", name)
+			errs = append(errs, fmt.Errorf("volume %s: %w", name, err))
+			continue
+		}
+		klog.InfoS("Served a staged volume again", "volume", name, "stagingPath", st.StagingPath, "publishes", len(st.Publishes))
+	}
+	return errors.Join(errs...)
+}
+
+func (n *Node) restore(ctx context.Context, name string, st Stage) error {
+	unlock := n.Lock(name)
+	defer unlock()
+	if n.attached(name) != nil {
+		return nil
+	}
+	targets := keys(st.Publishes)
+	for _, t := range targets {
+		if err := unmountStale(n.mounter, t); err != nil {
+			return err
+		}
+	}
+	if !st.Block {
+		if err := unmountStale(n.mounter, st.StagingPath); err != nil {
+			return err
+		}
+	}
+	if err := n.stage(ctx, name, st); err != nil {
+		return err
+	}
+	a := n.attached(name)
+	for _, t := range targets {
+		if err := n.bind(a.Device, st, t, st.Publishes[t].ReadOnly); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// unmountStale unmounts every mount stacked at path.
+func unmountStale(m mount.Interface, path string) error {
+	for {
+		mounted, err := m.IsMountPoint(path)
+		if errors.Is(err, os.ErrNotExist) || err == nil && !mounted {
+			return nil
+		}
+		if err != nil && !mount.IsCorruptedMnt(err) {
+			return err
+		}
+		if err := m.Unmount(path); err != nil {
+			return err
+		}
+	}
+}
+
+// Sync commits every staged volume, for a stop of the node plugin: its
+// volumes stay staged (pods keep their mounts) and Restore serves them again
+// at the next start.
+func (n *Node) Sync(ctx context.Context) error {
+	n.mu.Lock()
+	atts := make([]*attach.Attachment, 0, len(n.att))
+	for _, a := range n.att {
+		atts = append(atts, a)
+	}
+	n.mu.Unlock()
+	var errs []error
+	for _, a := range atts {
+		errs = append(errs, a.Commit(ctx))
+	}
+	return errors.Join(errs...)
+}
