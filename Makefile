@@ -1,5 +1,6 @@
 # Tool versions, pinned in one place.
 STATICCHECK_VERSION := v0.8.2
+CONTROLLER_GEN_VERSION := v0.19.0
 
 SHELL := /usr/bin/env bash
 ifeq ($(origin GO),undefined)
@@ -26,6 +27,11 @@ demo: build ## Run jvol's main job on this machine: a journaled volume with ext4
 	hack/deps.sh
 	hack/demo.sh
 
+.PHONY: generate
+generate: ## Generate the API's deepcopy code and the Journal CRD (controller-gen).
+	$(GO) run sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_GEN_VERSION) \
+		object paths=./pkg/apis/... crd paths=./pkg/apis/... output:crd:dir=charts/jvol/crds
+
 .PHONY: journal-demo
 journal-demo: build ## Run the journal engine alone: writers, flushes, checkpoints, recovery.
 	./$(BIN) journal demo
@@ -33,9 +39,9 @@ journal-demo: build ## Run the journal engine alone: writers, flushes, checkpoin
 ##@ Test
 
 .PHONY: test
-test: ## Run every test with the race detector (as root: loop devices, FUSE, mounts).
+test: ## Run every test with the race detector (as root: loop devices, FUSE, mounts, envtest).
 	hack/deps.sh
-	$(GO) test -race -count=1 ./...
+	KUBEBUILDER_ASSETS=$$(GO=$(GO) hack/envtest-assets.sh) $(GO) test -race -count=1 -timeout 30m ./...
 
 .PHONY: lint
 lint: ## go vet and staticcheck.
@@ -43,9 +49,10 @@ lint: ## go vet and staticcheck.
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 
 .PHONY: verify
-verify: ## Fail if formatting or go.mod would change.
-	@test -z "$$(gofmt -l cmd pkg)" || { gofmt -l cmd pkg; echo "gofmt: files above need formatting"; exit 1; }
+verify: generate ## Fail if formatting, go.mod or generated files would change.
+	@test -z "$$(gofmt -l cmd pkg test)" || { gofmt -l cmd pkg test; echo "gofmt: files above need formatting"; exit 1; }
 	$(GO) mod tidy -diff
+	@test -z "$$(git status --porcelain -- pkg/apis charts/jvol/crds)" || { git status --short -- pkg/apis charts/jvol/crds; echo "generated files differ from what is committed: run make generate and commit"; exit 1; }
 
 .PHONY: fuzz
 fuzz: ## Run every fuzz target for FUZZTIME (default 30s) each.

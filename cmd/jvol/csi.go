@@ -14,16 +14,10 @@ import (
 
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	v1 "github.com/jvol-io/jvol/pkg/apis/jvol/v1alpha1"
 	"github.com/jvol-io/jvol/pkg/catalog"
 	"github.com/jvol-io/jvol/pkg/csi"
 	"github.com/jvol-io/jvol/pkg/node"
@@ -38,17 +32,6 @@ func newFlags(name string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	klog.InitFlags(fs)
 	return fs
-}
-
-func scheme() *runtime.Scheme {
-	s := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(s); err != nil {
-		panic(err)
-	}
-	if err := v1.AddToScheme(s); err != nil {
-		panic(err)
-	}
-	return s
 }
 
 func available(dir string) (int64, error) {
@@ -92,11 +75,12 @@ func controllerCmd(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	ctrl.SetLogger(klog.NewKlogr())
 	cfg, err := ctrl.GetConfig()
 	if err != nil {
 		return err
 	}
-	c, err := client.New(cfg, client.Options{Scheme: scheme()})
+	c, err := client.New(cfg, client.Options{Scheme: catalog.Scheme()})
 	if err != nil {
 		return err
 	}
@@ -159,18 +143,8 @@ func nodeCmd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:  scheme(),
-		Metrics: metricsserver.Options{BindAddress: "0"},
-		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			&v1.Journal{}: {Label: labels.SelectorFromSet(labels.Set{catalog.NodeLabel: *f.nodeID})},
-		}},
-	})
+	mgr, err := node.NewManager(cfg, &node.Reconciler{Volumes: volumes, NodeID: *f.nodeID})
 	if err != nil {
-		return err
-	}
-	r := &node.Reconciler{Store: catalog.Kube{Client: mgr.GetClient()}, Volumes: volumes, NodeID: *f.nodeID}
-	if err := r.SetupWithManager(mgr); err != nil {
 		return err
 	}
 	errc := make(chan error, 3)
@@ -235,7 +209,7 @@ func standaloneCmd(ctx context.Context, args []string) error {
 		klog.ErrorS(err, "Some staged volumes could not be served again")
 	}
 	loop := node.NewLoop(&node.Reconciler{Store: files, Volumes: volumes, NodeID: *f.nodeID})
-	files.Changed = loop.Changed
+	files.Changed, volumes.Changed = loop.Changed, loop.Changed
 	errc := make(chan error, 2)
 	go func() { errc <- loop.Run(ctx) }()
 	cs := &csi.Controller{Store: files, DefaultNode: *f.nodeID, Capacity: func(context.Context, string) (int64, error) {

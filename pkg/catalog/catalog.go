@@ -6,7 +6,10 @@ package catalog
 import (
 	"context"
 
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 
 	v1 "github.com/jvol-io/jvol/pkg/apis/jvol/v1alpha1"
 )
@@ -35,3 +38,11 @@ type Store interface {
 }
 
 var resource = schema.GroupResource{Group: v1.GroupVersion.Group, Resource: "journals"}
+
+// Scheme returns a scheme with the Kubernetes types and the Journal.
+func Scheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	utilruntime.Must(clientgoscheme.AddToScheme(s))
+	utilruntime.Must(v1.AddToScheme(s))
+	return s
+}

@@ -182,7 +182,9 @@ func sameVolume(j *v1.Journal, name string, want v1.JournalSpec, r *csi.Capacity
 }
 
 func equalSpec(a, b v1.JournalSpec) bool {
-	q := func(x, y *resource.Quantity) bool { return x == nil && y == nil || x != nil && y != nil && x.Cmp(*y) == 0 }
+	q := func(x, y *resource.Quantity) bool {
+		return x == nil && y == nil || x != nil && y != nil && x.Cmp(*y) == 0
+	}
 	d := func(x, y *metav1.Duration) bool { return x == nil && y == nil || x != nil && y != nil && *x == *y }
 	s := func(x, y *v1.SinkSpec) bool { return x == nil && y == nil || x != nil && y != nil && x.URL == y.URL }
 	return a.Node == b.Node && a.Capacity.Cmp(b.Capacity) == 0 && q(a.JournalSize, b.JournalSize) &&
@@ -233,7 +235,6 @@ func (c *Controller) waitFor(ctx context.Context, id string, done func(*v1.Journ
 
 // MaxWait bounds how long a call waits for the node: the CO retries.
 var MaxWait = 2 * time.Minute
-
 
 func failure(j *v1.Journal) error {
 	c := meta.FindStatusCondition(j.Status.Conditions, v1.ConditionReady)

@@ -3,13 +3,21 @@ package node
 import (
 	"context"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	v1 "github.com/jvol-io/jvol/pkg/apis/jvol/v1alpha1"
 	"github.com/jvol-io/jvol/pkg/catalog"
@@ -65,14 +73,42 @@ func (l *Loop) Run(ctx context.Context) error {
 
 // SetupWithManager runs r in a controller-runtime manager whose cache
 // holds only this node's Journals (by their catalog.NodeLabel).
+// Changes of a volume on the node (staged, unstaged) come in as events too.
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
+	ch := make(chan event.TypedGenericEvent[*v1.Journal])
+	r.Volumes.Changed = func(name string) {
+		go func() {
+			ch <- event.TypedGenericEvent[*v1.Journal]{Object: &v1.Journal{ObjectMeta: metav1.ObjectMeta{Name: name}}}
+		}()
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("journal").
 		For(&v1.Journal{}, builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool {
 			return o.GetLabels()[catalog.NodeLabel] == r.NodeID
 		}))).
+		WatchesRawSource(source.Channel(ch, &handler.TypedEnqueueRequestForObject[*v1.Journal]{})).
 		Complete(reconcile.Func(func(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
 			again, err := r.Reconcile(ctx, req.Name)
 			return reconcile.Result{RequeueAfter: again}, err
 		}))
+}
+
+// NewManager returns a controller-runtime manager that runs r (its Store
+// set to the manager's client) over the Journals of node r.NodeID, and
+// only those: its cache selects them by catalog.NodeLabel.
+// It logs through klog.
+func NewManager(cfg *rest.Config, r *Reconciler) (ctrl.Manager, error) {
+	ctrl.SetLogger(klog.NewKlogr())
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:  catalog.Scheme(),
+		Metrics: metricsserver.Options{BindAddress: "0"},
+		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
+			&v1.Journal{}: {Label: labels.SelectorFromSet(labels.Set{catalog.NodeLabel: r.NodeID})},
+		}},
+	})
+	if err != nil {
+		return nil, err
+	}
+	r.Store = catalog.Kube{Client: mgr.GetClient()}
+	return mgr, r.SetupWithManager(mgr)
 }

@@ -55,6 +55,10 @@ type Publish struct {
 
 // Node is the volumes of this node.
 type Node struct {
+	// Changed, if set before use, is called with a volume's name when it is
+	// staged or unstaged, so that its Journal's status can follow.
+	Changed func(name string)
+
 	dir     string
 	mounter *mount.SafeFormatAndMount
 
@@ -172,6 +176,12 @@ func (n *Node) Remove(name string) error {
 	return os.RemoveAll(n.Path(name))
 }
 
+func (n *Node) changed(name string) {
+	if n.Changed != nil {
+		n.Changed(name)
+	}
+}
+
 func (n *Node) attached(name string) *attach.Attachment {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -280,6 +290,7 @@ func (n *Node) stage(_ context.Context, name string, st Stage) error {
 	n.mu.Lock()
 	n.att[name] = a
 	n.mu.Unlock()
+	n.changed(name)
 	return nil
 }
 
@@ -311,6 +322,7 @@ func (n *Node) UnstageVolume(name, stagingPath string) error {
 	n.mu.Lock()
 	delete(n.att, name)
 	n.mu.Unlock()
+	n.changed(name)
 	return n.writeStage(name, Stage{})
 }
 
@@ -415,6 +427,7 @@ func (n *Node) ExpandVolume(ctx context.Context, name string, size int64) (int64
 			return 0, fmt.Errorf("resize %s on %s: %w", st.FSType, a.Device, err)
 		}
 	}
+	n.changed(name)
 	return a.Size(), nil
 }
 
