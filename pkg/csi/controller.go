@@ -145,7 +145,7 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 		if status.Code(err) != codes.DeadlineExceeded && status.Code(err) != codes.Canceled {
 			// The node cannot make it: do not leave a Journal behind for
 			// a volume the CO never learns of.
-			c.Store.Delete(context.Background(), id)
+			c.remove(context.Background(), id)
 		}
 		return nil, err
 	}
@@ -219,7 +219,7 @@ func (c *Controller) waitFor(ctx context.Context, id string, done func(*v1.Journ
 		if done(j) {
 			return j, nil
 		}
-		if j.Status.Phase == v1.PhaseFailed && j.Status.ObservedGeneration >= j.Generation {
+		if j.Status.Phase == v1.PhaseFailed && j.Status.ObservedGeneration >= j.Generation && j.DeletionTimestamp == nil {
 			return nil, failure(j)
 		}
 		if c := meta.FindStatusCondition(j.Status.Conditions, v1.ConditionReady); j.DeletionTimestamp != nil && c != nil && c.Reason == node.ReasonStaged {
@@ -281,14 +281,23 @@ func (c *Controller) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequ
 	} else if err != nil {
 		return nil, apiError(err)
 	}
+	if err := c.remove(ctx, id); err != nil {
+		return nil, err
+	}
+	return &csi.DeleteVolumeResponse{}, nil
+}
+
+// remove deletes the Journal and waits until its node has removed the
+// images and let it go.
+func (c *Controller) remove(ctx context.Context, id string) error {
 	if err := c.Store.Delete(ctx, id); err != nil && !apierrors.IsNotFound(err) {
-		return nil, apiError(err)
+		return apiError(err)
 	}
-	_, err = c.waitFor(ctx, id, func(*v1.Journal) bool { return false })
+	_, err := c.waitFor(ctx, id, func(*v1.Journal) bool { return false })
 	if status.Code(err) == codes.NotFound {
-		return &csi.DeleteVolumeResponse{}, nil
+		return nil
 	}
-	return nil, err
+	return err
 }
 
 func (c *Controller) ControllerExpandVolume(ctx context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {

@@ -20,6 +20,8 @@ type Node struct {
 	csi.UnimplementedNodeServer
 	Volumes *node.Node
 	NodeID  string
+
+	calls keyedLock
 }
 
 // nodeError turns an error of pkg/node into a gRPC status.
@@ -49,11 +51,17 @@ func (n *Node) begin(id string) (func(), error) {
 	if err := node.CheckName(id); err != nil {
 		return nil, nodeError(err)
 	}
-	unlock, ok := n.Volumes.TryLock(id)
-	if !ok {
-		return nil, errorf(codes.Aborted, "an operation on volume %s is in progress", id)
+	// Another CSI call on the volume: Aborted, the CO retries. The node's
+	// reconciler: wait, it holds the volume only for a moment.
+	done, err := n.calls.try(id)
+	if err != nil {
+		return nil, err
 	}
-	return unlock, nil
+	unlock := n.Volumes.Lock(id)
+	return func() {
+		unlock()
+		done()
+	}, nil
 }
 
 func (n *Node) exists(id string) error {

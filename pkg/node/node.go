@@ -3,7 +3,7 @@
 // volumes a mounted file system), publishes them (bind mounts), and records
 // what is staged so that a restarted node plugin serves it again.
 //
-// Callers serialise the operations on one volume with Lock or TryLock.
+// Callers serialise the operations on one volume with Lock.
 package node
 
 import (
@@ -106,15 +106,6 @@ func (n *Node) Lock(name string) func() {
 	l := n.lock(name)
 	l.Lock()
 	return l.Unlock
-}
-
-// TryLock takes the volume's lock if it is free.
-func (n *Node) TryLock(name string) (func(), bool) {
-	l := n.lock(name)
-	if !l.TryLock() {
-		return nil, false
-	}
-	return l.Unlock, true
 }
 
 // Path is the volume's directory.

@@ -92,7 +92,15 @@ func Preallocate(path string, size int64) error {
 		return err
 	}
 	if err := unix.Fallocate(int(f.Fd()), 0, 0, size); err != nil {
-		// Some file systems cannot fallocate; a sized sparse file still works.
+		// Some file systems cannot fallocate; a sized sparse file still
+		// works. Any other failure (ENOSPC above all) is the caller's: the
+		// file goes, with whatever blocks it had got, and nothing is left
+		// half made on a full disk.
+		if !errors.Is(err, unix.EOPNOTSUPP) {
+			f.Close()
+			os.Remove(path)
+			return fmt.Errorf("preallocate %s: %w", path, err)
+		}
 		if err := f.Truncate(size); err != nil {
 			f.Close()
 			os.Remove(path)

@@ -1,9 +1,13 @@
 package vfs
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestPreallocateRefusesToOverwrite(t *testing.T) {
@@ -43,5 +47,41 @@ func TestDirectFileRoundTrip(t *testing.T) {
 	got := AlignedBuffer(BlockSize)
 	if _, err := f.ReadAt(got, 8192); err != nil || string(got[:4]) != "jvol" {
 		t.Fatalf("read back %q, %v", got[:4], err)
+	}
+}
+
+// smallFS mounts a tmpfs of size bytes on a temporary directory (root).
+func smallFS(t *testing.T, size int) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs")
+	}
+	dir := t.TempDir()
+	if err := unix.Mount("jvol-test", dir, "tmpfs", 0, fmt.Sprintf("size=%d", size)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, 0) })
+	return dir
+}
+
+// Regression: a journal image that did not fit used to become a sparse file
+// holding every block it had got, leaving the disk full and the journal
+// not preallocated.
+func TestPreallocateOnAFullDiskLeavesNothing(t *testing.T) {
+	dir := smallFS(t, 4<<20)
+	path := filepath.Join(dir, "journal.img")
+	err := Preallocate(path, 64<<20)
+	if !errors.Is(err, unix.ENOSPC) {
+		t.Fatalf("got %v, want ENOSPC", err)
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Errorf("file left behind: %v", err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Bfree != st.Blocks {
+		t.Errorf("%d of %d blocks still used", st.Blocks-st.Bfree, st.Blocks)
 	}
 }
