@@ -72,3 +72,9 @@ func TestCSISanity(t *testing.T) {
 		t.Errorf("volume left behind: %s", e.Name())
 	}
 }
+
+// kill kills it with SIGKILL.
+func (s *standalone) kill() {
+	s.cmd.Process.Kill()
+	s.cmd.Wait()
+}
