@@ -8,9 +8,9 @@ import (
 	"testing"
 
 	csi "github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	"golang.org/x/sys/unix"
 )
 
 func dial(t *testing.T, endpoint string) *grpc.ClientConn {
