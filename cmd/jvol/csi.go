@@ -123,6 +123,7 @@ func nodeCmd(ctx context.Context, args []string) error {
 	f := addNodeFlags(fs)
 	kubeletDir := fs.String("kubelet-dir", "/var/lib/kubelet", "the kubelet's root directory")
 	register := fs.Bool("register", true, "register with the kubelet")
+	regPath := fs.String("kubelet-registration-path", "", "the CSI socket's path as the kubelet sees it (default: the --endpoint path)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -151,7 +152,10 @@ func nodeCmd(ctx context.Context, args []string) error {
 	go func() { errc <- mgr.Start(ctx) }()
 	go publishAvailable(ctx, mgr.GetClient(), *f.nodeID, *f.stateDir)
 	if *register {
-		sock := strings.TrimPrefix(*f.endpoint, "unix://")
+		sock := *regPath
+		if sock == "" {
+			sock = strings.TrimPrefix(*f.endpoint, "unix://")
+		}
 		go func() { errc <- registration.Serve(ctx, *kubeletDir, csi.DriverName, sock) }()
 	}
 	s := csi.NewServer(&csi.Identity{Ready: &ready}, nil, &csi.Node{Volumes: volumes, NodeID: *f.nodeID})

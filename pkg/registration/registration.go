@@ -42,6 +42,10 @@ func (s *server) NotifyRegistrationStatus(_ context.Context, st *reg.Registratio
 // Serve tells the kubelet in kubeletDir that driver's CSI endpoint (a unix
 // socket path, as the kubelet sees it) is endpoint, until ctx ends.
 func Serve(ctx context.Context, kubeletDir, driver, endpoint string) error {
+	return serve(ctx, kubeletDir, driver, endpoint, nil)
+}
+
+func serve(ctx context.Context, kubeletDir, driver, endpoint string, listening chan<- struct{}) error {
 	path := Socket(kubeletDir, driver)
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return err
@@ -53,12 +57,22 @@ func Serve(ctx context.Context, kubeletDir, driver, endpoint string) error {
 	if err != nil {
 		return fmt.Errorf("registration: %w", err)
 	}
+	if listening != nil {
+		close(listening)
+	}
 	s := grpc.NewServer()
 	reg.RegisterRegistrationServer(s, &server{driver: driver, endpoint: endpoint})
+	stopped := make(chan struct{})
 	go func() {
 		<-ctx.Done()
 		s.Stop()
 		os.Remove(path)
+		close(stopped)
 	}()
-	return s.Serve(l)
+	err = s.Serve(l)
+	if ctx.Err() != nil {
+		<-stopped
+		return nil
+	}
+	return err
 }
