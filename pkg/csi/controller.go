@@ -222,9 +222,6 @@ func (c *Controller) waitFor(ctx context.Context, id string, done func(*v1.Journ
 		if j.Status.Phase == v1.PhaseFailed && j.Status.ObservedGeneration >= j.Generation && j.DeletionTimestamp == nil {
 			return nil, failure(j)
 		}
-		if c := meta.FindStatusCondition(j.Status.Conditions, v1.ConditionReady); j.DeletionTimestamp != nil && c != nil && c.Reason == node.ReasonStaged {
-			return nil, failure(j)
-		}
 		select {
 		case <-ctx.Done():
 			return nil, status.FromContextError(ctx.Err()).Err()
@@ -276,10 +273,16 @@ func (c *Controller) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequ
 		return nil, err
 	}
 	defer unlock()
-	if _, err := c.Store.Get(ctx, id); apierrors.IsNotFound(err) {
+	j, err := c.Store.Get(ctx, id)
+	if apierrors.IsNotFound(err) {
 		return &csi.DeleteVolumeResponse{}, nil
 	} else if err != nil {
 		return nil, apiError(err)
+	}
+	// In use: refuse before deleting, so that nothing changes. (If it is
+	// staged after all, the node keeps it until it is unstaged.)
+	if j.DeletionTimestamp == nil && j.Status.Phase == v1.PhaseAttached {
+		return nil, errorf(codes.FailedPrecondition, "volume %s is staged on node %s (%s)", id, j.Spec.Node, j.Status.Device)
 	}
 	if err := c.remove(ctx, id); err != nil {
 		return nil, err

@@ -255,6 +255,7 @@ func TestNodeReconcilesItsJournals(t *testing.T) {
 	if err := volumes.UnstageVolume(id, staging); err != nil {
 		t.Fatal(err)
 	}
+	waitJournal(t, c, id, func(j *v1.Journal) bool { return j.Status.Phase == v1.PhaseReady })
 	if _, err := ctrl.DeleteVolume(ctx, &csispec.DeleteVolumeRequest{VolumeId: id}); err != nil {
 		t.Fatal(err)
 	}
