@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -95,7 +94,11 @@ func controllerCmd(ctx context.Context, args []string) error {
 		}
 		return strconv.ParseInt(v, 10, 64)
 	}}
-	return csi.Serve(ctx, *endpoint, csi.NewServer(&csi.Identity{Controller: true}, cs, nil))
+	l, err := csi.Listen(*endpoint)
+	if err != nil {
+		return err
+	}
+	return csi.Serve(ctx, l, csi.NewServer(&csi.Identity{Controller: true}, cs, nil))
 }
 
 type nodeFlags struct {
@@ -123,7 +126,7 @@ func nodeCmd(ctx context.Context, args []string) error {
 	f := addNodeFlags(fs)
 	kubeletDir := fs.String("kubelet-dir", "/var/lib/kubelet", "the kubelet's root directory")
 	register := fs.Bool("register", true, "register with the kubelet")
-	regPath := fs.String("kubelet-registration-path", "", "the CSI socket's path as the kubelet sees it (default: the --endpoint path)")
+	regPath := fs.String("kubelet-registration-path", "", "the CSI socket's path as the kubelet sees it (default KUBELET-DIR/plugins/jvol.io/csi.sock)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -151,15 +154,20 @@ func nodeCmd(ctx context.Context, args []string) error {
 	errc := make(chan error, 3)
 	go func() { errc <- mgr.Start(ctx) }()
 	go publishAvailable(ctx, mgr.GetClient(), *f.nodeID, *f.stateDir)
+	l, err := csi.Listen(*f.endpoint)
+	if err != nil {
+		return err
+	}
+	s := csi.NewServer(&csi.Identity{Ready: &ready}, nil, &csi.Node{Volumes: volumes, NodeID: *f.nodeID})
+	go func() { errc <- csi.Serve(ctx, l, s) }()
+	// Only once the CSI socket listens does the kubelet hear of it.
 	if *register {
 		sock := *regPath
 		if sock == "" {
-			sock = strings.TrimPrefix(*f.endpoint, "unix://")
+			sock = filepath.Join(*kubeletDir, "plugins", csi.DriverName, "csi.sock")
 		}
 		go func() { errc <- registration.Serve(ctx, *kubeletDir, csi.DriverName, sock) }()
 	}
-	s := csi.NewServer(&csi.Identity{Ready: &ready}, nil, &csi.Node{Volumes: volumes, NodeID: *f.nodeID})
-	go func() { errc <- csi.Serve(ctx, *f.endpoint, s) }()
 	ready.Store(true)
 	select {
 	case <-ctx.Done():
@@ -220,7 +228,11 @@ func standaloneCmd(ctx context.Context, args []string) error {
 		return available(*f.stateDir)
 	}}
 	s := csi.NewServer(&csi.Identity{Controller: true, Ready: &ready}, cs, &csi.Node{Volumes: volumes, NodeID: *f.nodeID})
-	go func() { errc <- csi.Serve(ctx, *f.endpoint, s) }()
+	l, err := csi.Listen(*f.endpoint)
+	if err != nil {
+		return err
+	}
+	go func() { errc <- csi.Serve(ctx, l, s) }()
 	ready.Store(true)
 	select {
 	case <-ctx.Done():

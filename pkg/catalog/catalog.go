@@ -5,6 +5,8 @@ package catalog
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -14,9 +16,19 @@ import (
 	v1 "github.com/jvol-io/jvol/pkg/apis/jvol/v1alpha1"
 )
 
-// NodeLabel carries a Journal's spec.node, so that a node can watch only
-// its own Journals.
+// NodeLabel carries NodeLabelValue(spec.node), so that a node can watch
+// only its own Journals.
 const NodeLabel = "jvol.io/node"
+
+// NodeLabelValue is the NodeLabel value for a node: its name when that fits
+// a label value (63 characters), else "h-" and a hash of it.
+func NodeLabelValue(node string) string {
+	if len(node) <= 63 {
+		return node
+	}
+	h := sha256.Sum256([]byte(node))
+	return "h-" + hex.EncodeToString(h[:16])
+}
 
 // NameAnnotation carries the CSI volume name a Journal was created for.
 const NameAnnotation = "jvol.io/csi-name"

@@ -27,7 +27,8 @@ import (
 // directory). It checks specs as the API server's schema would.
 type Files struct {
 	dir string
-	// Changed, if set, is called after every change with the Journal's name.
+	// Changed, if set, is called with the Journal's name after every change
+	// but of its status alone.
 	Changed func(name string)
 
 	mu sync.Mutex
@@ -200,8 +201,7 @@ func (f *Files) UpdateStatus(_ context.Context, j *v1.Journal) error {
 		return err
 	}
 	*j = *next
-	f.changed(j.Name)
-	return nil
+	return nil // a status change is not a change to act on
 }
 
 func (f *Files) Delete(_ context.Context, name string) error {

@@ -120,12 +120,13 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	}
 	defer unlock()
 	j, err := c.Store.Get(ctx, id)
+	created := false
 	switch {
 	case apierrors.IsNotFound(err):
 		j = &v1.Journal{
 			ObjectMeta: metav1.ObjectMeta{
 				Name:        id,
-				Labels:      map[string]string{catalog.NodeLabel: spec.Node},
+				Labels:      map[string]string{catalog.NodeLabel: catalog.NodeLabelValue(spec.Node)},
 				Annotations: map[string]string{catalog.NameAnnotation: name},
 			},
 			Spec: spec,
@@ -133,6 +134,7 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 		if err := c.Store.Create(ctx, j); err != nil {
 			return nil, apiError(err)
 		}
+		created = true
 	case err != nil:
 		return nil, apiError(err)
 	default:
@@ -142,9 +144,11 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	}
 	j, err = c.waitFor(ctx, id, func(j *v1.Journal) bool { return ready(j) && atLeast(j, j.Spec.Capacity.Value()) })
 	if err != nil {
-		if status.Code(err) != codes.DeadlineExceeded && status.Code(err) != codes.Canceled {
-			// The node cannot make it: do not leave a Journal behind for
-			// a volume the CO never learns of.
+		var nf *nodeFailure
+		if errors.As(err, &nf) && (created || nf.j.Status.Capacity == nil) {
+			// The node could not make it: leave no Journal behind for a
+			// volume the CO never learns of. (Never for one that was made
+			// once: that one holds data.)
 			c.remove(context.Background(), id)
 		}
 		return nil, err
@@ -233,10 +237,17 @@ func (c *Controller) waitFor(ctx context.Context, id string, done func(*v1.Journ
 // MaxWait bounds how long a call waits for the node: the CO retries.
 var MaxWait = 2 * time.Minute
 
-func failure(j *v1.Journal) error {
+// nodeFailure is a Journal its node reports Failed; its gRPC status comes
+// from the reason of the Ready condition.
+type nodeFailure struct{ j *v1.Journal }
+
+func (f *nodeFailure) Error() string { return f.GRPCStatus().Message() }
+
+func (f *nodeFailure) GRPCStatus() *status.Status {
+	j := f.j
 	c := meta.FindStatusCondition(j.Status.Conditions, v1.ConditionReady)
 	if c == nil {
-		return errorf(codes.Internal, "node %s failed volume %s", j.Spec.Node, j.Name)
+		return status.Newf(codes.Internal, "node %s failed volume %s", j.Spec.Node, j.Name)
 	}
 	code := codes.Internal
 	switch c.Reason {
@@ -245,8 +256,10 @@ func failure(j *v1.Journal) error {
 	case node.ReasonStaged:
 		code = codes.FailedPrecondition
 	}
-	return errorf(code, "node %s: volume %s: %s", j.Spec.Node, j.Name, c.Message)
+	return status.Newf(code, "node %s: volume %s: %s", j.Spec.Node, j.Name, c.Message)
 }
+
+func failure(j *v1.Journal) error { return &nodeFailure{j} }
 
 // apiError turns an error of the Journal store into a gRPC status.
 func apiError(err error) error {

@@ -25,6 +25,10 @@ const (
 	ParamFSType         = "csi.storage.k8s.io/fstype"
 )
 
+// errNoSink: the off-site sink is not built yet; a volume that asks for
+// one must not look as if it had one.
+var errNoSink = fmt.Errorf("the off-site sink is not supported yet")
+
 // DefaultCapacity is a new volume's size when the request names none.
 const DefaultCapacity = 1 << 30
 
@@ -57,13 +61,13 @@ func parseParams(p map[string]string) (v1.JournalSpec, error) {
 			case "half":
 				s.Duplex = v1.Half
 			case "full":
-				s.Duplex = v1.Full
+				err = errNoSink
 			default:
 				err = fmt.Errorf("want half or full")
 			}
 		case ParamSinkURL:
 			if val != "" {
-				s.Sink = &v1.SinkSpec{URL: val}
+				err = errNoSink
 			}
 		case ParamCommitInterval:
 			var d time.Duration

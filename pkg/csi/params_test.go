@@ -12,15 +12,15 @@ import (
 
 func TestParseParams(t *testing.T) {
 	s, err := parseParams(map[string]string{
-		"journalSize": "128Mi", "fifoSize": "32Mi", "duplex": "full", "sinkURL": "tls://sink:7070",
+		"journalSize": "128Mi", "fifoSize": "32Mi", "duplex": "half",
 		"commitInterval": "10s", "csi.storage.k8s.io/fstype": "xfs",
 		"csi.storage.k8s.io/pvc/name": "data", // added by the provisioner: ignored
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.JournalSize.Value() != 128<<20 || s.FIFOSize.Value() != 32<<20 || s.Duplex != v1.Full ||
-		s.Sink.URL != "tls://sink:7070" || s.CommitInterval.Duration != 10*time.Second || s.FSType != "xfs" {
+	if s.JournalSize.Value() != 128<<20 || s.FIFOSize.Value() != 32<<20 || s.Duplex != v1.Half ||
+		s.CommitInterval.Duration != 10*time.Second || s.FSType != "xfs" {
 		t.Errorf("parsed %+v", s)
 	}
 	if s, err := parseParams(nil); err != nil || s.Duplex != v1.Half || s.Sink != nil {
@@ -32,6 +32,8 @@ func TestParseParams(t *testing.T) {
 		"duplex=triple":       "want half or full",
 		"commitInterval=soon": "commitInterval",
 		"jornalSize=64Mi":     "unknown parameter",
+		"duplex=full":         "not supported yet",
+		"sinkURL=tcp://s:1":   "not supported yet",
 	} {
 		k, v, _ := strings.Cut(p, "=")
 		if _, err := parseParams(map[string]string{k: v}); err == nil || !strings.Contains(err.Error(), want) {

@@ -114,13 +114,9 @@ func (i *Identity) Probe(context.Context, *csi.ProbeRequest) (*csi.ProbeResponse
 
 func errorf(c codes.Code, format string, a ...any) error { return status.Errorf(c, format, a...) }
 
-// Serve serves s on endpoint until ctx ends, then stops it gracefully.
-func Serve(ctx context.Context, endpoint string, s *grpc.Server) error {
-	l, err := Listen(endpoint)
-	if err != nil {
-		return err
-	}
-	klog.InfoS("Serving CSI", "endpoint", endpoint, "driver", DriverName, "version", Version)
+// Serve serves s on l until ctx ends, then stops it gracefully.
+func Serve(ctx context.Context, l net.Listener, s *grpc.Server) error {
+	klog.InfoS("Serving CSI", "endpoint", l.Addr().String(), "driver", DriverName, "version", Version)
 	go func() {
 		<-ctx.Done()
 		s.GracefulStop()

@@ -14,6 +14,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -130,6 +131,25 @@ func TestSchemaRefusesBadJournals(t *testing.T) {
 	k.Spec.Capacity = resource.MustParse("2Gi")
 	if err := c.Update(ctx, k); err != nil {
 		t.Errorf("growing: %v", err)
+	}
+
+	// Sizes compare as quantities, not strings: the Go client sends 65536Ki
+	// back as 64Mi, which is no change.
+	u := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "jvol.io/v1alpha1", "kind": "Journal",
+		"metadata": map[string]any{"name": "other-units"},
+		"spec":     map[string]any{"node": "node-a", "capacity": int64(1 << 30), "journalSize": "65536Ki"},
+	}}
+	if err := c.Create(ctx, u); err != nil {
+		t.Fatal(err)
+	}
+	var typed v1.Journal
+	if err := c.Get(ctx, client.ObjectKey{Name: "other-units"}, &typed); err != nil {
+		t.Fatal(err)
+	}
+	typed.Finalizers = []string{v1.Finalizer}
+	if err := c.Update(ctx, &typed); err != nil {
+		t.Errorf("update of a journal whose sizes were in other units: %v", err)
 	}
 }
 

@@ -2,6 +2,8 @@ package node
 
 import (
 	"context"
+	"maps"
+	"slices"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -83,14 +85,28 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("journal").
-		For(&v1.Journal{}, builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool {
-			return o.GetLabels()[catalog.NodeLabel] == r.NodeID
-		}))).
+		For(&v1.Journal{}, builder.WithPredicates(
+			predicate.NewPredicateFuncs(func(o client.Object) bool {
+				return o.GetLabels()[catalog.NodeLabel] == catalog.NodeLabelValue(r.NodeID)
+			}),
+			// Not its own status writes: the figures are refreshed by
+			// RequeueAfter, not as fast as the API server answers.
+			predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool { return !statusOnly(e.ObjectOld, e.ObjectNew) }},
+		)).
 		WatchesRawSource(source.Channel(ch, &handler.TypedEnqueueRequestForObject[*v1.Journal]{})).
 		Complete(reconcile.Func(func(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
 			again, err := r.Reconcile(ctx, req.Name)
 			return reconcile.Result{RequeueAfter: again}, err
 		}))
+}
+
+// statusOnly reports whether an update changed nothing the reconciler acts
+// on: not the spec (generation), deletion, finalizers or labels.
+func statusOnly(a, b client.Object) bool {
+	return a.GetGeneration() == b.GetGeneration() &&
+		(a.GetDeletionTimestamp() == nil) == (b.GetDeletionTimestamp() == nil) &&
+		slices.Equal(a.GetFinalizers(), b.GetFinalizers()) &&
+		maps.Equal(a.GetLabels(), b.GetLabels())
 }
 
 // NewManager returns a controller-runtime manager that runs r (its Store
@@ -103,7 +119,7 @@ func NewManager(cfg *rest.Config, r *Reconciler) (ctrl.Manager, error) {
 		Scheme:  catalog.Scheme(),
 		Metrics: metricsserver.Options{BindAddress: "0"},
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			&v1.Journal{}: {Label: labels.SelectorFromSet(labels.Set{catalog.NodeLabel: r.NodeID})},
+			&v1.Journal{}: {Label: labels.SelectorFromSet(labels.Set{catalog.NodeLabel: catalog.NodeLabelValue(r.NodeID)})},
 		}},
 	})
 	if err != nil {

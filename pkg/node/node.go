@@ -120,10 +120,16 @@ func (n *Node) Exists(name string) bool {
 	return err == nil
 }
 
-// Ensure makes the volume if it does not exist and grows it to o.Size if
-// it is smaller, and returns its size. A create that died half way (images
-// without the metadata file, which is written last) is started over.
-func (n *Node) Ensure(ctx context.Context, name string, o volume.Options) (int64, error) {
+// ErrMissing: a volume that was made is not on the node any more.
+var ErrMissing = errors.New("volume images are missing")
+
+// Ensure makes the volume if it does not exist (and create allows: a
+// volume that was made once must not come back empty because its disk is
+// not mounted), grows it to o.Size if it is smaller, records o's FIFO size
+// and commit interval for the next attach, and returns its size. A create
+// that died half way (images without the metadata file, which is written
+// last) is started over.
+func (n *Node) Ensure(ctx context.Context, name string, o volume.Options, create bool) (int64, error) {
 	if err := CheckName(name); err != nil {
 		return 0, err
 	}
@@ -137,6 +143,9 @@ func (n *Node) Ensure(ctx context.Context, name string, o volume.Options) (int64
 	}
 	path := n.Path(name)
 	if _, err := volume.ReadMeta(path); errors.Is(err, os.ErrNotExist) {
+		if !create {
+			return 0, fmt.Errorf("%w: no %s", ErrMissing, filepath.Join(path, volume.MetaFile))
+		}
 		for _, f := range []string{volume.DataFile, volume.JournalFile} {
 			if err := os.Remove(filepath.Join(path, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
 				return 0, err
@@ -148,8 +157,20 @@ func (n *Node) Ensure(ctx context.Context, name string, o volume.Options) (int64
 	if err != nil {
 		return 0, err
 	}
-	size := d.Size()
-	return size, d.Close()
+	size, m := d.Size(), d.Meta
+	if err := d.Close(); err != nil {
+		return 0, err
+	}
+	if o.FIFOSize != 0 {
+		m.FIFOSize = o.FIFOSize
+	}
+	if o.CommitInterval != 0 {
+		m.CommitInterval = o.CommitInterval.String()
+	}
+	if m != d.Meta {
+		return size, volume.WriteMeta(path, m)
+	}
+	return size, nil
 }
 
 // Remove removes a volume that is not staged. Removing one that does not
@@ -264,7 +285,11 @@ func (n *Node) StageVolume(ctx context.Context, name string, want Stage) error {
 	if err := n.stage(ctx, name, want); err != nil {
 		return err
 	}
-	return n.writeStage(name, want)
+	if err := n.writeStage(name, want); err != nil {
+		// Unrecorded, it could not be unstaged or served again: undo it.
+		return errors.Join(err, n.unstage(name, want))
+	}
+	return nil
 }
 
 func (n *Node) stage(_ context.Context, name string, st Stage) error {
@@ -274,8 +299,7 @@ func (n *Node) stage(_ context.Context, name string, st Stage) error {
 	}
 	if !st.Block {
 		if err := n.mounter.FormatAndMount(a.Device, st.StagingPath, st.FSType, st.MountFlags); err != nil {
-			a.Detach()
-			return fmt.Errorf("%s on %s at %s: %w", st.FSType, a.Device, st.StagingPath, err)
+			return errors.Join(fmt.Errorf("%s on %s at %s: %w", st.FSType, a.Device, st.StagingPath, err), a.Detach())
 		}
 	}
 	n.mu.Lock()
@@ -286,13 +310,13 @@ func (n *Node) stage(_ context.Context, name string, st Stage) error {
 }
 
 // UnstageVolume undoes StageVolume. Unstaging a volume that is not staged
-// succeeds.
+// succeeds; one that was staged before a restart and could not be served
+// again loses its record and any stale mount at stagingPath.
 func (n *Node) UnstageVolume(name, stagingPath string) error {
-	a := n.attached(name)
-	if a == nil {
+	st, err := n.readStage(name)
+	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	st, err := n.readStage(name)
 	if err != nil {
 		return err
 	}
@@ -302,19 +326,29 @@ func (n *Node) UnstageVolume(name, stagingPath string) error {
 	if len(st.Publishes) > 0 {
 		return fmt.Errorf("volume %s is still published at %v", name, keys(st.Publishes))
 	}
+	if err := n.unstage(name, st); err != nil {
+		return err
+	}
+	return n.writeStage(name, Stage{})
+}
+
+// unstage unmounts and detaches what stage made.
+func (n *Node) unstage(name string, st Stage) error {
 	if !st.Block {
-		if err := mount.CleanupMountPoint(stagingPath, n.mounter, true); err != nil {
+		if err := unmountStale(n.mounter, st.StagingPath); err != nil {
 			return err
 		}
 	}
-	if err := a.Detach(); err != nil {
-		return err
+	if a := n.attached(name); a != nil {
+		if err := a.Detach(); err != nil {
+			return err
+		}
+		n.mu.Lock()
+		delete(n.att, name)
+		n.mu.Unlock()
+		n.changed(name)
 	}
-	n.mu.Lock()
-	delete(n.att, name)
-	n.mu.Unlock()
-	n.changed(name)
-	return n.writeStage(name, Stage{})
+	return nil
 }
 
 func keys[V any](m map[string]V) []string {
@@ -352,7 +386,11 @@ func (n *Node) PublishVolume(name, target string, readOnly bool) error {
 		st.Publishes = map[string]Publish{}
 	}
 	st.Publishes[target] = Publish{ReadOnly: readOnly}
-	return n.writeStage(name, st)
+	if err := n.writeStage(name, st); err != nil {
+		// Unrecorded, the bind mount would keep the device busy for good.
+		return errors.Join(err, mount.CleanupMountPoint(target, n.mounter, true))
+	}
+	return nil
 }
 
 func (n *Node) bind(device string, st Stage, target string, readOnly bool) error {

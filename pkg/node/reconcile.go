@@ -74,7 +74,10 @@ func (r *Reconciler) Reconcile(ctx context.Context, name string) (time.Duration,
 		o.CommitInterval = d.Duration
 	}
 	start := time.Now()
-	size, err := r.Volumes.Ensure(ctx, name, o)
+	// Only a Journal never made may be made: one that was made and is gone
+	// is an error to report, not an empty volume to serve.
+	made := j.Status.Capacity != nil
+	size, err := r.Volumes.Ensure(ctx, name, o, !made)
 	klog.V(4).InfoS("Ensured volume", "volume", name, "size", size, "took", time.Since(start), "err", err)
 	next := j.Status.DeepCopy()
 	next.ObservedGeneration = j.Generation

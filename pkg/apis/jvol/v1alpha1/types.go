@@ -49,7 +49,7 @@ const (
 //
 // +kubebuilder:validation:XValidation:rule="self.node == oldSelf.node",message="node is immutable"
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.capacity) || quantity(string(self.capacity)).compareTo(quantity(string(oldSelf.capacity))) >= 0",message="capacity never shrinks"
-// +kubebuilder:validation:XValidation:rule="!has(oldSelf.journalSize) ? !has(self.journalSize) : (has(self.journalSize) && string(self.journalSize) == string(oldSelf.journalSize))",message="journalSize is immutable"
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.journalSize) ? !has(self.journalSize) : (has(self.journalSize) && quantity(string(self.journalSize)).compareTo(quantity(string(oldSelf.journalSize))) == 0)",message="journalSize is immutable"
 type JournalSpec struct {
 	// Node is the name of the node that holds the volume.
 	// +kubebuilder:validation:MinLength=1
