@@ -114,11 +114,19 @@ func addNodeFlags(fs *flag.FlagSet) nodeFlags {
 	}
 }
 
-func (f nodeFlags) check() error {
-	if *f.nodeID == "" {
-		return fmt.Errorf("--node-id is required: %w", errUsage)
+// start parses args, serves the health endpoint and opens the node's
+// volumes; ready turns true once the caller serves CSI.
+func (f nodeFlags) start(ctx context.Context, fs *flag.FlagSet, args []string) (volumes *node.Node, ready *atomic.Bool, err error) {
+	if err := fs.Parse(args); err != nil {
+		return nil, nil, err
 	}
-	return nil
+	if *f.nodeID == "" {
+		return nil, nil, fmt.Errorf("--node-id is required: %w", errUsage)
+	}
+	ready = new(atomic.Bool)
+	serveHealth(ctx, *f.healthAddr, ready)
+	volumes, err = node.New(*f.stateDir)
+	return volumes, ready, err
 }
 
 func nodeCmd(ctx context.Context, args []string) error {
@@ -127,15 +135,7 @@ func nodeCmd(ctx context.Context, args []string) error {
 	kubeletDir := fs.String("kubelet-dir", "/var/lib/kubelet", "the kubelet's root directory")
 	register := fs.Bool("register", true, "register with the kubelet")
 	regPath := fs.String("kubelet-registration-path", "", "the CSI socket's path as the kubelet sees it (default KUBELET-DIR/plugins/jvol.io/csi.sock)")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if err := f.check(); err != nil {
-		return err
-	}
-	var ready atomic.Bool
-	serveHealth(ctx, *f.healthAddr, &ready)
-	volumes, err := node.New(*f.stateDir)
+	volumes, ready, err := f.start(ctx, fs, args)
 	if err != nil {
 		return err
 	}
@@ -147,7 +147,8 @@ func nodeCmd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	mgr, err := node.NewManager(cfg, &node.Reconciler{Volumes: volumes, NodeID: *f.nodeID})
+	r := &node.Reconciler{Volumes: volumes, NodeID: *f.nodeID}
+	mgr, err := node.NewManager(cfg, r)
 	if err != nil {
 		return err
 	}
@@ -158,7 +159,7 @@ func nodeCmd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	s := csi.NewServer(&csi.Identity{Ready: &ready}, nil, &csi.Node{Volumes: volumes, NodeID: *f.nodeID})
+	s := csi.NewServer(&csi.Identity{Ready: ready}, nil, &csi.Node{Volumes: volumes, NodeID: *f.nodeID, Sync: r.Sync})
 	go func() { errc <- csi.Serve(ctx, l, s) }()
 	// Only once the CSI socket listens does the kubelet hear of it.
 	if *register {
@@ -201,15 +202,11 @@ func publishAvailable(ctx context.Context, c client.Client, nodeName, dir string
 func standaloneCmd(ctx context.Context, args []string) error {
 	fs := newFlags("standalone")
 	f := addNodeFlags(fs)
-	if err := fs.Parse(args); err != nil {
+	volumes, ready, err := f.start(ctx, fs, args)
+	if err != nil {
 		return err
 	}
-	if err := f.check(); err != nil {
-		return err
-	}
-	var ready atomic.Bool
-	serveHealth(ctx, *f.healthAddr, &ready)
-	volumes, err := node.New(*f.stateDir)
+	l, err := csi.Listen(*f.endpoint)
 	if err != nil {
 		return err
 	}
@@ -220,18 +217,15 @@ func standaloneCmd(ctx context.Context, args []string) error {
 	if err := volumes.Restore(ctx); err != nil {
 		klog.ErrorS(err, "Some staged volumes could not be served again")
 	}
-	loop := node.NewLoop(&node.Reconciler{Store: files, Volumes: volumes, NodeID: *f.nodeID})
+	r := &node.Reconciler{Store: files, Volumes: volumes, NodeID: *f.nodeID}
+	loop := node.NewLoop(r)
 	files.Changed, volumes.Changed = loop.Changed, loop.Changed
 	errc := make(chan error, 2)
 	go func() { errc <- loop.Run(ctx) }()
 	cs := &csi.Controller{Store: files, DefaultNode: *f.nodeID, Capacity: func(context.Context, string) (int64, error) {
 		return available(*f.stateDir)
 	}}
-	s := csi.NewServer(&csi.Identity{Controller: true, Ready: &ready}, cs, &csi.Node{Volumes: volumes, NodeID: *f.nodeID})
-	l, err := csi.Listen(*f.endpoint)
-	if err != nil {
-		return err
-	}
+	s := csi.NewServer(&csi.Identity{Controller: true, Ready: ready}, cs, &csi.Node{Volumes: volumes, NodeID: *f.nodeID, Sync: r.Sync})
 	go func() { errc <- csi.Serve(ctx, l, s) }()
 	ready.Store(true)
 	select {

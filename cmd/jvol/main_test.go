@@ -20,6 +20,10 @@ func TestBadCommandLinesFailWithAReason(t *testing.T) {
 		"attach with a size in decimal units":          {"attach", "--dir", "NEWDIR", "--size", "1GB"},
 		"attach with a file system but no mount point": {"attach", "--dir", "NEWDIR", "--size", "1Gi", "--fs", "ext4"},
 		"status of no volume":                          {"status", "--dir", "NEWDIR"},
+		"node without a node id":                       {"node", "--state-dir", "NEWDIR"},
+		"standalone without a node id":                 {"standalone", "--state-dir", "NEWDIR"},
+		"standalone with a bad endpoint":               {"standalone", "--node-id", "n", "--state-dir", "NEWDIR", "--endpoint", "http://x"},
+		"controller with an unknown flag":              {"controller", "--nodes", "3"},
 	}
 	for name, args := range cases {
 		for i := range args {

@@ -35,7 +35,8 @@ const NameAnnotation = "jvol.io/csi-name"
 
 // Store is where Journals are kept. Errors are the API's
 // (k8s.io/apimachinery/pkg/api/errors): test them with IsNotFound,
-// IsAlreadyExists, IsConflict, IsInvalid.
+// IsAlreadyExists, IsConflict; a refused spec is Invalid from the API
+// server, BadRequest from Files.
 type Store interface {
 	Get(ctx context.Context, name string) (*v1.Journal, error)
 	List(ctx context.Context) ([]v1.Journal, error)
@@ -49,7 +50,7 @@ type Store interface {
 	Delete(ctx context.Context, name string) error
 }
 
-var resource = schema.GroupResource{Group: v1.GroupVersion.Group, Resource: "journals"}
+var journals = schema.GroupResource{Group: v1.GroupVersion.Group, Resource: "journals"}
 
 // Scheme returns a scheme with the Kubernetes types and the Journal.
 func Scheme() *runtime.Scheme {

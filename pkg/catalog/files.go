@@ -48,11 +48,11 @@ func (f *Files) path(name string) string { return filepath.Join(f.dir, name+".js
 
 func (f *Files) read(name string) (*v1.Journal, error) {
 	if errs := validation.IsDNS1123Subdomain(name); len(errs) > 0 {
-		return nil, apierrors.NewNotFound(resource, name)
+		return nil, apierrors.NewNotFound(journals, name)
 	}
 	b, err := os.ReadFile(f.path(name))
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, apierrors.NewNotFound(resource, name)
+		return nil, apierrors.NewNotFound(journals, name)
 	}
 	if err != nil {
 		return nil, err
@@ -126,7 +126,7 @@ func (f *Files) Create(_ context.Context, j *v1.Journal) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if _, err := f.read(j.Name); err == nil {
-		return apierrors.NewAlreadyExists(resource, j.Name)
+		return apierrors.NewAlreadyExists(journals, j.Name)
 	} else if !apierrors.IsNotFound(err) {
 		return err
 	}
@@ -152,7 +152,7 @@ func (f *Files) current(j *v1.Journal) (*v1.Journal, error) {
 		return nil, err
 	}
 	if j.ResourceVersion != old.ResourceVersion {
-		return nil, apierrors.NewConflict(resource, j.Name, errors.New("the object has been modified; please apply your changes to the latest version and try again"))
+		return nil, apierrors.NewConflict(journals, j.Name, errors.New("the object has been modified; please apply your changes to the latest version and try again"))
 	}
 	return old, nil
 }

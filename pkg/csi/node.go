@@ -10,6 +10,7 @@ import (
 	csi "github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
+	"k8s.io/klog/v2"
 
 	"github.com/jvol-io/jvol/pkg/node"
 	"github.com/jvol-io/jvol/pkg/volume"
@@ -20,6 +21,8 @@ type Node struct {
 	csi.UnimplementedNodeServer
 	Volumes *node.Node
 	NodeID  string
+	// Sync, if set, brings a volume's Journal status up to date.
+	Sync func(ctx context.Context, id string) error
 
 	calls keyedLock
 }
@@ -43,7 +46,8 @@ func nodeError(err error) error {
 	return errorf(codes.Internal, "%v", err)
 }
 
-// begin checks the volume id and takes the volume's lock.
+// begin checks the volume id, takes the volume's lock and checks that the
+// volume exists.
 func (n *Node) begin(id string) (func(), error) {
 	if id == "" {
 		return nil, errorf(codes.InvalidArgument, "volume id missing")
@@ -58,6 +62,11 @@ func (n *Node) begin(id string) (func(), error) {
 		return nil, err
 	}
 	unlock := n.Volumes.Lock(id)
+	if err := n.exists(id); err != nil {
+		unlock()
+		done()
+		return nil, err
+	}
 	return func() {
 		unlock()
 		done()
@@ -105,7 +114,6 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 	if err != nil {
 		return nil, err
 	}
-	defer unlock()
 	st := node.Stage{StagingPath: req.GetStagingTargetPath(), Block: req.GetVolumeCapability().GetBlock() != nil}
 	if m := req.GetVolumeCapability().GetMount(); m != nil {
 		st.FSType, st.MountFlags = m.GetFsType(), m.GetMountFlags()
@@ -113,10 +121,28 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 			st.FSType = "ext4"
 		}
 	}
-	return &csi.NodeStageVolumeResponse{}, nodeError(n.Volumes.StageVolume(ctx, req.GetVolumeId(), st))
+	err = n.Volumes.StageVolume(ctx, req.GetVolumeId(), st)
+	unlock()
+	if err != nil {
+		return nil, nodeError(err)
+	}
+	n.sync(ctx, req.GetVolumeId())
+	return &csi.NodeStageVolumeResponse{}, nil
 }
 
-func (n *Node) NodeUnstageVolume(_ context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
+// sync brings the volume's Journal status up to date before a stage or
+// unstage returns, so that the controller never acts on a phase that is
+// behind (a DeleteVolume right after an unstage, say).
+func (n *Node) sync(ctx context.Context, id string) {
+	if n.Sync == nil {
+		return
+	}
+	if err := n.Sync(ctx, id); err != nil {
+		klog.ErrorS(err, "Could not update the volume's status; the reconciler will", "volume", id)
+	}
+}
+
+func (n *Node) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
 	if req.GetStagingTargetPath() == "" && req.GetVolumeId() != "" {
 		return nil, errorf(codes.InvalidArgument, "staging target path missing")
 	}
@@ -124,11 +150,13 @@ func (n *Node) NodeUnstageVolume(_ context.Context, req *csi.NodeUnstageVolumeRe
 	if err != nil {
 		return nil, err
 	}
-	defer unlock()
-	if err := n.exists(req.GetVolumeId()); err != nil {
-		return nil, err
+	err = n.Volumes.UnstageVolume(req.GetVolumeId(), req.GetStagingTargetPath())
+	unlock()
+	if err != nil {
+		return nil, nodeError(err)
 	}
-	return &csi.NodeUnstageVolumeResponse{}, nodeError(n.Volumes.UnstageVolume(req.GetVolumeId(), req.GetStagingTargetPath()))
+	n.sync(ctx, req.GetVolumeId())
+	return &csi.NodeUnstageVolumeResponse{}, nil
 }
 
 func (n *Node) NodePublishVolume(_ context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
@@ -149,9 +177,6 @@ func (n *Node) NodePublishVolume(_ context.Context, req *csi.NodePublishVolumeRe
 		return nil, err
 	}
 	defer unlock()
-	if err := n.exists(req.GetVolumeId()); err != nil {
-		return nil, err
-	}
 	st, ok := n.Volumes.Staged(req.GetVolumeId())
 	if !ok || st.StagingPath != req.GetStagingTargetPath() {
 		return nil, errorf(codes.FailedPrecondition, "volume %s is not staged at %s", req.GetVolumeId(), req.GetStagingTargetPath())
@@ -172,9 +197,6 @@ func (n *Node) NodeUnpublishVolume(_ context.Context, req *csi.NodeUnpublishVolu
 		return nil, err
 	}
 	defer unlock()
-	if err := n.exists(req.GetVolumeId()); err != nil {
-		return nil, err
-	}
 	return &csi.NodeUnpublishVolumeResponse{}, nodeError(n.Volumes.UnpublishVolume(req.GetVolumeId(), req.GetTargetPath()))
 }
 
@@ -224,9 +246,6 @@ func (n *Node) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRe
 		return nil, err
 	}
 	defer unlock()
-	if err := n.exists(req.GetVolumeId()); err != nil {
-		return nil, err
-	}
 	size, err := capacity(req.GetCapacityRange())
 	if err != nil {
 		return nil, errorf(codes.OutOfRange, "%v", err)

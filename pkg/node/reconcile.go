@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
@@ -154,4 +155,14 @@ func (r *Reconciler) remove(ctx context.Context, j *v1.Journal) (time.Duration, 
 	klog.InfoS("Removed volume", "volume", j.Name)
 	controllerutil.RemoveFinalizer(j, v1.Finalizer)
 	return 0, r.Store.Update(ctx, j)
+}
+
+// Sync reconciles the Journal called name now, retrying while its copy is
+// behind (a conflict), for callers that must not return before its status
+// says what they did.
+func (r *Reconciler) Sync(ctx context.Context, name string) error {
+	return retry.OnError(retry.DefaultBackoff, apierrors.IsConflict, func() error {
+		_, err := r.Reconcile(ctx, name)
+		return err
+	})
 }
