@@ -41,7 +41,7 @@ journal-demo: build ## Run the journal engine alone: writers, flushes, checkpoin
 .PHONY: test
 test: ## Run every test with the race detector (as root: loop devices, FUSE, mounts, envtest).
 	hack/deps.sh
-	KUBEBUILDER_ASSETS=$$(GO=$(GO) hack/envtest-assets.sh) $(GO) test -race -count=1 -timeout 30m ./...
+	assets=$$(GO=$(GO) hack/envtest-assets.sh) && KUBEBUILDER_ASSETS=$$assets $(GO) test -race -count=1 -timeout 30m ./...
 
 .PHONY: lint
 lint: ## go vet and staticcheck.
