@@ -135,6 +135,10 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 			return nil, apiError(err)
 		}
 		created = true
+		// Pending until its node says otherwise; if the node was quicker,
+		// this loses the race (a conflict) and that is right.
+		j.Status.Phase = v1.PhasePending
+		c.Store.UpdateStatus(ctx, j)
 	case err != nil:
 		return nil, apiError(err)
 	default:
