@@ -23,10 +23,6 @@ import (
 	"github.com/jvol-io/jvol/pkg/registration"
 )
 
-// AvailableAnnotation is where a node plugin publishes, on its Node, the
-// bytes free for volumes; the controller's GetCapacity reads it.
-const AvailableAnnotation = "jvol.io/available-bytes"
-
 func newFlags(name string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	klog.InitFlags(fs)
@@ -83,17 +79,8 @@ func controllerCmd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	cs := &csi.Controller{Store: catalog.Kube{Client: c}, Capacity: func(ctx context.Context, name string) (int64, error) {
-		var n corev1.Node
-		if err := c.Get(ctx, client.ObjectKey{Name: name}, &n); err != nil {
-			return 0, err
-		}
-		v, ok := n.Annotations[AvailableAnnotation]
-		if !ok {
-			return 0, fmt.Errorf("node %s has no %s annotation: is the jvol node plugin running there?", name, AvailableAnnotation)
-		}
-		return strconv.ParseInt(v, 10, 64)
-	}}
+	kube := catalog.Kube{Client: c}
+	cs := &csi.Controller{Store: kube, Capacity: kube.Available, NodeGone: kube.NodeGone}
 	l, err := csi.Listen(*endpoint)
 	if err != nil {
 		return err
@@ -184,7 +171,7 @@ func publishAvailable(ctx context.Context, c client.Client, nodeName, dir string
 	defer t.Stop()
 	for {
 		if n, err := available(dir); err == nil {
-			patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, AvailableAnnotation, strconv.FormatInt(n, 10))
+			patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, catalog.AvailableAnnotation, strconv.FormatInt(n, 10))
 			obj := &corev1.Node{}
 			obj.Name = nodeName
 			if err := c.Patch(ctx, obj, client.RawPatch("application/merge-patch+json", []byte(patch))); err != nil {

@@ -2,6 +2,11 @@ package catalog
 
 import (
 	"context"
+	"fmt"
+	"strconv"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -36,4 +41,31 @@ func (k Kube) UpdateStatus(ctx context.Context, j *v1.Journal) error {
 
 func (k Kube) Delete(ctx context.Context, name string) error {
 	return k.Client.Delete(ctx, &v1.Journal{ObjectMeta: metaName(name)})
+}
+
+// AvailableAnnotation is where a node plugin publishes, on its Node, the
+// bytes free for volumes.
+const AvailableAnnotation = "jvol.io/available-bytes"
+
+// Available returns the bytes free for volumes on a node, as its node
+// plugin last published them.
+func (k Kube) Available(ctx context.Context, node string) (int64, error) {
+	var n corev1.Node
+	if err := k.Client.Get(ctx, client.ObjectKey{Name: node}, &n); err != nil {
+		return 0, err
+	}
+	v, ok := n.Annotations[AvailableAnnotation]
+	if !ok {
+		return 0, fmt.Errorf("node %s has no %s annotation: is the jvol node plugin running there?", node, AvailableAnnotation)
+	}
+	return strconv.ParseInt(v, 10, 64)
+}
+
+// NodeGone reports whether a node's Node object is gone.
+func (k Kube) NodeGone(ctx context.Context, node string) (bool, error) {
+	err := k.Client.Get(ctx, client.ObjectKey{Name: node}, &corev1.Node{})
+	if apierrors.IsNotFound(err) {
+		return true, nil
+	}
+	return false, err
 }

@@ -14,6 +14,8 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	v1 "github.com/jvol-io/jvol/pkg/apis/jvol/v1alpha1"
 	"github.com/jvol-io/jvol/pkg/catalog"
@@ -31,6 +33,10 @@ type Controller struct {
 	DefaultNode string
 	// Capacity returns the bytes free for volumes on a node; nil if unknown.
 	Capacity func(ctx context.Context, node string) (int64, error)
+	// NodeGone reports whether a node is gone for good (its Node object
+	// deleted): its Journals' images went with it, and nobody else would
+	// ever remove their finalizer. Nil: nodes never go (standalone).
+	NodeGone func(ctx context.Context, node string) (bool, error)
 	// Poll bounds the back-off between looks at a Journal's status.
 	Poll wait.Backoff
 
@@ -308,10 +314,13 @@ func (c *Controller) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequ
 }
 
 // remove deletes the Journal and waits until its node has removed the
-// images and let it go.
+// images and let it go; if the node is gone, lets it go itself.
 func (c *Controller) remove(ctx context.Context, id string) error {
 	if err := c.Store.Delete(ctx, id); err != nil && !apierrors.IsNotFound(err) {
 		return apiError(err)
+	}
+	if err := c.releaseOrphan(ctx, id); err != nil {
+		return err
 	}
 	_, err := c.waitFor(ctx, id, func(*v1.Journal) bool { return false })
 	if status.Code(err) == codes.NotFound {
@@ -398,4 +407,31 @@ func (c *Controller) GetCapacity(ctx context.Context, req *csi.GetCapacityReques
 		return nil, errorf(codes.Unavailable, "capacity of node %s: %v", node, err)
 	}
 	return &csi.GetCapacityResponse{AvailableCapacity: n}, nil
+}
+
+// releaseOrphan removes the finalizer of a deleted Journal whose node is
+// gone, so that it does not hang in deletion forever.
+func (c *Controller) releaseOrphan(ctx context.Context, id string) error {
+	if c.NodeGone == nil {
+		return nil
+	}
+	j, err := c.Store.Get(ctx, id)
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return apiError(err)
+	}
+	gone, err := c.NodeGone(ctx, j.Spec.Node)
+	if err != nil {
+		return errorf(codes.Unavailable, "is node %s still there: %v", j.Spec.Node, err)
+	}
+	if !gone || !controllerutil.RemoveFinalizer(j, v1.Finalizer) {
+		return nil
+	}
+	klog.InfoS("Node is gone: releasing its volume", "volume", id, "node", j.Spec.Node)
+	if err := c.Store.Update(ctx, j); err != nil && !apierrors.IsNotFound(err) {
+		return apiError(err)
+	}
+	return nil
 }

@@ -11,6 +11,7 @@ import (
 	csispec "github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -193,7 +194,16 @@ func TestNodeReconcilesItsJournals(t *testing.T) {
 			t.Error(err)
 		}
 	}()
-	ctrl := &csi.Controller{Store: catalog.Kube{Client: c}}
+	kube := catalog.Kube{Client: c}
+	ctrl := &csi.Controller{Store: kube, Capacity: kube.Available, NodeGone: kube.NodeGone}
+	nodeA := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a", Annotations: map[string]string{catalog.AvailableAnnotation: "123456789"}}}
+	if err := c.Create(ctx, nodeA); err != nil {
+		t.Fatal(err)
+	}
+	capResp, err := ctrl.GetCapacity(ctx, &csispec.GetCapacityRequest{AccessibleTopology: &csispec.Topology{Segments: map[string]string{csi.TopologyKey: "node-a"}}})
+	if err != nil || capResp.GetAvailableCapacity() != 123456789 {
+		t.Errorf("capacity of node-a: %v %v", capResp, err)
+	}
 	caps := []*csispec.VolumeCapability{{
 		AccessType: &csispec.VolumeCapability_Block{Block: &csispec.VolumeCapability_BlockVolume{}},
 		AccessMode: &csispec.VolumeCapability_AccessMode{Mode: csispec.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
@@ -284,6 +294,16 @@ func TestNodeReconcilesItsJournals(t *testing.T) {
 	}
 	if err := c.Get(ctx, client.ObjectKey{Name: id}, &v1.Journal{}); !apierrors.IsNotFound(err) {
 		t.Errorf("journal after delete: %v", err)
+	}
+
+	// A Journal whose node is gone for good does not hang in deletion.
+	ghost := journal("ghost-volume", "ghost", "1Gi")
+	ghost.Finalizers = []string{v1.Finalizer}
+	if err := c.Create(ctx, ghost); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ctrl.DeleteVolume(ctx, &csispec.DeleteVolumeRequest{VolumeId: "ghost-volume"}); err != nil {
+		t.Fatalf("delete of a gone node's volume: %v", err)
 	}
 
 	// Still nobody touched the other node's Journal.
