@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -110,6 +111,7 @@ func (f nodeFlags) start(ctx context.Context, fs *flag.FlagSet, args []string) (
 	if *f.nodeID == "" {
 		return nil, nil, fmt.Errorf("--node-id is required: %w", errUsage)
 	}
+	runtime.GOMAXPROCS(max(runtime.GOMAXPROCS(0), servingThreads)) // volumes are served through FUSE here
 	ready = new(atomic.Bool)
 	serveHealth(ctx, *f.healthAddr, ready)
 	volumes, err = node.New(*f.stateDir)
