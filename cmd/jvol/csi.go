@@ -119,6 +119,8 @@ func (f nodeFlags) start(ctx context.Context, fs *flag.FlagSet, args []string) (
 }
 
 func nodeCmd(ctx context.Context, args []string) error {
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
 	fs := newFlags("node")
 	f := addNodeFlags(fs)
 	kubeletDir := fs.String("kubelet-dir", "/var/lib/kubelet", "the kubelet's root directory")
@@ -149,7 +151,8 @@ func nodeCmd(ctx context.Context, args []string) error {
 		return err
 	}
 	s := csi.NewServer(&csi.Identity{Ready: ready}, nil, &csi.Node{Volumes: volumes, NodeID: *f.nodeID, Sync: r.Sync})
-	go func() { errc <- csi.Serve(ctx, l, s) }()
+	served := make(chan struct{})
+	go func() { errc <- csi.Serve(ctx, l, s); close(served) }()
 	// Only once the CSI socket listens does the kubelet hear of it.
 	if *register {
 		sock := *regPath
@@ -163,6 +166,8 @@ func nodeCmd(ctx context.Context, args []string) error {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
+	stop()
+	<-served // no CSI call is in flight when the volumes are committed
 	// Volumes stay staged across a restart: commit them, leave them mounted.
 	return errors.Join(err, volumes.Sync(context.Background()))
 }
@@ -189,6 +194,8 @@ func publishAvailable(ctx context.Context, c client.Client, nodeName, dir string
 }
 
 func standaloneCmd(ctx context.Context, args []string) error {
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
 	fs := newFlags("standalone")
 	f := addNodeFlags(fs)
 	volumes, ready, err := f.start(ctx, fs, args)
@@ -215,11 +222,14 @@ func standaloneCmd(ctx context.Context, args []string) error {
 		return available(*f.stateDir)
 	}}
 	s := csi.NewServer(&csi.Identity{Controller: true, Ready: ready}, cs, &csi.Node{Volumes: volumes, NodeID: *f.nodeID, Sync: r.Sync})
-	go func() { errc <- csi.Serve(ctx, l, s) }()
+	served := make(chan struct{})
+	go func() { errc <- csi.Serve(ctx, l, s); close(served) }()
 	ready.Store(true)
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
+	stop()
+	<-served
 	return errors.Join(err, volumes.Sync(context.Background()))
 }

@@ -14,11 +14,20 @@ import (
 )
 
 // Kube keeps Journals in the Kubernetes API.
-type Kube struct{ Client client.Client }
+type Kube struct {
+	Client client.Client
+	// Reader, if set, serves Get instead of Client (the API server itself
+	// where Client reads a cache).
+	Reader client.Reader
+}
 
 func (k Kube) Get(ctx context.Context, name string) (*v1.Journal, error) {
+	var r client.Reader = k.Client
+	if k.Reader != nil {
+		r = k.Reader
+	}
 	var j v1.Journal
-	if err := k.Client.Get(ctx, client.ObjectKey{Name: name}, &j); err != nil {
+	if err := r.Get(ctx, client.ObjectKey{Name: name}, &j); err != nil {
 		return nil, err
 	}
 	return &j, nil

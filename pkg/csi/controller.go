@@ -302,10 +302,13 @@ func (c *Controller) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequ
 	} else if err != nil {
 		return nil, apiError(err)
 	}
-	// In use: refuse before deleting, so that nothing changes. (If it is
-	// staged after all, the node keeps it until it is unstaged.)
-	if j.DeletionTimestamp == nil && j.Status.Phase == v1.PhaseAttached {
-		return nil, errorf(codes.FailedPrecondition, "volume %s is staged on node %s (%s)", id, j.Spec.Node, j.Status.Device)
+	// In use: refuse before deleting, so that nothing changes, unless its
+	// node is gone for good. (If it is staged after all, the node keeps it
+	// until it is unstaged.)
+	if j.DeletionTimestamp == nil && staged(j) {
+		if gone, err := c.nodeGone(ctx, j.Spec.Node); err != nil || !gone {
+			return nil, errorf(codes.FailedPrecondition, "volume %s is staged on node %s (%s)", id, j.Spec.Node, j.Status.Device)
+		}
 	}
 	if err := c.remove(ctx, id); err != nil {
 		return nil, err
@@ -409,12 +412,21 @@ func (c *Controller) GetCapacity(ctx context.Context, req *csi.GetCapacityReques
 	return &csi.GetCapacityResponse{AvailableCapacity: n}, nil
 }
 
+// staged reports whether the node last said the volume is staged.
+func staged(j *v1.Journal) bool {
+	return j.Status.Phase == v1.PhaseAttached || j.Status.Phase == v1.PhaseDegraded || j.Status.Device != ""
+}
+
+func (c *Controller) nodeGone(ctx context.Context, node string) (bool, error) {
+	if c.NodeGone == nil {
+		return false, nil
+	}
+	return c.NodeGone(ctx, node)
+}
+
 // releaseOrphan removes the finalizer of a deleted Journal whose node is
 // gone, so that it does not hang in deletion forever.
 func (c *Controller) releaseOrphan(ctx context.Context, id string) error {
-	if c.NodeGone == nil {
-		return nil
-	}
 	j, err := c.Store.Get(ctx, id)
 	if apierrors.IsNotFound(err) {
 		return nil
@@ -422,7 +434,7 @@ func (c *Controller) releaseOrphan(ctx context.Context, id string) error {
 	if err != nil {
 		return apiError(err)
 	}
-	gone, err := c.NodeGone(ctx, j.Spec.Node)
+	gone, err := c.nodeGone(ctx, j.Spec.Node)
 	if err != nil {
 		return errorf(codes.Unavailable, "is node %s still there: %v", j.Spec.Node, err)
 	}

@@ -234,3 +234,18 @@ func TestExpandAndValidate(t *testing.T) {
 	_, err = d.n.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: "pvc-x", VolumePath: t.TempDir()})
 	wantCode(t, "node expand before stage", err, codes.FailedPrecondition)
 }
+
+// A kubelet retrying an unpublish or unstage after the volume was deleted
+// must be told it is done, or it retries forever.
+func TestTeardownOfADeletedVolumeSucceeds(t *testing.T) {
+	d := newDriver(t)
+	ctx := context.Background()
+	if _, err := d.n.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "pvc-gone", TargetPath: filepath.Join(t.TempDir(), "target")}); err != nil {
+		t.Errorf("unpublish: %v", err)
+	}
+	if _, err := d.n.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: "pvc-gone", StagingTargetPath: t.TempDir()}); err != nil {
+		t.Errorf("unstage: %v", err)
+	}
+	_, err := d.n.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: "pvc-gone", StagingTargetPath: t.TempDir(), VolumeCapability: mountCap})
+	wantCode(t, "stage", err, codes.NotFound)
+}

@@ -36,7 +36,7 @@ func nodeError(err error) error {
 		return errorf(codes.NotFound, "%v", err)
 	case errors.Is(err, node.ErrConflict):
 		return errorf(codes.AlreadyExists, "%v", err)
-	case errors.Is(err, node.ErrNotStaged), errors.Is(err, node.ErrStaged):
+	case errors.Is(err, node.ErrNotStaged), errors.Is(err, node.ErrStaged), errors.Is(err, node.ErrPublished):
 		return errorf(codes.FailedPrecondition, "%v", err)
 	case errors.Is(err, volume.ErrInUse):
 		return errorf(codes.Aborted, "%v", err)
@@ -48,7 +48,14 @@ func nodeError(err error) error {
 
 // begin checks the volume id, takes the volume's lock and checks that the
 // volume exists.
-func (n *Node) begin(id string) (func(), error) {
+func (n *Node) begin(id string) (func(), error) { return n.lock(id, true) }
+
+// beginTeardown is begin for unpublish and unstage, which must succeed on a
+// volume that is gone (a retry after the volume was deleted): they clean
+// up the path they are given and return.
+func (n *Node) beginTeardown(id string) (func(), error) { return n.lock(id, false) }
+
+func (n *Node) lock(id string, mustExist bool) (func(), error) {
 	if id == "" {
 		return nil, errorf(codes.InvalidArgument, "volume id missing")
 	}
@@ -62,7 +69,7 @@ func (n *Node) begin(id string) (func(), error) {
 		return nil, err
 	}
 	unlock := n.Volumes.Lock(id)
-	if err := n.exists(id); err != nil {
+	if err := n.exists(id); err != nil && mustExist {
 		unlock()
 		done()
 		return nil, err
@@ -146,7 +153,7 @@ func (n *Node) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolume
 	if req.GetStagingTargetPath() == "" && req.GetVolumeId() != "" {
 		return nil, errorf(codes.InvalidArgument, "staging target path missing")
 	}
-	unlock, err := n.begin(req.GetVolumeId())
+	unlock, err := n.beginTeardown(req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}
@@ -192,7 +199,7 @@ func (n *Node) NodeUnpublishVolume(_ context.Context, req *csi.NodeUnpublishVolu
 	if req.GetTargetPath() == "" && req.GetVolumeId() != "" {
 		return nil, errorf(codes.InvalidArgument, "target path missing")
 	}
-	unlock, err := n.begin(req.GetVolumeId())
+	unlock, err := n.beginTeardown(req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}

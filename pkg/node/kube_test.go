@@ -302,6 +302,10 @@ func TestNodeReconcilesItsJournals(t *testing.T) {
 	if err := c.Create(ctx, ghost); err != nil {
 		t.Fatal(err)
 	}
+	ghost.Status.Phase, ghost.Status.Device = v1.PhaseAttached, "/dev/loop99" // last word from a node that crashed
+	if err := c.Status().Update(ctx, ghost); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := ctrl.DeleteVolume(ctx, &csispec.DeleteVolumeRequest{VolumeId: "ghost-volume"}); err != nil {
 		t.Fatalf("delete of a gone node's volume: %v", err)
 	}

@@ -126,5 +126,6 @@ func NewManager(cfg *rest.Config, r *Reconciler) (ctrl.Manager, error) {
 		return nil, err
 	}
 	r.Store = catalog.Kube{Client: mgr.GetClient()}
+	r.Fresh = catalog.Kube{Client: mgr.GetClient(), Reader: mgr.GetAPIReader()}
 	return mgr, r.SetupWithManager(mgr)
 }

@@ -30,6 +30,7 @@ var (
 	ErrNotFound  = errors.New("volume not found")
 	ErrStaged    = errors.New("volume is staged")
 	ErrNotStaged = errors.New("volume is not staged")
+	ErrPublished = errors.New("volume is still published")
 	// ErrConflict: staged or published already, with other parameters.
 	ErrConflict = errors.New("volume already staged or published differently")
 )
@@ -158,19 +159,17 @@ func (n *Node) Ensure(ctx context.Context, name string, o volume.Options, create
 		return 0, err
 	}
 	size, m := d.Size(), d.Meta
-	if err := d.Close(); err != nil {
-		return 0, err
-	}
 	if o.FIFOSize != 0 {
 		m.FIFOSize = o.FIFOSize
 	}
 	if o.CommitInterval != 0 {
 		m.CommitInterval = o.CommitInterval.String()
 	}
-	if m != d.Meta {
-		return size, volume.WriteMeta(path, m)
+	var err2 error
+	if m != d.Meta { // while the directory's lock is still ours
+		err2 = volume.WriteMeta(path, m)
 	}
-	return size, nil
+	return size, errors.Join(err2, d.Close())
 }
 
 // Remove removes a volume that is not staged. Removing one that does not
@@ -246,6 +245,13 @@ func (n *Node) writeStage(name string, st Stage) error {
 	return volume.WriteFileAtomic(filepath.Join(n.Path(name), StageFile), b)
 }
 
+// Recorded reports whether the volume is recorded as staged, served or
+// not (it may have failed to be served again after a restart).
+func (n *Node) Recorded(name string) bool {
+	st, err := n.readStage(name)
+	return err == nil && st.StagingPath != ""
+}
+
 // Staged returns how the volume is staged, if it is.
 func (n *Node) Staged(name string) (Stage, bool) {
 	if n.attached(name) == nil {
@@ -315,7 +321,9 @@ func (n *Node) stage(_ context.Context, name string, st Stage) error {
 func (n *Node) UnstageVolume(name, stagingPath string) error {
 	st, err := n.readStage(name)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil
+		// Not staged (any more): whatever is still mounted there for this
+		// volume is stale.
+		return unmountStale(n.mounter, stagingPath)
 	}
 	if err != nil {
 		return err
@@ -324,7 +332,7 @@ func (n *Node) UnstageVolume(name, stagingPath string) error {
 		return fmt.Errorf("%w: staged at %s, not %s", ErrConflict, st.StagingPath, stagingPath)
 	}
 	if len(st.Publishes) > 0 {
-		return fmt.Errorf("volume %s is still published at %v", name, keys(st.Publishes))
+		return fmt.Errorf("%w at %v", ErrPublished, keys(st.Publishes))
 	}
 	if err := n.unstage(name, st); err != nil {
 		return err
@@ -340,13 +348,17 @@ func (n *Node) unstage(name string, st Stage) error {
 		}
 	}
 	if a := n.attached(name); a != nil {
-		if err := a.Detach(); err != nil {
-			return err
+		err := a.Detach()
+		if a.Attached() {
+			return err // busy: still attached and served
 		}
+		// The device is gone, even if the final commit failed: an entry
+		// for it would block every later stage, unstage and delete.
 		n.mu.Lock()
 		delete(n.att, name)
 		n.mu.Unlock()
 		n.changed(name)
+		return err
 	}
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
@@ -39,6 +40,9 @@ type Reconciler struct {
 	Volumes *Node
 	NodeID  string
 	Refresh time.Duration
+	// Fresh, if set, is Store reading from the API server itself rather
+	// than a cache: Sync uses it.
+	Fresh catalog.Store
 }
 
 // Reconcile acts on the Journal called name and returns when it wants to
@@ -54,8 +58,8 @@ func (r *Reconciler) Reconcile(ctx context.Context, name string) (time.Duration,
 	if j.Spec.Node != r.NodeID {
 		return 0, nil // another node's
 	}
-	unlock := r.Volumes.Lock(name)
-	defer unlock()
+	// The volume's lock is held only around the work on this machine, never
+	// across a call to the API server: CSI calls wait on it.
 	if j.DeletionTimestamp != nil {
 		return r.remove(ctx, j)
 	}
@@ -78,7 +82,11 @@ func (r *Reconciler) Reconcile(ctx context.Context, name string) (time.Duration,
 	// Only a Journal never made may be made: one that was made and is gone
 	// is an error to report, not an empty volume to serve.
 	made := j.Status.Capacity != nil
+	unlock := r.Volumes.Lock(name)
 	size, err := r.Volumes.Ensure(ctx, name, o, !made)
+	s, attached := r.Volumes.Status(name)
+	recorded := r.Volumes.Recorded(name)
+	unlock()
 	klog.V(4).InfoS("Ensured volume", "volume", name, "size", size, "took", time.Since(start), "err", err)
 	next := j.Status.DeepCopy()
 	next.ObservedGeneration = j.Generation
@@ -98,7 +106,12 @@ func (r *Reconciler) Reconcile(ctx context.Context, name string) (time.Duration,
 	setReady(next, metav1.ConditionTrue, ReasonCreated, fmt.Sprintf("images of %d bytes on node %s", size, r.NodeID))
 	next.Phase, next.Device = v1.PhaseReady, ""
 	again := time.Duration(0)
-	if s, ok := r.Volumes.Status(name); ok {
+	if recorded && !attached {
+		// Staged for the CO, but not served: it could not be served again
+		// after a restart. Deleting it must wait for an unstage.
+		next.Phase = v1.PhaseDegraded
+	}
+	if attached {
 		next.Phase, next.Device = v1.PhaseAttached, s.Device
 		next.FIFOUsed, next.FIFOStalls = int64(s.FIFOUsed), int64(s.FIFOStalls)
 		next.JournalUsed = int64(s.JournalUsed)
@@ -141,7 +154,10 @@ func (r *Reconciler) remove(ctx context.Context, j *v1.Journal) (time.Duration, 
 	}
 	next := j.Status.DeepCopy()
 	next.Phase = v1.PhaseDeleting
-	if err := r.Volumes.Remove(j.Name); err != nil {
+	unlock := r.Volumes.Lock(j.Name)
+	err := r.Volumes.Remove(j.Name)
+	unlock()
+	if err != nil {
 		reason := ReasonError
 		if errors.Is(err, ErrStaged) {
 			reason = ReasonStaged
@@ -161,8 +177,13 @@ func (r *Reconciler) remove(ctx context.Context, j *v1.Journal) (time.Duration, 
 // behind (a conflict), for callers that must not return before its status
 // says what they did.
 func (r *Reconciler) Sync(ctx context.Context, name string) error {
-	return retry.OnError(retry.DefaultBackoff, apierrors.IsConflict, func() error {
-		_, err := r.Reconcile(ctx, name)
+	fresh := *r
+	if r.Fresh != nil {
+		fresh.Store = r.Fresh
+	}
+	b := wait.Backoff{Duration: 10 * time.Millisecond, Factor: 2, Cap: time.Second, Steps: 10}
+	return retry.OnError(b, apierrors.IsConflict, func() error {
+		_, err := fresh.Reconcile(ctx, name)
 		return err
 	})
 }
