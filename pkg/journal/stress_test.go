@@ -41,8 +41,12 @@ func TestConcurrentWritersKeepOrderContentAndCount(t *testing.T) {
 							return
 						case <-time.After(200 * time.Microsecond):
 						}
-						durable := j.Stats().DurableTransid
-						if durable <= last {
+						st := j.Stats()
+						durable := st.DurableTransid
+						// Nothing until a writer has stalled: the FIFO holds
+						// 1 MiB of the ~40 MiB written, so one must, and
+						// then the stall is certain, not a matter of timing.
+						if durable <= last || st.FIFO.Stalls == 0 {
 							continue
 						}
 						id := last + rng.Uint64N(durable-last) + 1
