@@ -32,6 +32,10 @@ generate: ## Generate the API's deepcopy code and the Journal CRD (controller-ge
 	$(GO) run sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_GEN_VERSION) \
 		object paths=./pkg/apis/... crd paths=./pkg/apis/... output:crd:dir=charts/jvol/crds
 
+.PHONY: manifests
+manifests: ## Render deploy/jvol.yaml from the chart.
+	GO=$(GO) hack/render-deploy.sh
+
 .PHONY: journal-demo
 journal-demo: build ## Run the journal engine alone: writers, flushes, checkpoints, recovery.
 	./$(BIN) journal demo
@@ -47,12 +51,13 @@ test: ## Run every test with the race detector (as root: loop devices, FUSE, mou
 lint: ## go vet and staticcheck.
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+	GO=$(GO) hack/helm.sh lint --strict charts/jvol
 
 .PHONY: verify
-verify: generate ## Fail if formatting, go.mod or generated files would change.
+verify: generate manifests ## Fail if formatting, go.mod, generated files or deploy/ would change.
 	@test -z "$$(gofmt -l cmd pkg test)" || { gofmt -l cmd pkg test; echo "gofmt: files above need formatting"; exit 1; }
 	$(GO) mod tidy -diff
-	@test -z "$$(git status --porcelain -- pkg/apis charts/jvol/crds)" || { git status --short -- pkg/apis charts/jvol/crds; echo "generated files differ from what is committed: run make generate and commit"; exit 1; }
+	@test -z "$$(git status --porcelain -- pkg/apis charts/jvol/crds deploy)" || { git status --short -- pkg/apis charts/jvol/crds deploy; echo "generated files differ from what is committed: run make generate manifests and commit"; exit 1; }
 
 .PHONY: fuzz
 fuzz: ## Run every fuzz target for FUZZTIME (default 30s) each.

@@ -68,9 +68,12 @@ func serveHealth(ctx context.Context, addr string, ready *atomic.Bool) {
 func controllerCmd(ctx context.Context, args []string) error {
 	fs := newFlags("controller")
 	endpoint := fs.String("endpoint", "unix:///csi/csi.sock", "CSI endpoint")
+	healthAddr := fs.String("health-addr", "", "serve /healthz and /readyz here (host:port)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	var ready atomic.Bool
+	serveHealth(ctx, *healthAddr, &ready)
 	ctrl.SetLogger(klog.NewKlogr())
 	cfg, err := ctrl.GetConfig()
 	if err != nil {
@@ -86,7 +89,8 @@ func controllerCmd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	return csi.Serve(ctx, l, csi.NewServer(&csi.Identity{Controller: true}, cs, nil))
+	ready.Store(true)
+	return csi.Serve(ctx, l, csi.NewServer(&csi.Identity{Controller: true, Ready: &ready}, cs, nil))
 }
 
 type nodeFlags struct {
