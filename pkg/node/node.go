@@ -287,6 +287,14 @@ func (n *Node) StageVolume(ctx context.Context, name string, want Stage) error {
 		}
 		return nil
 	}
+	if st, err := n.readStage(name); err == nil && st.StagingPath != "" {
+		// Recorded but not served (serving it again after a restart
+		// failed): serve it again now, its publishes with it.
+		if st.StagingPath != want.StagingPath || st.Block != want.Block || st.FSType != want.FSType {
+			return fmt.Errorf("%w: staged at %s", ErrConflict, st.StagingPath)
+		}
+		return n.serveAgain(ctx, name, st)
+	}
 	want.Publishes = nil
 	if err := n.stage(ctx, name, want); err != nil {
 		return err
@@ -508,6 +516,12 @@ func (n *Node) restore(ctx context.Context, name string, st Stage) error {
 	if n.attached(name) != nil {
 		return nil
 	}
+	return n.serveAgain(ctx, name, st)
+}
+
+// serveAgain stages a volume recorded as staged, and publishes it again,
+// replacing stale mounts of a dead device. The caller holds its lock.
+func (n *Node) serveAgain(ctx context.Context, name string, st Stage) error {
 	targets := keys(st.Publishes)
 	for _, t := range targets {
 		if err := unmountStale(n.mounter, t); err != nil {

@@ -102,3 +102,39 @@ func TestUnstageOfAVolumeNotServedAgain(t *testing.T) {
 		t.Error("still there")
 	}
 }
+
+// Regression: a volume recorded as staged whose serving again failed at the
+// last restart, staged again by the kubelet, lost its publishes.
+func TestStageServesARecordedVolumeAgain(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: attaches through FUSE and a loop device")
+	}
+	n := newNode(t)
+	ctx := context.Background()
+	if _, err := n.Ensure(ctx, "v", volume.Options{Size: 8 << 20, JournalSize: volume.MinJournalSize}, true); err != nil {
+		t.Fatal(err)
+	}
+	staging, target := t.TempDir(), filepath.Join(t.TempDir(), "dev")
+	rec := Stage{StagingPath: staging, Block: true, Publishes: map[string]Publish{target: {}}}
+	if err := n.writeStage("v", rec); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.StageVolume(ctx, "v", Stage{StagingPath: staging, Block: true}); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := n.UnpublishVolume("v", target); err != nil {
+			t.Error(err)
+		}
+		if err := n.UnstageVolume("v", staging); err != nil {
+			t.Error(err)
+		}
+	}()
+	st, ok := n.Staged("v")
+	if !ok || len(st.Publishes) != 1 {
+		t.Fatalf("staged %v: %+v", ok, st)
+	}
+	if mounted, err := n.mounter.IsMountPoint(target); err != nil || !mounted {
+		t.Errorf("publish target not served again: %v %v", mounted, err)
+	}
+}
