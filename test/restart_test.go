@@ -100,6 +100,18 @@ func TestNodeRestartServesStagedVolumesAgain(t *testing.T) {
 	}
 	writeSynced(t, filepath.Join(vols[0].target, "after"), []byte("still writable"), 0)
 
+	// Stats: the file system's, and for the block volume what it holds.
+	for _, v := range vols {
+		st, err := ns.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: v.id, VolumePath: v.target})
+		if err != nil {
+			t.Fatal(err)
+		}
+		u := st.GetUsage()[0]
+		if u.GetUsed() < int64(len(want)) || u.GetTotal() != 64<<20 && v.block || u.GetAvailable() != u.GetTotal()-u.GetUsed() && v.block {
+			t.Errorf("stats of %s: %v", v.id, st.GetUsage())
+		}
+	}
+
 	for _, v := range vols {
 		if _, err := ns.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: v.id, TargetPath: v.target}); err != nil {
 			t.Fatal(err)

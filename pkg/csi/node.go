@@ -231,7 +231,12 @@ func (n *Node) NodeGetVolumeStats(_ context.Context, req *csi.NodeGetVolumeStats
 		if err != nil {
 			return nil, nodeError(err)
 		}
-		return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{{Unit: csi.VolumeUsage_BYTES, Total: size}}}, nil
+		// A block volume's use is what its sparse data image holds: blocks
+		// written and not discarded.
+		used := min(n.Volumes.Allocated(id), size)
+		return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{
+			{Unit: csi.VolumeUsage_BYTES, Total: size, Used: used, Available: size - used},
+		}}, nil
 	}
 	var fs unix.Statfs_t
 	if err := unix.Statfs(path, &fs); err != nil {

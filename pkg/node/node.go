@@ -16,6 +16,7 @@ import (
 	"sort"
 	"sync"
 
+	"golang.org/x/sys/unix"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/klog/v2"
 	mount "k8s.io/mount-utils"
@@ -206,6 +207,15 @@ func (n *Node) Status(name string) (attach.Status, bool) {
 		return attach.Status{}, false
 	}
 	return a.Status(), true
+}
+
+// Allocated returns the bytes the volume's data image holds on disk.
+func (n *Node) Allocated(name string) int64 {
+	var st unix.Stat_t
+	if err := unix.Stat(filepath.Join(n.Path(name), volume.DataFile), &st); err != nil {
+		return 0
+	}
+	return st.Blocks * 512
 }
 
 // Size returns the volume's size.
