@@ -7,11 +7,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
 
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -176,7 +176,7 @@ func (f *Files) Update(_ context.Context, j *v1.Journal) error {
 		f.changed(j.Name)
 		return nil
 	}
-	if !equalJSON(old.Spec, j.Spec) {
+	if !equality.Semantic.DeepEqual(old.Spec, j.Spec) {
 		next.Spec = j.Spec
 		next.Generation++
 	}
@@ -224,10 +224,4 @@ func (f *Files) Delete(_ context.Context, name string) error {
 	}
 	f.changed(name)
 	return nil
-}
-
-func equalJSON(a, b any) bool {
-	x, _ := json.Marshal(a)
-	y, _ := json.Marshal(b)
-	return slices.Equal(x, y)
 }

@@ -9,6 +9,7 @@ import (
 	csi "github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -37,8 +38,6 @@ type Controller struct {
 	// deleted): its Journals' images went with it, and nobody else would
 	// ever remove their finalizer. Nil: nodes never go (standalone).
 	NodeGone func(ctx context.Context, node string) (bool, error)
-	// Poll bounds the back-off between looks at a Journal's status.
-	Poll wait.Backoff
 
 	locks keyedLock
 }
@@ -186,24 +185,10 @@ func sameVolume(j *v1.Journal, name string, want v1.JournalSpec, r *csi.Capacity
 		return errorf(codes.AlreadyExists, "volume %s exists on node %s", j.Name, have.Node)
 	}
 	want.Node, want.Capacity = have.Node, have.Capacity
-	if want.Duplex == "" {
-		want.Duplex = v1.Half
-	}
-	if !equalSpec(have, want) {
+	if !equality.Semantic.DeepEqual(have, want) { // quantities compare by value
 		return errorf(codes.AlreadyExists, "volume %s exists with other parameters", j.Name)
 	}
 	return nil
-}
-
-func equalSpec(a, b v1.JournalSpec) bool {
-	q := func(x, y *resource.Quantity) bool {
-		return x == nil && y == nil || x != nil && y != nil && x.Cmp(*y) == 0
-	}
-	d := func(x, y *metav1.Duration) bool { return x == nil && y == nil || x != nil && y != nil && *x == *y }
-	s := func(x, y *v1.SinkSpec) bool { return x == nil && y == nil || x != nil && y != nil && x.URL == y.URL }
-	return a.Node == b.Node && a.Capacity.Cmp(b.Capacity) == 0 && q(a.JournalSize, b.JournalSize) &&
-		q(a.FIFOSize, b.FIFOSize) && a.Duplex == b.Duplex && s(a.Sink, b.Sink) &&
-		d(a.CommitInterval, b.CommitInterval) && a.FSType == b.FSType
 }
 
 func ready(j *v1.Journal) bool {
@@ -221,10 +206,7 @@ func atLeast(j *v1.Journal, size int64) bool {
 func (c *Controller) waitFor(ctx context.Context, id string, done func(*v1.Journal) bool) (*v1.Journal, error) {
 	ctx, cancel := context.WithTimeout(ctx, MaxWait)
 	defer cancel()
-	b := c.Poll
-	if b.Steps == 0 {
-		b = wait.Backoff{Duration: 20 * time.Millisecond, Factor: 2, Cap: 2 * time.Second, Steps: 1 << 30}
-	}
+	b := wait.Backoff{Duration: 20 * time.Millisecond, Factor: 2, Cap: 2 * time.Second, Steps: 1 << 30}
 	for {
 		j, err := c.Store.Get(ctx, id)
 		if err != nil {

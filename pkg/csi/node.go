@@ -69,10 +69,12 @@ func (n *Node) lock(id string, mustExist bool) (func(), error) {
 		return nil, err
 	}
 	unlock := n.Volumes.Lock(id)
-	if err := n.exists(id); err != nil && mustExist {
-		unlock()
-		done()
-		return nil, err
+	if mustExist {
+		if err := n.exists(id); err != nil {
+			unlock()
+			done()
+			return nil, err
+		}
 	}
 	return func() {
 		unlock()

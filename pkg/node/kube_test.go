@@ -16,6 +16,8 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -29,7 +31,7 @@ import (
 // startAPIServer runs a real kube-apiserver and etcd (envtest) with the
 // Journal CRD installed. KUBEBUILDER_ASSETS names their directory; `make
 // test` builds them once with hack/envtest-assets.sh.
-func startAPIServer(t *testing.T) client.Client {
+func startAPIServer(t *testing.T) (client.Client, *rest.Config) {
 	t.Helper()
 	assets := os.Getenv("KUBEBUILDER_ASSETS")
 	if assets == "" {
@@ -53,12 +55,8 @@ func startAPIServer(t *testing.T) client.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The test's manager needs the config too.
-	apiConfig[c] = env
-	return c
+	return c, cfg
 }
-
-var apiConfig = map[client.Client]*envtest.Environment{}
 
 func journal(name, node string, capacity string) *v1.Journal {
 	return &v1.Journal{
@@ -70,7 +68,7 @@ func journal(name, node string, capacity string) *v1.Journal {
 func q(s string) *resource.Quantity { x := resource.MustParse(s); return &x }
 
 func TestSchemaRefusesBadJournals(t *testing.T) {
-	c := startAPIServer(t)
+	c, _ := startAPIServer(t)
 	ctx := context.Background()
 	bad := []struct {
 		name   string
@@ -154,35 +152,33 @@ func TestSchemaRefusesBadJournals(t *testing.T) {
 	}
 }
 
-// waitJournal polls the Journal until ok says so.
+// waitJournal polls the Journal until ok says so (an API object: there is
+// nothing else to wait on).
 func waitJournal(t *testing.T, c client.Client, name string, ok func(*v1.Journal) bool) *v1.Journal {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for {
-		var j v1.Journal
-		err := c.Get(context.Background(), client.ObjectKey{Name: name}, &j)
-		if err == nil && ok(&j) {
-			return &j
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("journal %s: %v; last seen %+v", name, err, j.Status)
-		}
-		time.Sleep(50 * time.Millisecond) // polling an API object: there is nothing to wait on
+	var j v1.Journal
+	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		err := c.Get(ctx, client.ObjectKey{Name: name}, &j)
+		return err == nil && ok(&j), nil
+	})
+	if err != nil {
+		t.Fatalf("journal %s: %v; last seen %+v", name, err, j.Status)
 	}
+	return &j
 }
 
 func TestNodeReconcilesItsJournals(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: stages a volume through FUSE and a loop device")
 	}
-	c := startAPIServer(t)
+	c, cfg := startAPIServer(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	volumes, err := node.New(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	mgr, err := node.NewManager(apiConfig[c].Config, &node.Reconciler{Volumes: volumes, NodeID: "node-a", Refresh: 100 * time.Millisecond})
+	mgr, err := node.NewManager(cfg, &node.Reconciler{Volumes: volumes, NodeID: "node-a", Refresh: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

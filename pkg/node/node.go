@@ -11,9 +11,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -144,7 +145,9 @@ func (n *Node) Ensure(ctx context.Context, name string, o volume.Options, create
 		return a.Size(), nil
 	}
 	path := n.Path(name)
-	if _, err := volume.ReadMeta(path); errors.Is(err, os.ErrNotExist) {
+	m, err := volume.ReadMeta(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
 		if !create {
 			return 0, fmt.Errorf("%w: no %s", ErrMissing, filepath.Join(path, volume.MetaFile))
 		}
@@ -153,24 +156,32 @@ func (n *Node) Ensure(ctx context.Context, name string, o volume.Options, create
 				return 0, err
 			}
 		}
+	case err != nil:
+		return 0, err
+	case m.Size >= o.Size && withSettings(m, o) == m:
+		return m.Size, nil // nothing to change: no need to open and recover it
 	}
 	o.Name = name
 	d, err := volume.OpenDir(path, o)
 	if err != nil {
 		return 0, err
 	}
-	size, m := d.Size(), d.Meta
+	var err2 error
+	if m := withSettings(d.Meta, o); m != d.Meta { // while the directory's lock is still ours
+		err2 = volume.WriteMeta(path, m)
+	}
+	return d.Size(), errors.Join(err2, d.Close())
+}
+
+// withSettings is m with o's FIFO size and commit interval, where set.
+func withSettings(m volume.Meta, o volume.Options) volume.Meta {
 	if o.FIFOSize != 0 {
 		m.FIFOSize = o.FIFOSize
 	}
 	if o.CommitInterval != 0 {
 		m.CommitInterval = o.CommitInterval.String()
 	}
-	var err2 error
-	if m != d.Meta { // while the directory's lock is still ours
-		err2 = volume.WriteMeta(path, m)
-	}
-	return size, errors.Join(err2, d.Close())
+	return m
 }
 
 // Remove removes a volume that is not staged. Removing one that does not
@@ -287,26 +298,23 @@ func (n *Node) StageVolume(ctx context.Context, name string, want Stage) error {
 	if !n.Exists(name) {
 		return fmt.Errorf("%w: %s", ErrNotFound, name)
 	}
-	if a := n.attached(name); a != nil {
-		st, err := n.readStage(name)
-		if err != nil {
-			return err
-		}
+	st, err := n.readStage(name)
+	switch {
+	case err == nil && st.StagingPath != "":
 		if st.StagingPath != want.StagingPath || st.Block != want.Block || st.FSType != want.FSType {
 			return fmt.Errorf("%w: staged at %s", ErrConflict, st.StagingPath)
 		}
-		return nil
-	}
-	if st, err := n.readStage(name); err == nil && st.StagingPath != "" {
+		if n.attached(name) != nil {
+			return nil
+		}
 		// Recorded but not served (serving it again after a restart
 		// failed): serve it again now, its publishes with it.
-		if st.StagingPath != want.StagingPath || st.Block != want.Block || st.FSType != want.FSType {
-			return fmt.Errorf("%w: staged at %s", ErrConflict, st.StagingPath)
-		}
-		return n.serveAgain(ctx, name, st)
+		return n.serveAgain(name, st)
+	case err != nil && !errors.Is(err, os.ErrNotExist):
+		return err
 	}
 	want.Publishes = nil
-	if err := n.stage(ctx, name, want); err != nil {
+	if err := n.stage(name, want); err != nil {
 		return err
 	}
 	if err := n.writeStage(name, want); err != nil {
@@ -316,7 +324,8 @@ func (n *Node) StageVolume(ctx context.Context, name string, want Stage) error {
 	return nil
 }
 
-func (n *Node) stage(_ context.Context, name string, st Stage) error {
+func (n *Node) stage(name string, st Stage) error {
+	// Not the caller's context: the attachment outlives the call.
 	a, err := attach.Attach(context.Background(), attach.Options{Dir: n.Path(name)})
 	if err != nil {
 		return err
@@ -381,14 +390,7 @@ func (n *Node) unstage(name string, st Stage) error {
 	return nil
 }
 
-func keys[V any](m map[string]V) []string {
-	var ks []string
-	for k := range m {
-		ks = append(ks, k)
-	}
-	sort.Strings(ks)
-	return ks
-}
+func keys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
 
 // PublishVolume bind-mounts a staged volume at target: its file system,
 // or for block volumes the device onto a file.
@@ -494,7 +496,7 @@ func (n *Node) ExpandVolume(ctx context.Context, name string, size int64) (int64
 // last stopped: stale mounts of the dead device are removed, the volume is
 // attached again (the frontend clears its own leftovers), and its file
 // system and bind mounts are mounted again. It goes on past a volume that
-// fails and returns every failure.
+// fails and returns every failure; it stops early if ctx ends.
 func (n *Node) Restore(ctx context.Context) error {
 	ents, err := os.ReadDir(n.dir)
 	if err != nil {
@@ -507,8 +509,11 @@ func (n *Node) Restore(ctx context.Context) error {
 		if errors.Is(err, os.ErrNotExist) || CheckName(name) != nil {
 			continue
 		}
+		if ctx.Err() != nil {
+			return errors.Join(append(errs, ctx.Err())...)
+		}
 		if err == nil {
-			err = n.restore(ctx, name, st)
+			err = n.restore(name, st)
 		}
 		if err != nil {
 			klog.ErrorS(err, "Could not serve a staged volume again", "volume", name)
@@ -520,18 +525,18 @@ func (n *Node) Restore(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-func (n *Node) restore(ctx context.Context, name string, st Stage) error {
+func (n *Node) restore(name string, st Stage) error {
 	unlock := n.Lock(name)
 	defer unlock()
 	if n.attached(name) != nil {
 		return nil
 	}
-	return n.serveAgain(ctx, name, st)
+	return n.serveAgain(name, st)
 }
 
 // serveAgain stages a volume recorded as staged, and publishes it again,
 // replacing stale mounts of a dead device. The caller holds its lock.
-func (n *Node) serveAgain(ctx context.Context, name string, st Stage) error {
+func (n *Node) serveAgain(name string, st Stage) error {
 	targets := keys(st.Publishes)
 	for _, t := range targets {
 		if err := unmountStale(n.mounter, t); err != nil {
@@ -543,7 +548,7 @@ func (n *Node) serveAgain(ctx context.Context, name string, st Stage) error {
 			return err
 		}
 	}
-	if err := n.stage(ctx, name, st); err != nil {
+	if err := n.stage(name, st); err != nil {
 		return err
 	}
 	a := n.attached(name)
