@@ -291,7 +291,8 @@ func TestBothSuperblocksTornIsAnError(t *testing.T) {
 	}
 }
 
-func TestNewIdsStayAboveOrphansOfATornTail(t *testing.T) {
+// New ids continue above the image's, however far behind the clock is.
+func TestNewIdsStayAboveTheImagesWhenTheClockIsBehind(t *testing.T) {
 	c := newCrashRun(t, 4<<20)
 	c.opts.FirstTransid = 1 // a clock far behind the image's ids
 	c.append(10, 100, 200)

@@ -68,6 +68,7 @@ type FIFO struct {
 	acked   uint64        // last acknowledged id (full duplex)
 	space   chan struct{} // closed and replaced when space is freed and someone waits
 	waiting int           // writers waiting on space
+	wokeAt  uint64        // windex when a reservation last woke the consumer
 	err     error         // set by Close
 
 	wake    chan struct{} // tells the consumer there is work
@@ -163,6 +164,11 @@ func (f *FIFO) reserve(ctx context.Context, stream uint16, n int) (Reservation, 
 		select {
 		case <-space:
 		case <-ctx.Done():
+			f.mu.Lock()
+			if f.space == space { // not freed meanwhile: no longer waiting
+				f.waiting--
+			}
+			f.mu.Unlock()
 			return Reservation{}, ctx.Err()
 		}
 		f.mu.Lock()
@@ -182,7 +188,12 @@ func (f *FIFO) reserve(ctx context.Context, stream uint16, n int) (Reservation, 
 	// Wake the consumer when the FIFO is half full, or earlier once a
 	// large sequential write's worth waits: writing it while writers go on
 	// filling overlaps the two instead of leaving it all to the next flush.
-	wake := f.windex-f.xindex >= size/2 || f.windex-f.rindex >= wakeBytes
+	// Once per step of new records, not for every record after that.
+	wake := (f.windex-f.xindex >= size/2 || f.windex-f.rindex >= wakeBytes) &&
+		f.windex-max(f.wokeAt, f.rindex) >= min(wakeBytes, size/4)
+	if wake {
+		f.wokeAt = f.windex
+	}
 	f.mu.Unlock()
 	if wake {
 		f.signal()
@@ -284,6 +295,13 @@ func (f *FIFO) pending() (rindex, windex uint64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.rindex, f.windex
+}
+
+// reserved returns the index up to which records are reserved.
+func (f *FIFO) reserved() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.windex
 }
 
 // starved reports whether writers wait for space.

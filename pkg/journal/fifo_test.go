@@ -282,3 +282,32 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(100 * time.Microsecond)
 	}
 }
+
+// Regression: a writer that gave up waiting for space (its context ended)
+// stayed counted as waiting, and the consumer kept forcing a write and a
+// sync on every pass for it.
+func TestAWriterThatGivesUpNoLongerWaits(t *testing.T) {
+	f := newFIFO(t, Half)
+	n := MinFIFOSize / 3
+	for range 2 {
+		r, err := f.Reserve(context.Background(), StreamFirstTx, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Commit(n)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.Reserve(ctx, StreamFirstTx, n) // does not fit: waits
+		done <- err
+	}()
+	waitFor(t, f.starved)
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("reserve: %v", err)
+	}
+	if f.starved() {
+		t.Error("a writer that gave up is still waiting")
+	}
+}

@@ -78,6 +78,7 @@ type Journal struct {
 	quitting  bool
 
 	headPub                    atomic.Uint64
+	tailPub                    atomic.Uint64 // j.tail, for the worker's fast path
 	syncs, flushes, ringStalls atomic.Uint64
 }
 
@@ -155,6 +156,7 @@ func Open(f vfs.File, opts Options, replay func(pos uint64, r Record) error) (*J
 		clear(j.rw.scratch[off:])
 	}
 	j.headPub.Store(rec.End)
+	j.tailPub.Store(j.tail)
 	go j.run()
 	return j, rec, nil
 }
@@ -181,7 +183,7 @@ func (j *Journal) Ack(transid uint64) { j.fifo.Ack(transid) }
 // Flush returns once every record committed before the call is durable in
 // the journal image. Flushes that arrive together share one fdatasync.
 func (j *Journal) Flush(ctx context.Context) error {
-	_, target := j.fifo.pending()
+	target := j.fifo.reserved()
 	j.flushes.Add(1)
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -241,6 +243,7 @@ func (j *Journal) Checkpoint(pos, transid uint64) error {
 	}
 	j.mu.Lock()
 	j.tail, j.ckptID = pos, transid
+	j.tailPub.Store(pos)
 	close(j.ringFree)
 	j.ringFree = make(chan struct{})
 	j.mu.Unlock()
@@ -320,10 +323,10 @@ func (j *Journal) quitC() chan struct{} {
 	return j.quit
 }
 
-// cycle stages every complete record from the FIFO. It writes the stage
-// out (besides the full stages stageAppend writes on its own) and frees the
-// FIFO space only when a flush waits, force is set or the FIFO is half
-// full, and then syncs if a flush waits or force is set.
+// cycle places every complete record from the FIFO at the ring's head
+// (place writes full runs on its own). It writes the rest of the run out and
+// frees the FIFO space only when a flush waits, force is set or the FIFO is
+// half full, and then syncs if a flush waits or force is set.
 func (j *Journal) cycle(force bool) error {
 	var r, w uint64
 	for {
@@ -395,16 +398,18 @@ func (j *Journal) place(pos uint64, h Header, a uint64) error {
 	if phys := head % j.ring; phys+a > j.ring {
 		p1, p2 = j.ring-phys, pos%blk
 	}
-	var tail uint64
-	for stalled := false; ; stalled = true {
-		// The ring is written in whole blocks: the head must not enter the
-		// block that holds the checkpoint, or its zero fill would wipe the
-		// first live record.
+	// The ring is written in whole blocks: the head must not enter the
+	// block that holds the checkpoint, or its zero fill would wipe the
+	// first live record. The tail only moves forward, so its published
+	// copy answers without a lock unless the ring looks full.
+	fits := func(tail uint64) bool { return head+p1+p2+a <= tail&^(blk-1)+j.ring }
+	tail := j.tailPub.Load()
+	for stalled := false; !fits(tail); stalled = true {
 		j.mu.Lock()
 		tail = j.tail
 		ch := j.ringFree
 		j.mu.Unlock()
-		if head+p1+p2+a <= tail&^(blk-1)+j.ring {
+		if fits(tail) {
 			break
 		}
 		if !stalled {
@@ -448,7 +453,7 @@ func (j *Journal) place(pos uint64, h Header, a uint64) error {
 	}
 	j.lastID = max(j.lastID, h.Transid)
 	j.headPub.Store(j.rw.head)
-	if j.rw.head-tail >= j.ring/2 { // the tail read above: one lock a record
+	if j.rw.head-tail >= j.ring/2 {
 		j.wantCheckpoint()
 	}
 	return nil
@@ -475,7 +480,7 @@ func (j *Journal) syncAll() error {
 		return nil
 	}
 	if err := j.f.Sync(); err != nil {
-		return fmt.Errorf("journal: sync: %w", err)
+		return err // stickyFile says what failed
 	}
 	j.syncs.Add(1)
 	j.syncedPos = j.rw.head
@@ -488,7 +493,7 @@ func (j *Journal) syncAll() error {
 // Stats is a snapshot of a journal's figures, cheap enough to take often.
 type Stats struct {
 	FIFO FIFOStats
-	// Ring positions: Head is staged up to, Durable synced up to,
+	// Ring positions: Head is placed up to, Durable synced up to,
 	// Checkpoint applied up to. Used is Head-Checkpoint of RingSize.
 	RingSize, Head, Durable, Checkpoint, Used uint64
 	// Ids: the last handed out, the last durable, the last acknowledged

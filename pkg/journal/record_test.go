@@ -7,6 +7,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -159,7 +160,7 @@ func TestEverySubRecordTypeGoldenBytes(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []uint16{SubBlockWrite, SubDiscard, SubFlush, SubResize, SubSyncPoint, SubAnnotate}
-	if len(kinds) != len(want) {
+	if !slices.Equal(kinds, want) {
 		t.Fatalf("parsed %v, want %v", kinds, want)
 	}
 }

@@ -138,11 +138,11 @@ func demoWriter(ctx context.Context, j *journal.Journal, wr, n int) error {
 			return err
 		}
 		off := uint64(wr)<<32 | uint64(i)*65536
-		journal.PutBlockWrite(r.Payload, off, data[:size])
 		// The last 4 bytes of each block write carry the CRC of the rest,
 		// so that recovery can check the payload end to end.
-		body := r.Payload[journal.SubHeaderSize+8 : journal.SubHeaderSize+8+size]
+		body := data[:size]
 		binary.LittleEndian.PutUint32(body[size-4:], crc32.ChecksumIEEE(body[:size-4]))
+		journal.PutBlockWrite(r.Payload, off, body)
 		r.Commit(len(r.Payload))
 		if i%16 == 15 {
 			if err := j.Flush(ctx); err != nil {

@@ -3,7 +3,6 @@
 package jtool
 
 import (
-	"encoding/binary"
 	"fmt"
 	"io"
 	"os"
@@ -91,23 +90,33 @@ func subs(b *strings.Builder, payload []byte) error {
 			b.WriteString(",")
 		}
 		first = false
-		u := func(i int) uint64 {
-			if len(s.Body) < 8*(i+1) {
-				return 0
+		// Bodies that do not decode are shown as such, not as zeros.
+		nums := func(name string, n int, format string) {
+			if v, err := s.Uint64s(n); err != nil {
+				fmt.Fprintf(b, "%s(%v)", name, err)
+			} else {
+				args := make([]any, n)
+				for i := range v {
+					args[i] = v[i]
+				}
+				fmt.Fprintf(b, name+format, args...)
 			}
-			return binary.LittleEndian.Uint64(s.Body[8*i:])
 		}
 		switch s.Kind() {
 		case journal.SubBlockWrite:
-			fmt.Fprintf(b, "write(off=%d,len=%d)", u(0), max(len(s.Body)-8, 0))
+			if off, data, err := s.BlockWrite(); err != nil {
+				fmt.Fprintf(b, "write(%v)", err)
+			} else {
+				fmt.Fprintf(b, "write(off=%d,len=%d)", off, len(data))
+			}
 		case journal.SubDiscard:
-			fmt.Fprintf(b, "discard(off=%d,len=%d)", u(0), u(1))
+			nums("discard", 2, "(off=%d,len=%d)")
 		case journal.SubFlush:
 			b.WriteString("flush")
 		case journal.SubResize:
-			fmt.Fprintf(b, "resize(%d)", u(0))
+			nums("resize", 1, "(%d)")
 		case journal.SubSyncPoint:
-			fmt.Fprintf(b, "syncpoint(transid=%d,pos=%d)", u(0), u(1))
+			nums("syncpoint", 2, "(transid=%d,pos=%d)")
 		case journal.SubAnnotate:
 			fmt.Fprintf(b, "annotate(%q)", s.Body)
 		default:

@@ -86,30 +86,29 @@ func (o *OSFile) Size() (int64, error) {
 // Preallocate creates path with size bytes allocated on disk (fallocate), so
 // that later writes never extend the file: a growing file costs about twice
 // as much per fdatasync. It refuses to overwrite an existing file.
-func Preallocate(path string, size int64) error {
+func Preallocate(path string, size int64) (err error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}
+	defer func() {
+		if err != nil { // nothing is left half made on a full disk
+			f.Close()
+			os.Remove(path)
+		}
+	}()
 	if err := unix.Fallocate(int(f.Fd()), 0, 0, size); err != nil {
 		// Some file systems cannot fallocate; a sized sparse file still
 		// works. Any other failure (ENOSPC above all) is the caller's: the
-		// file goes, with whatever blocks it had got, and nothing is left
-		// half made on a full disk.
+		// file goes, with whatever blocks it had got.
 		if !errors.Is(err, unix.EOPNOTSUPP) {
-			f.Close()
-			os.Remove(path)
 			return fmt.Errorf("preallocate %s: %w", path, err)
 		}
 		if err := f.Truncate(size); err != nil {
-			f.Close()
-			os.Remove(path)
 			return fmt.Errorf("size %s: %w", path, err)
 		}
 	}
 	if err := unix.Fdatasync(int(f.Fd())); err != nil {
-		f.Close()
-		os.Remove(path)
 		return err
 	}
 	if err := f.Close(); err != nil {

@@ -25,12 +25,11 @@ type write struct {
 	data []byte
 }
 
+// apply applies w to b, in order after every earlier write, so that a
+// write always lies inside b.
 func apply(b []byte, w write) []byte {
 	if w.off < 0 {
 		return resize(b, -1-w.off)
-	}
-	if end := w.off + int64(len(w.data)); end > int64(len(b)) {
-		b = resize(b, end) // written past a length change that was lost
 	}
 	copy(b[w.off:], w.data)
 	return b
@@ -47,9 +46,6 @@ type File struct {
 	// Align, when non-zero, makes every offset, length and buffer address
 	// that is not a multiple of it fail with an error, as O_DIRECT does.
 	Align int
-	// FailWrite, when set, is asked before each write; an error fails it
-	// without changing anything.
-	FailWrite func(off int64, n int) error
 	// FailSync, when set, is asked before each sync; an error fails it and
 	// the pending writes stay pending.
 	FailSync func() error
@@ -62,14 +58,16 @@ func New(size int64) *File {
 	return &File{durable: make([]byte, size), current: make([]byte, size)}
 }
 
-func (f *File) check(p []byte, off int64) error {
+// check checks an access of p at off; align, if not zero, is the
+// alignment it needs.
+func (f *File) check(p []byte, off int64, align int) error {
 	if f.closed {
 		return errors.New("faultfs: file closed")
 	}
 	if off < 0 || off+int64(len(p)) > int64(len(f.current)) {
 		return fmt.Errorf("faultfs: access [%d,%d) outside file of %d bytes", off, off+int64(len(p)), len(f.current))
 	}
-	if a := int64(f.Align); a != 0 && (off%a != 0 || int64(len(p))%a != 0) {
+	if a := int64(align); a != 0 && (off%a != 0 || int64(len(p))%a != 0) {
 		return fmt.Errorf("faultfs: unaligned direct access at %d length %d", off, len(p))
 	}
 	return nil
@@ -78,7 +76,7 @@ func (f *File) check(p []byte, off int64) error {
 func (f *File) ReadAt(p []byte, off int64) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.check(p, off); err != nil {
+	if err := f.check(p, off, f.Align); err != nil {
 		return 0, err
 	}
 	return copy(p, f.current[off:]), nil
@@ -87,26 +85,15 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 func (f *File) WriteAt(p []byte, off int64) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.write(p, off, true); err != nil {
+	if err := f.write(p, off, f.Align); err != nil {
 		return 0, err
 	}
 	return len(p), nil
 }
 
-func (f *File) write(p []byte, off int64, direct bool) error {
-	align := f.Align
-	if !direct {
-		f.Align = 0
-	}
-	err := f.check(p, off)
-	f.Align = align
-	if err != nil {
+func (f *File) write(p []byte, off int64, align int) error {
+	if err := f.check(p, off, align); err != nil {
 		return err
-	}
-	if f.FailWrite != nil {
-		if err := f.FailWrite(off, len(p)); err != nil {
-			return err
-		}
 	}
 	f.writes++
 	copy(f.current[off:], p)
@@ -146,13 +133,6 @@ func (f *File) SetFailSync(fn func() error) {
 	f.FailSync = fn
 }
 
-// SetFailWrite sets FailWrite while the file may be in use.
-func (f *File) SetFailWrite(fn func(off int64, n int) error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.FailWrite = fn
-}
-
 // Truncate changes the length; like any write it is lost in a power cut
 // unless synced (the durable length follows at Sync).
 func (f *File) Truncate(size int64) error {
@@ -172,15 +152,12 @@ func (f *File) Punch(off, n int64) error {
 		return errors.New("faultfs: bad punch")
 	}
 	f.mu.Lock()
-	size := int64(len(f.current))
-	f.mu.Unlock()
-	end := min(off+n, size)
+	defer f.mu.Unlock()
+	end := min(off+n, int64(len(f.current)))
 	if off >= end {
 		return nil
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.write(make([]byte, end-off), off, false)
+	return f.write(make([]byte, end-off), off, 0)
 }
 
 func resize(b []byte, size int64) []byte {

@@ -35,17 +35,12 @@ func TestPowerCutTearsUnsyncedWritesBySector(t *testing.T) {
 	}
 }
 
-func TestInjectedFailuresAndDirectAlignment(t *testing.T) {
+func TestInjectedSyncFailuresAndDirectAlignment(t *testing.T) {
 	f := New(8192)
 	f.Align = 4096
 	if _, err := f.WriteAt(make([]byte, 100), 0); err == nil {
 		t.Fatal("unaligned write accepted")
 	}
-	f.FailWrite = func(int64, int) error { return ErrInjected }
-	if _, err := f.WriteAt(make([]byte, 4096), 0); !errors.Is(err, ErrInjected) {
-		t.Fatal(err)
-	}
-	f.FailWrite = nil
 	f.WriteAt(bytes.Repeat([]byte{5}, 4096), 4096)
 	f.FailSync = func() error { return ErrInjected }
 	if err := f.Sync(); !errors.Is(err, ErrInjected) || f.Unsynced() != 4096 {
