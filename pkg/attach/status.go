@@ -2,12 +2,10 @@ package attach
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"github.com/jvol-io/jvol/pkg/journal"
@@ -80,7 +78,7 @@ func ReadStatus(dir string) (Status, error) {
 	if err != nil {
 		return Status{}, err
 	}
-	if held, err := locked(dir); err != nil {
+	if held, err := volume.IsLocked(dir); err != nil {
 		return Status{}, err
 	} else if held {
 		var s Status
@@ -107,23 +105,6 @@ func ReadStatus(dir string) (Status, error) {
 		CheckpointTransid: sb.CkptTransid, JournalSize: sb.RingSize, JournalUsed: rec.End - rec.Start,
 		CommittedPosition: sb.CkptPos, FIFOSize: meta.FIFOSize,
 	}, nil
-}
-
-// locked reports whether a process holds the volume directory's lock.
-func locked(dir string) (bool, error) {
-	f, err := os.Open(filepath.Join(dir, volume.LockFile))
-	if errors.Is(err, os.ErrNotExist) {
-		return false, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	defer f.Close()
-	err = syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB)
-	if errors.Is(err, syscall.EWOULDBLOCK) {
-		return true, nil
-	}
-	return false, err
 }
 
 // WriteText prints the status as aligned "key: value" lines.

@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
-	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/jvol-io/jvol/pkg/journal"
 	"github.com/jvol-io/jvol/pkg/vfs"
@@ -77,7 +79,7 @@ func OpenDir(path string, o Options) (*Dir, error) {
 	}
 	if err := lockDir(lock); err != nil {
 		lock.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
+		if errors.Is(err, unix.EAGAIN) {
 			return nil, fmt.Errorf("%w: %s", ErrInUse, path)
 		}
 		return nil, err
@@ -93,18 +95,34 @@ func OpenDir(path string, o Options) (*Dir, error) {
 	return d, nil
 }
 
-// lockDir takes the directory's lock without waiting for another attach.
-// `jvol status` holds it shared for an instant to see whether the volume is
-// attached; a few short retries keep that from failing an attach.
+// lockDir takes the directory's lock without waiting for another attach:
+// an open-file-description write lock on the whole lock file, released
+// when the file is closed. Unlike flock, it can be tested without being
+// taken (IsLocked), so `jvol status` never makes an attach fail.
 func lockDir(f *os.File) error {
-	var err error
-	for range 20 {
-		if err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); !errors.Is(err, syscall.EWOULDBLOCK) {
-			return err
-		}
-		time.Sleep(5 * time.Millisecond)
+	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart}
+	err := unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk)
+	if errors.Is(err, unix.EACCES) {
+		err = unix.EAGAIN
 	}
 	return err
+}
+
+// IsLocked reports whether a process holds the lock of the volume in dir.
+func IsLocked(dir string) (bool, error) {
+	f, err := os.Open(filepath.Join(dir, LockFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart}
+	if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_GETLK, &lk); err != nil {
+		return false, err
+	}
+	return lk.Type != unix.F_UNLCK, nil
 }
 
 func (d *Dir) open(o Options) error {

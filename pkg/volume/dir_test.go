@@ -83,11 +83,17 @@ func TestOpenDirCreatesReopensAndLocks(t *testing.T) {
 	if _, err := OpenDir(dir, Options{}); !errors.Is(err, ErrInUse) {
 		t.Fatalf("second open: %v, want ErrInUse", err)
 	}
+	if held, err := IsLocked(dir); err != nil || !held {
+		t.Fatalf("locked while open: %v %v", held, err)
+	}
 	if _, err := d.WriteAt([]byte("hello"), 4096); err != nil {
 		t.Fatal(err)
 	}
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
+	}
+	if held, err := IsLocked(dir); err != nil || held {
+		t.Fatalf("locked after close: %v %v", held, err)
 	}
 	if _, err := OpenDir(dir, Options{JournalSize: 128 << 20}); err == nil || !strings.Contains(err.Error(), "fixed at creation") {
 		t.Fatalf("changing the journal size: %v", err)
