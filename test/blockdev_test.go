@@ -17,10 +17,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 
 	"github.com/jvol-io/jvol/pkg/loop"
 	"github.com/jvol-io/jvol/pkg/vfs"
+	"github.com/jvol-io/jvol/pkg/vfs/faultfs"
 )
 
 var jvolBin string
@@ -178,73 +180,21 @@ func (a *attached) kill(t *testing.T) {
 	a.cmd.Wait()
 }
 
-const sector = 512
-
-// sectors knows, per 512-byte sector, what it held at the last completed
-// fsync and what was written to it since.
-type sectors struct {
-	acked [][]byte
-	later [][][]byte
-}
-
-func newSectors(size int64) *sectors {
-	s := &sectors{acked: make([][]byte, size/sector), later: make([][][]byte, size/sector)}
-	zero := make([]byte, sector)
-	for i := range s.acked {
-		s.acked[i] = zero
-	}
-	return s
-}
-
-func (s *sectors) wrote(p []byte, off int64) {
-	for k := int64(0); k < int64(len(p)); k += sector {
-		i := (off + k) / sector
-		s.later[i] = append(s.later[i], append([]byte(nil), p[k:k+sector]...))
-	}
-}
-
-func (s *sectors) synced() {
-	for i, l := range s.later {
-		if len(l) > 0 {
-			s.acked[i], s.later[i] = l[len(l)-1], nil
-		}
-	}
-}
-
-// verify reads the whole device and checks every sector holds what it held
-// at the last fsync, or something written to it after; then takes what it
-// read as the synced state (the crash has decided among the candidates).
-func (s *sectors) verify(t *testing.T, dev string) {
+// verify checks the device against the model (every fsync-acknowledged
+// write there).
+func verify(t *testing.T, m *faultfs.SectorModel, dev string) {
 	t.Helper()
 	f, err := os.OpenFile(dev, os.O_RDONLY|unix.O_DIRECT, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	buf := vfs.AlignedBuffer(1 << 20)
-	bad := 0
-	for off := int64(0); off < int64(len(s.acked))*sector; off += int64(len(buf)) {
-		if _, err := f.ReadAt(buf, off); err != nil {
-			t.Fatal(err)
-		}
-		for k := 0; k < len(buf); k += sector {
-			i := (off + int64(k)) / sector
-			got := buf[k : k+sector]
-			ok := bytes.Equal(got, s.acked[i])
-			for _, l := range s.later[i] {
-				ok = ok || bytes.Equal(got, l)
-			}
-			if !ok {
-				if bad++; bad < 3 {
-					t.Errorf("sector %d holds neither its last synced data nor a later write: got % x..., synced % x..., %d later", i, got[:4], s.acked[i][:4], len(s.later[i]))
-				}
-			}
-			// What the crash left is now what the device holds.
-			s.acked[i], s.later[i] = append([]byte(nil), got...), nil
-		}
+	bad, err := m.Check(f)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if bad > 0 {
-		t.Fatalf("%d sectors lost acknowledged data", bad)
+	if len(bad) > 0 {
+		t.Fatalf("%d sectors lost acknowledged data, the first %d", len(bad), bad[0])
 	}
 }
 
@@ -257,7 +207,7 @@ func TestKill9DuringWritesLosesNoAcknowledgedWrite(t *testing.T) {
 	requireRoot(t)
 	const size = 64 << 20
 	dir := filepath.Join(t.TempDir(), "vol")
-	model := newSectors(size)
+	model := faultfs.NewSectorModel(size)
 	rng := rand.New(rand.NewPCG(21, 22))
 	buf := vfs.AlignedBuffer(256 << 10)
 	for round := range 4 {
@@ -267,7 +217,7 @@ func TestKill9DuringWritesLosesNoAcknowledgedWrite(t *testing.T) {
 		}
 		a := attach(t, args...)
 		if round > 0 {
-			model.verify(t, a.device)
+			verify(t, model, a.device)
 		}
 		f, err := os.OpenFile(a.device, os.O_RDWR|unix.O_DIRECT, 0)
 		if err != nil {
@@ -287,7 +237,7 @@ func TestKill9DuringWritesLosesNoAcknowledgedWrite(t *testing.T) {
 			for k := range p {
 				p[k] = byte(round*97 + i + k>>9)
 			}
-			model.wrote(p, off) // before: a failed write may still have landed
+			model.Wrote(p, off) // before: a failed write may still have landed
 			if _, err := f.WriteAt(p, off); err != nil {
 				break // the device is gone
 			}
@@ -295,14 +245,14 @@ func TestKill9DuringWritesLosesNoAcknowledgedWrite(t *testing.T) {
 				if err := f.Sync(); err != nil {
 					break
 				}
-				model.synced()
+				model.Synced()
 			}
 		}
 		f.Close()
 		<-killed
 	}
 	a := attach(t, "--dir", dir)
-	model.verify(t, a.device)
+	verify(t, model, a.device)
 	a.stop(t)
 	leftovers(t, dir)
 }
@@ -317,9 +267,18 @@ func leftovers(t *testing.T, dir string) {
 	if len(devs) > 0 {
 		t.Errorf("loop devices left behind: %v", devs)
 	}
-	mi, _ := os.ReadFile("/proc/self/mountinfo")
-	if bytes.Contains(mi, []byte(strings.ReplaceAll(dir, " ", `\040`))) {
-		t.Errorf("mounts left behind under %s", dir)
+	noMountsUnder(t, dir)
+}
+
+// noMountsUnder fails if anything is mounted at or below dir.
+func noMountsUnder(t *testing.T, dir string) {
+	t.Helper()
+	ms, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms {
+		t.Errorf("left mounted: %s (%s)", m.Mountpoint, m.FSType)
 	}
 }
 

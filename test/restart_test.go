@@ -123,10 +123,7 @@ func TestNodeRestartServesStagedVolumesAgain(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	mi, _ := os.ReadFile("/proc/self/mountinfo")
-	if bytes.Contains(mi, []byte(dir)) {
-		t.Errorf("mounts left behind under %s:\n%s", dir, mi)
-	}
+	noMountsUnder(t, dir)
 }
 
 // writeSynced writes b at off in the file at path (created if need be) and

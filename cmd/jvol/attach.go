@@ -74,7 +74,7 @@ func attachCmd(ctx context.Context, args []string) error {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(sigs)
-	a, err := attach.Attach(ctx, o)
+	a, err := attach.Attach(o)
 	if err != nil {
 		return err
 	}

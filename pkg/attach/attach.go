@@ -44,7 +44,7 @@ type Attachment struct {
 }
 
 // Attach attaches the volume in o.Dir, creating it if needed.
-func Attach(ctx context.Context, o Options) (*Attachment, error) {
+func Attach(o Options) (*Attachment, error) {
 	if (o.FS == "") != (o.Mount == "") {
 		return nil, errors.New("attach: a file system and a mount point go together")
 	}
@@ -106,8 +106,8 @@ func (a *Attachment) Grow(ctx context.Context, size int64) error {
 // Attached reports whether the block device is still there.
 func (a *Attachment) Attached() bool { return a.fe != nil }
 
-// Detach unmounts the file system (if Attach mounted one), flushes, removes
-// the block device and closes the volume (a final commit). If the file
+// Detach unmounts the file system (if Attach mounted one), removes the
+// block device and closes the volume (a final flush and commit). If the file
 // system or the device is still busy, it stops there and returns the error:
 // the volume stays attached and served, and Detach can be called again.
 func (a *Attachment) Detach() error {
@@ -117,14 +117,12 @@ func (a *Attachment) Detach() error {
 		}
 		a.MountPath = ""
 	}
-	var flushErr error
 	if a.fe != nil {
-		flushErr = a.Flush(context.Background())
 		if err := a.fe.Close(); err != nil {
 			return fmt.Errorf("detach: %w; the volume stays attached", err)
 		}
 		a.fe = nil
 	}
 	os.Remove(filepath.Join(a.Path, StatusFile)) // while the lock is ours
-	return errors.Join(flushErr, a.Dir.Close())
+	return a.Dir.Close()                         // flushes and commits
 }

@@ -8,7 +8,9 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+	"unsafe"
 
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 
 	"github.com/jvol-io/jvol/pkg/loop"
@@ -28,7 +30,7 @@ func requireRoot(t *testing.T) {
 func attachNew(t *testing.T, dir string, o Options) *Attachment {
 	t.Helper()
 	o.Dir = dir
-	a, err := Attach(context.Background(), o)
+	a, err := Attach(o)
 	if err != nil {
 		t.Fatalf("attach: %v", err)
 	}
@@ -55,7 +57,7 @@ func openDevice(t *testing.T, dev string) *os.File {
 func discard(t *testing.T, f *os.File, off, n int64) {
 	t.Helper()
 	r := [2]uint64{uint64(off), uint64(n)}
-	if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.BLKDISCARD, uintptrOf(&r)); e != 0 {
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.BLKDISCARD, uintptr(unsafe.Pointer(&r))); e != 0 {
 		t.Fatalf("BLKDISCARD: %v", e)
 	}
 }
@@ -128,12 +130,12 @@ func TestDetachLeavesNoLoopDeviceOrMount(t *testing.T) {
 	requireRoot(t)
 	dir := t.TempDir()
 	a := attachNew(t, dir, Options{Volume: volume.Options{Size: 16 << 20}})
-	file := filepath.Join(dir, FuseDir, filepath.Base(dir))
+	file := filepath.Join(a.Path, FuseDir, filepath.Base(a.Path)) // as the kernel names it
 	if err := a.Detach(); err != nil {
 		t.Fatal(err)
 	}
-	if devs, _ := loop.Backing(file); len(devs) != 0 {
-		t.Fatalf("loop devices left: %v", devs)
+	if devs, err := loop.Backing(file); err != nil || len(devs) != 0 {
+		t.Fatalf("loop devices left: %v %v", devs, err)
 	}
 	if mounted(t, filepath.Join(dir, FuseDir)) {
 		t.Fatal("FUSE mount left")
@@ -158,16 +160,16 @@ func TestASecondAttachOfTheSameDirIsRefused(t *testing.T) {
 	requireRoot(t)
 	dir := t.TempDir()
 	attachNew(t, dir, Options{Volume: volume.Options{Size: 16 << 20}})
-	if _, err := Attach(context.Background(), Options{Dir: dir}); err == nil {
+	if _, err := Attach(Options{Dir: dir}); err == nil {
 		t.Fatal("a second attach of an attached directory succeeded")
 	}
 }
 
 func mounted(t *testing.T, path string) bool {
 	t.Helper()
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	m, err := mountinfo.Mounted(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return bytes.Contains(b, []byte(" "+path+" "))
+	return m
 }

@@ -2,6 +2,7 @@ package journal
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -121,7 +122,7 @@ func TestEverySubRecordTypeGoldenBytes(t *testing.T) {
 	u64 := func(v ...uint64) []byte {
 		var out []byte
 		for _, x := range v {
-			out = append(out, byte(x), byte(x>>8), byte(x>>16), byte(x>>24), byte(x>>32), byte(x>>40), byte(x>>48), byte(x>>56))
+			out = binary.LittleEndian.AppendUint64(out, x)
 		}
 		return out
 	}

@@ -75,6 +75,20 @@ func PutDiscard(dst []byte, off, length uint64) int {
 	return used
 }
 
+// DiscardSize is the payload bytes of a record holding one discard.
+const DiscardSize = SubHeaderSize + 16
+
+// PutResize writes a resize sub-record (last of its list) and returns the
+// bytes used.
+func PutResize(dst []byte, size uint64) int {
+	body, used := PutSub(dst, SubResize|SubLast, 8)
+	binary.LittleEndian.PutUint64(body, size)
+	return used
+}
+
+// ResizeSize is the payload bytes of a record holding one resize.
+const ResizeSize = SubHeaderSize + 8
+
 // Sub is one decoded sub-record. Body aliases the payload.
 type Sub struct {
 	Type  uint16 // with flags

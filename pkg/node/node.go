@@ -325,8 +325,7 @@ func (n *Node) StageVolume(ctx context.Context, name string, want Stage) error {
 }
 
 func (n *Node) stage(name string, st Stage) error {
-	// Not the caller's context: the attachment outlives the call.
-	a, err := attach.Attach(context.Background(), attach.Options{Dir: n.Path(name)})
+	a, err := attach.Attach(attach.Options{Dir: n.Path(name)})
 	if err != nil {
 		return err
 	}

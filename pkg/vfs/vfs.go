@@ -151,6 +151,12 @@ func AlignedBuffer(n int) []byte {
 	return b[shift : shift+n : shift+n]
 }
 
+// IsAligned reports whether b can be used for direct I/O at its address
+// and length (the offset is the caller's to check).
+func IsAligned(b []byte) bool {
+	return uintptrOf(b)%BlockSize == 0 && len(b)%BlockSize == 0
+}
+
 // OpenReadOnly opens an existing file for reading only; its writes fail.
 // Tools that inspect an image (dump, status) use it.
 func OpenReadOnly(path string) (File, error) {

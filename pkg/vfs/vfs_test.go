@@ -34,8 +34,8 @@ func TestDirectFileRoundTrip(t *testing.T) {
 	}
 	defer f.Close()
 	buf := AlignedBuffer(BlockSize)
-	if uintptrOf(buf)%BlockSize != 0 || len(buf) != BlockSize {
-		t.Fatal("buffer not aligned")
+	if !IsAligned(buf) || len(buf) != BlockSize || IsAligned(AlignedBuffer(2 * BlockSize)[1:BlockSize+1]) {
+		t.Fatal("alignment")
 	}
 	copy(buf, "jvol")
 	if _, err := f.WriteAt(buf, 8192); err != nil {

@@ -60,7 +60,6 @@ type Dir struct {
 	*Volume
 	Path string
 	Meta Meta
-	Rec  journal.Recovery
 
 	lock          *os.File
 	data, journal *vfs.OSFile
@@ -153,7 +152,7 @@ func (d *Dir) open(o Options) error {
 	if d.journal, err = vfs.OpenDirect(filepath.Join(d.Path, JournalFile)); err != nil {
 		return err
 	}
-	if d.Volume, d.Rec, err = Open(d.data, d.journal, meta.Size, cfg); err != nil {
+	if d.Volume, _, err = Open(d.data, d.journal, meta.Size, cfg); err != nil {
 		return fmt.Errorf("volume %s: %w", d.Path, err)
 	}
 	d.Meta = meta

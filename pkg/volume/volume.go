@@ -98,6 +98,8 @@ func Open(data Data, jf vfs.File, size int64, cfg Config) (*Volume, journal.Reco
 		return nil, rec, err
 	}
 	v.j = j
+	// Commit what was replayed, if anything was: nothing to sync otherwise.
+	v.lastCkpt = j.Stats().Checkpoint
 	if err := v.commit(); err != nil {
 		j.Close()
 		return nil, rec, err
@@ -229,7 +231,7 @@ func (v *Volume) Discard(off, n int64) error {
 		return nil
 	}
 	defer v.locks.unlock(v.locks.lock(off, n))
-	r, err := v.j.Reserve(v.ctx, StreamIO, journal.SubSize(16))
+	r, err := v.j.Reserve(v.ctx, StreamIO, journal.DiscardSize)
 	if err != nil {
 		return v.cause(err)
 	}
@@ -261,12 +263,11 @@ func (v *Volume) Grow(ctx context.Context, size int64) error {
 	case size < v.size:
 		return fmt.Errorf("%w: %d to %d", ErrShrink, v.size, size)
 	}
-	r, err := v.j.Reserve(ctx, StreamIO, journal.SubSize(8))
+	r, err := v.j.Reserve(ctx, StreamIO, journal.ResizeSize)
 	if err != nil {
 		return v.cause(err)
 	}
-	body, _ := journal.PutSub(r.Payload, journal.SubResize|journal.SubLast, 8)
-	putU64(body, uint64(size))
+	journal.PutResize(r.Payload, uint64(size))
 	if err := v.data.Truncate(size); err != nil {
 		r.Abort()
 		return err
@@ -277,12 +278,6 @@ func (v *Volume) Grow(ctx context.Context, size int64) error {
 	}
 	v.size = size
 	return nil
-}
-
-func putU64(b []byte, x uint64) {
-	for i := range 8 {
-		b[i] = byte(x >> (8 * i))
-	}
 }
 
 // Flush returns once every write that returned before it is durable.
@@ -339,7 +334,7 @@ func (v *Volume) commit() error {
 		return err
 	}
 	pos, id := v.j.Durable()
-	if pos == v.lastCkpt && v.commits > 0 {
+	if pos == v.lastCkpt {
 		return nil
 	}
 	// A failed fdatasync is final: the kernel may have dropped the pages

@@ -13,8 +13,6 @@ import (
 	"github.com/jvol-io/jvol/pkg/vfs/faultfs"
 )
 
-const sector = 512
-
 // images returns a data image of size bytes and a formatted journal image
 // with a ring of ring bytes.
 func images(t *testing.T, size int64, ring int64) (*faultfs.File, *faultfs.File) {
@@ -88,58 +86,6 @@ func TestVolumeMatchesAModel(t *testing.T) {
 	}
 }
 
-// sectorModel knows, for every 512-byte sector, what it held at the last
-// flush and what was written to it since: after a crash it must hold one of
-// those.
-type sectorModel struct {
-	acked [][]byte
-	later [][][]byte
-}
-
-func newSectorModel(size int64) *sectorModel {
-	m := &sectorModel{acked: make([][]byte, size/sector), later: make([][][]byte, size/sector)}
-	for i := range m.acked {
-		m.acked[i] = make([]byte, sector)
-	}
-	return m
-}
-
-func (m *sectorModel) write(p []byte, off int64) {
-	for s := int64(0); s < int64(len(p)); s += sector {
-		i := (off + s) / sector
-		m.later[i] = append(m.later[i], p[s:s+sector])
-	}
-}
-
-func (m *sectorModel) flush() {
-	for i, l := range m.later {
-		if len(l) > 0 {
-			m.acked[i] = l[len(l)-1]
-			m.later[i] = nil
-		}
-	}
-}
-
-func (m *sectorModel) check(t *testing.T, v *Volume) {
-	t.Helper()
-	got := make([]byte, sector)
-	for i := range m.acked {
-		if _, err := v.ReadAt(got, int64(i)*sector); err != nil {
-			t.Fatal(err)
-		}
-		if bytes.Equal(got, m.acked[i]) {
-			continue
-		}
-		ok := false
-		for _, l := range m.later[i] {
-			ok = ok || bytes.Equal(got, l)
-		}
-		if !ok {
-			t.Fatalf("sector %d holds data that was never written there after its last flush (%d later writes)", i, len(m.later[i]))
-		}
-	}
-}
-
 // TestPowerCutKeepsEveryFlushedWrite cuts the power (both images lose or
 // tear their unsynced writes) at random points of a random workload, then
 // recovers: every sector must hold what it held at the last flush or
@@ -150,14 +96,14 @@ func TestPowerCutKeepsEveryFlushedWrite(t *testing.T) {
 		rng := rand.New(rand.NewPCG(uint64(round), 7))
 		data, jf := images(t, size, 2<<20)
 		v := openVolume(t, data, jf, size)
-		m := newSectorModel(size)
+		m := faultfs.NewSectorModel(size)
 		ctx := context.Background()
 		for i := range 300 + rng.IntN(300) {
 			off := rng.Int64N(size/4096) * 4096
 			n := min((1+rng.Int64N(32))*4096, size-off)
 			p := make([]byte, n)
 			for k := range p {
-				p[k] = byte(round*31 + i + k/sector)
+				p[k] = byte(round*31 + i + k/faultfs.SectorSize)
 			}
 			if rng.IntN(8) == 0 {
 				clear(p)
@@ -167,12 +113,12 @@ func TestPowerCutKeepsEveryFlushedWrite(t *testing.T) {
 			} else if _, err := v.WriteAt(p, off); err != nil {
 				t.Fatal(err)
 			}
-			m.write(p, off)
+			m.Wrote(p, off)
 			if rng.IntN(10) == 0 {
 				if err := v.Flush(ctx); err != nil {
 					t.Fatal(err)
 				}
-				m.flush()
+				m.Synced()
 			}
 			if rng.IntN(40) == 0 {
 				v.commit()
@@ -182,7 +128,9 @@ func TestPowerCutKeepsEveryFlushedWrite(t *testing.T) {
 		d2, j2 := data.PowerCut(keep), jf.PowerCut(keep)
 		v.Close()
 		v2 := openVolume(t, d2, j2, size)
-		m.check(t, v2)
+		if bad, err := m.Check(v2); err != nil || len(bad) > 0 {
+			t.Fatalf("sectors %v hold data never written there after their last flush (%v)", bad, err)
+		}
 		v2.Close()
 	}
 }
@@ -244,13 +192,17 @@ func TestConcurrentOverlappingWritesLeaveJournalAndDataInAgreement(t *testing.T)
 		t.Fatal(err)
 	}
 	live := make([]byte, 80<<10)
-	v.ReadAt(live, 0)
+	if _, err := v.ReadAt(live, 0); err != nil {
+		t.Fatal(err)
+	}
 	// The durable data image and the journal replayed onto it must give
 	// what was live.
 	v2 := openVolume(t, data.PowerCut(nil), jf.PowerCut(nil), size)
 	defer v2.Close()
 	replayed := make([]byte, len(live))
-	v2.ReadAt(replayed, 0)
+	if _, err := v2.ReadAt(replayed, 0); err != nil {
+		t.Fatal(err)
+	}
 	if !bytes.Equal(live, replayed) {
 		t.Fatal("the journal's order of overlapping writes differs from the data image's")
 	}

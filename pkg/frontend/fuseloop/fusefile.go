@@ -17,21 +17,13 @@ import (
 // MaxRequest is the largest read or write the kernel sends.
 const MaxRequest = 1 << 20
 
-// fuseServer is a mounted FUSE file system holding one file. The options
-// are the ones measured to matter (../shared/notes/frontend-performance.md):
-// asynchronous direct I/O, parallel direct writes, 1 MiB requests, no splice.
-type fuseServer struct {
-	srv *fuse.Server
-	// Path is the served file.
-	Path string
-	// Mountpoint is where the file system is mounted.
-	Mountpoint string
-}
-
 // mountFile mounts a file system at dir (an existing directory) whose only
 // entry is the file name, serving dev, and returns once the kernel can use
-// it. It mounts directly (mount(2), as root), not through fusermount.
-func mountFile(dir, name string, dev frontend.Device) (*fuseServer, error) {
+// it (fs.Mount waits for that). It mounts directly (mount(2), as root), not
+// through fusermount. The options are the ones measured to matter
+// (../shared/notes/frontend-performance.md): asynchronous direct I/O,
+// parallel direct writes, 1 MiB requests, no splice.
+func mountFile(dir, name string, dev frontend.Device) (*fuse.Server, error) {
 	root := &root{name: name, dev: dev}
 	zero := time.Duration(0)
 	srv, err := fs.Mount(dir, root, &fs.Options{
@@ -53,20 +45,7 @@ func mountFile(dir, name string, dev frontend.Device) (*fuseServer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fuse mount at %s: %w", dir, err)
 	}
-	if err := srv.WaitMount(); err != nil {
-		srv.Unmount()
-		return nil, fmt.Errorf("fuse mount at %s: %w", dir, err)
-	}
-	return &fuseServer{srv: srv, Path: dir + "/" + name, Mountpoint: dir}, nil
-}
-
-// Unmount unmounts the file system and waits until it is no longer served.
-func (s *fuseServer) Unmount() error {
-	if err := s.srv.Unmount(); err != nil {
-		return fmt.Errorf("fuse unmount %s: %w", s.Mountpoint, err)
-	}
-	s.srv.Wait()
-	return nil
+	return srv, nil
 }
 
 type root struct {

@@ -10,9 +10,10 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
-	mount "k8s.io/mount-utils"
 
 	"github.com/jvol-io/jvol/pkg/frontend"
 	"github.com/jvol-io/jvol/pkg/loop"
@@ -20,8 +21,9 @@ import (
 
 // FuseLoop is a volume exposed as a loop device.
 type FuseLoop struct {
-	fuse   *fuseServer
-	device string
+	srv       *fuse.Server
+	mnt, file string
+	device    string
 }
 
 var _ frontend.Frontend = (*FuseLoop)(nil)
@@ -42,9 +44,9 @@ func Open(mnt, name string, dev frontend.Device) (*FuseLoop, error) {
 	if err != nil {
 		return nil, err
 	}
-	fl := &FuseLoop{fuse: srv}
+	fl := &FuseLoop{srv: srv, mnt: mnt, file: file}
 	if fl.device, err = loop.Attach(file); err != nil {
-		srv.Unmount()
+		fl.unmount()
 		return nil, err
 	}
 	return fl, nil
@@ -55,7 +57,7 @@ func (f *FuseLoop) Path() string { return f.device }
 // Resized refreshes the size the kernel caches for the FUSE file (a stat
 // does it), which LOOP_SET_CAPACITY then reads.
 func (f *FuseLoop) Resized() error {
-	if _, err := os.Stat(f.fuse.Path); err != nil {
+	if _, err := os.Stat(f.file); err != nil {
 		return err
 	}
 	return loop.SetCapacity(f.device)
@@ -63,7 +65,17 @@ func (f *FuseLoop) Resized() error {
 
 // Close detaches the loop device and unmounts the FUSE file system.
 func (f *FuseLoop) Close() error {
-	return errors.Join(loop.Detach(f.device), f.fuse.Unmount())
+	return errors.Join(loop.Detach(f.device), f.unmount())
+}
+
+// unmount unmounts the FUSE file system and waits until it is no longer
+// served.
+func (f *FuseLoop) unmount() error {
+	if err := f.srv.Unmount(); err != nil {
+		return fmt.Errorf("fuse unmount %s: %w", f.mnt, err)
+	}
+	f.srv.Wait()
+	return nil
 }
 
 // clearLeftovers undoes what a dead process left at mnt: file systems
@@ -75,19 +87,16 @@ func clearLeftovers(mnt, file string) error {
 	if err != nil {
 		return err
 	}
-	mounts, err := mount.ParseMountInfo("/proc/self/mountinfo")
+	mounts, err := mountinfo.GetMounts(nil) // paths unescaped
 	if err != nil {
 		return err
-	}
-	for i := range mounts { // mountinfo escapes space, tab, newline, backslash
-		mounts[i].MountPoint, mounts[i].Source = unescape(mounts[i].MountPoint), unescape(mounts[i].Source)
 	}
 	for _, dev := range devs {
 		for _, m := range mounts {
 			if m.Source == dev {
-				klog.InfoS("Unmounting a leftover file system", "device", dev, "mountpoint", m.MountPoint)
-				if err := unix.Unmount(m.MountPoint, unix.MNT_DETACH); err != nil {
-					return fmt.Errorf("unmount leftover %s: %w", m.MountPoint, err)
+				klog.InfoS("Unmounting a leftover file system", "device", dev, "mountpoint", m.Mountpoint)
+				if err := unix.Unmount(m.Mountpoint, unix.MNT_DETACH); err != nil {
+					return fmt.Errorf("unmount leftover %s: %w", m.Mountpoint, err)
 				}
 			}
 		}
@@ -97,7 +106,7 @@ func clearLeftovers(mnt, file string) error {
 		}
 	}
 	for _, m := range mounts {
-		if m.MountPoint == mnt && strings.HasPrefix(m.FsType, "fuse") {
+		if m.Mountpoint == mnt && strings.HasPrefix(m.FSType, "fuse") {
 			klog.InfoS("Unmounting a leftover FUSE mount", "mountpoint", mnt)
 			if err := unix.Unmount(mnt, unix.MNT_DETACH); err != nil {
 				return fmt.Errorf("unmount leftover %s: %w", mnt, err)
@@ -106,22 +115,3 @@ func clearLeftovers(mnt, file string) error {
 	}
 	return nil
 }
-
-// unescape undoes mountinfo's octal escapes (\040 for a space).
-func unescape(s string) string {
-	if !strings.Contains(s, "\\") {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) && isOctal(s[i+1]) && isOctal(s[i+2]) && isOctal(s[i+3]) {
-			b.WriteByte((s[i+1]-'0')<<6 | (s[i+2]-'0')<<3 | (s[i+3] - '0'))
-			i += 3
-			continue
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-func isOctal(c byte) bool { return c >= '0' && c <= '7' }
