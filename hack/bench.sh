@@ -31,10 +31,12 @@ raw=$(losetup --find --show --direct-io=on --sector-size 4096 "$work/raw.img")
 
 # jvol: journal at its default (10% of the size); the sequential write job
 # writes the whole device, past the journal's size.
-bin/jvol attach --dir "$work/vol" --size "${size%G}Gi" >"$work/jvol.out" 2>"$work/jvol.log" &
+exec 3< <(exec bin/jvol attach --dir "$work/vol" --size "${size%G}Gi" 2>"$work/jvol.log")
 pid=$!
-for _ in $(seq 300); do grep -q '^device=' "$work/jvol.out" 2>/dev/null && break; sleep 0.1; done
-jvol=$(sed -n 's/^device=//p' "$work/jvol.out")
+jvol=
+while IFS= read -r -u 3 line; do # its ready line; end of file if it died
+  [[ $line == device=* ]] && { jvol=${line#device=}; break; }
+done
 [ -n "$jvol" ] || { cat "$work/jvol.log"; exit 1; }
 
 # ext4 data=journal with an external 256 MiB journal device.

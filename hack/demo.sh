@@ -17,12 +17,11 @@ trap cleanup EXIT
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 attach() { # attach ARGS...: start jvol attach, wait until it is mounted
-  "$jvol" attach --dir "$work/vol" --fs ext4 --mount "$work/mnt" "$@" >"$work/attach.out" 2>>"$work/attach.log" &
+  exec 3< <(exec "$jvol" attach --dir "$work/vol" --fs ext4 --mount "$work/mnt" "$@" 2>>"$work/attach.log")
   pid=$!
-  for _ in $(seq 300); do
-    grep -q '^mount=' "$work/attach.out" 2>/dev/null && { cat "$work/attach.out"; return; }
-    kill -0 "$pid" 2>/dev/null || { cat "$work/attach.log"; exit 1; }
-    sleep 0.1
+  while IFS= read -r -u 3 line; do # its ready lines; end of file if it died
+    echo "$line"
+    [[ $line == mount=* ]] && return
   done
   echo "attach did not come up"; cat "$work/attach.log"; exit 1
 }

@@ -28,9 +28,10 @@ func attachCmd(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("attach", flag.ContinueOnError)
 	dir := fs.String("dir", "", "volume directory (required)")
 	name := fs.String("name", "", "volume name (default: the directory's base name)")
-	size := fs.String("size", "", "volume size: required to create; larger than the volume's grows it")
-	journalSize := fs.String("journal-size", "", "journal size, when creating (default 10% of the size, at least 64Mi)")
-	fifoSize := fs.String("fifo-size", "", "memory FIFO size, a power of two from 1Mi to 1Gi (default 16Mi)")
+	var size, journalSize, fifoSize sizes.Flag
+	fs.Var(&size, "size", "volume size: required to create; larger than the volume's grows it")
+	fs.Var(&journalSize, "journal-size", "journal size, when creating (default 10% of the size, at least 64Mi)")
+	fs.Var(&fifoSize, "fifo-size", "memory FIFO size, a power of two from 1Mi to 1Gi (default 16Mi)")
 	commit := fs.Duration("commit-interval", 0, "longest time between commits of the journal to the data image (default 5s)")
 	fsType := fs.String("fs", "", "make (unless present) and mount this file system: ext4 or xfs")
 	mnt := fs.String("mount", "", "where to mount the file system")
@@ -42,27 +43,7 @@ func attachCmd(ctx context.Context, args []string) error {
 	}
 	o := attach.Options{Dir: *dir, FS: *fsType, Mount: *mnt}
 	o.Volume.Name, o.Volume.CommitInterval = *name, *commit
-	for _, s := range []struct {
-		flag string
-		val  string
-		dst  *int64
-	}{{"--size", *size, &o.Volume.Size}, {"--journal-size", *journalSize, &o.Volume.JournalSize}} {
-		if s.val == "" {
-			continue
-		}
-		n, err := sizes.Parse(s.val)
-		if err != nil {
-			return fmt.Errorf("%s: %w", s.flag, err)
-		}
-		*s.dst = n
-	}
-	if *fifoSize != "" {
-		n, err := sizes.Parse(*fifoSize)
-		if err != nil {
-			return fmt.Errorf("--fifo-size: %w", err)
-		}
-		o.Volume.FIFOSize = int(n)
-	}
+	o.Volume.Size, o.Volume.JournalSize, o.Volume.FIFOSize = int64(size), int64(journalSize), int(fifoSize)
 	runtime.GOMAXPROCS(max(runtime.GOMAXPROCS(0), servingThreads))
 	if addr := os.Getenv("JVOL_PPROF_ADDR"); addr != "" {
 		// Profiling on demand, e.g. JVOL_PPROF_ADDR=127.0.0.1:6060.

@@ -23,15 +23,12 @@ func journalCmd(ctx context.Context, args []string) error {
 	case "demo":
 		fs := flag.NewFlagSet("journal demo", flag.ContinueOnError)
 		dir := fs.String("dir", "", "directory for the journal image (default: a new temporary one)")
-		size := fs.String("journal-size", "64Mi", "journal image size")
+		size := sizes.Flag(64 << 20)
+		fs.Var(&size, "journal-size", "journal image size (default 64Mi)")
 		writers := fs.Int("writers", 8, "concurrent writers")
 		records := fs.Int("records", 2000, "records per writer")
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
-		}
-		n, err := sizes.Parse(*size)
-		if err != nil {
-			return fmt.Errorf("--journal-size: %w", err)
 		}
 		if *dir == "" {
 			d, err := os.MkdirTemp("", "jvol-demo-")
@@ -41,7 +38,7 @@ func journalCmd(ctx context.Context, args []string) error {
 			defer os.RemoveAll(d)
 			*dir = d
 		}
-		return jtool.Demo(ctx, os.Stdout, jtool.DemoOptions{Dir: *dir, JournalSize: n, Writers: *writers, Records: *records})
+		return jtool.Demo(ctx, os.Stdout, jtool.DemoOptions{Dir: *dir, JournalSize: int64(size), Writers: *writers, Records: *records})
 	}
 	return fmt.Errorf("unknown journal command %q: %w", args[0], errUsage)
 }

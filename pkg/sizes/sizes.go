@@ -32,3 +32,20 @@ func Parse(s string) (int64, error) {
 	}
 	return n << shift, nil
 }
+
+// Flag is a size command-line flag (flag.Value): the bytes it names, 0 if
+// it is not given.
+type Flag int64
+
+func (f *Flag) String() string {
+	if f == nil || *f == 0 {
+		return ""
+	}
+	return strconv.FormatInt(int64(*f), 10)
+}
+
+func (f *Flag) Set(s string) error {
+	n, err := Parse(s)
+	*f = Flag(n)
+	return err
+}

@@ -15,3 +15,13 @@ func TestParse(t *testing.T) {
 		}
 	}
 }
+
+func TestFlag(t *testing.T) {
+	var f Flag
+	if err := f.Set("16Mi"); err != nil || f != 16<<20 || f.String() != "16777216" {
+		t.Fatalf("16Mi: %d %v", f, err)
+	}
+	if err := f.Set("1GB"); err == nil {
+		t.Fatal("1GB accepted")
+	}
+}
