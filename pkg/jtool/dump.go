@@ -14,9 +14,9 @@ import (
 	"github.com/jvol-io/jvol/pkg/volume"
 )
 
-// ResolveJournal returns the journal image path for a volume directory or
+// resolveJournal returns the journal image path for a volume directory or
 // an image file.
-func ResolveJournal(path string) (string, error) {
+func resolveJournal(path string) (string, error) {
 	st, err := os.Stat(path)
 	if err != nil {
 		return "", err
@@ -30,7 +30,7 @@ func ResolveJournal(path string) (string, error) {
 // Dump prints the superblock and then every live record of the journal
 // image at path, one per line.
 func Dump(w io.Writer, path string) error {
-	path, err := ResolveJournal(path)
+	path, err := resolveJournal(path)
 	if err != nil {
 		return err
 	}
