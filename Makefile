@@ -40,12 +40,32 @@ manifests: ## Render deploy/jvol.yaml from the chart.
 journal-demo: build ## Run the journal engine alone: writers, flushes, checkpoints, recovery.
 	./$(BIN) journal demo
 
+##@ Cluster
+
+.PHONY: up
+up: ## A single-node Kubernetes on this machine with jvol installed by Helm and a demo pod (root).
+	hack/deps.sh --cluster
+	GO=$(GO) hack/cluster.sh up
+	GO=$(GO) hack/cluster.sh demo
+
+.PHONY: down
+down: ## Undo make up: no process, mount, loop device or network device is left (root).
+	GO=$(GO) hack/cluster.sh down
+
 ##@ Test
 
 .PHONY: test
-test: ## Run every test with the race detector (as root: loop devices, FUSE, mounts, envtest).
+test: test-unit test-e2e ## Run every test (root): unit and integration tests, then the end-to-end suite on a local cluster.
+
+.PHONY: test-unit
+test-unit: ## Unit and integration tests with the race detector (root: loop devices, FUSE, mounts, envtest).
 	hack/deps.sh
 	assets=$$(GO=$(GO) hack/envtest-assets.sh) && KUBEBUILDER_ASSETS=$$assets $(GO) test -race -count=1 -timeout 30m ./...
+
+.PHONY: test-e2e
+test-e2e: ## The end-to-end suite (test/e2e) on a single-node cluster it brings up and down (root).
+	hack/deps.sh --cluster
+	GO=$(GO) hack/e2e.sh
 
 .PHONY: lint
 lint: ## go vet and staticcheck.

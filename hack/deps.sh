@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages jvol's tests and demo use, when missing:
-# mkfs and fsck for ext4 and xfs, losetup and mount, and (for hack/bench.sh)
-# fio.
+# mkfs and fsck for ext4 and xfs, losetup and mount; with --bench what
+# hack/bench.sh needs, with --cluster what hack/cluster.sh needs.
 set -euo pipefail
 want=(e2fsprogs xfsprogs util-linux mount)
 [ "${1:-}" = "--bench" ] && want+=(fio python3 bc)
+# hack/cluster.sh: containerd and runc, CNI plugins, image packing,
+# debootstrap for the jvol image's Debian, busybox for test pods.
+[ "${1:-}" = "--cluster" ] && want+=(containerd runc containernetworking-plugins iptables umoci skopeo debootstrap busybox-static openssl curl)
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

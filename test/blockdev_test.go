@@ -6,11 +6,13 @@ package test
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -112,7 +114,14 @@ func (s *syncBuffer) String() string {
 // (and mount line, with --mount).
 func attach(t *testing.T, args ...string) *attached {
 	t.Helper()
-	cmd := exec.Command(jvolBin, append([]string{"attach"}, args...)...)
+	return attachUnder(t, nil, args...)
+}
+
+// attachUnder is attach run by the command prefix (such as unshare).
+func attachUnder(t *testing.T, prefix []string, args ...string) *attached {
+	t.Helper()
+	argv := append(append(slices.Clone(prefix), jvolBin, "attach"), args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -306,6 +315,60 @@ func TestAttachAfterKill9CleansUpItsMountedLeftovers(t *testing.T) {
 	}
 	if devs, _ := loop.Backing(filepath.Join(dir, "fuse", "vol")); len(devs) != 1 || devs[0] != b.device {
 		t.Fatalf("loop devices on the volume: %v, want only %s", devs, b.device)
+	}
+	b.stop(t)
+	leftovers(t, dir)
+}
+
+// TestAttachCleansUpWhatADeadMountNamespaceLeft: a node plugin runs in a
+// container, its own mount namespace, and its mounts reach the host through
+// a shared mount (Bidirectional propagation). When it is killed, its
+// namespace goes, and the kernel names the loop device's file relative to a
+// FUSE mount that is no longer anywhere ("/vol"), while the host keeps the
+// dead FUSE mount and the file system on the loop device. The next attach
+// must still find that device, clear it with its mounts, and serve the
+// volume with its data.
+func TestAttachCleansUpWhatADeadMountNamespaceLeft(t *testing.T) {
+	requireRoot(t)
+	if _, err := exec.LookPath("unshare"); err != nil {
+		t.Skip("no unshare(1)")
+	}
+	base := t.TempDir()
+	for _, args := range [][]string{{"--bind", base, base}, {"--make-shared", base}} {
+		if out, err := exec.Command("mount", args...).CombinedOutput(); err != nil {
+			t.Fatalf("mount %v: %v: %s", args, err, out)
+		}
+	}
+	t.Cleanup(func() { unix.Unmount(base, unix.MNT_DETACH) })
+	dir, mnt := filepath.Join(base, "vol"), filepath.Join(base, "mnt")
+	a := attachUnder(t, []string{"unshare", "--mount", "--propagation", "unchanged"},
+		"--dir", dir, "--size", "128Mi", "--fs", "ext4", "--mount", mnt)
+	if err := os.WriteFile(filepath.Join(mnt, "kept"), []byte("synced"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	syncfs(t, mnt)
+	old := a.device
+	a.kill(t)
+	if b, err := os.ReadFile("/sys/block/" + filepath.Base(old) + "/loop/backing_file"); err != nil || strings.TrimSpace(string(b)) != "/vol" {
+		t.Fatalf("the dead namespace's loop device %s names its file %q (%v), want /vol", old, b, err)
+	}
+	b := attach(t, "--dir", dir, "--fs", "ext4", "--mount", mnt)
+	got, err := os.ReadFile(filepath.Join(mnt, "kept"))
+	if err != nil || string(got) != "synced" {
+		t.Fatalf("after the second attach: %q, %v\n%s", got, err, b.stderr)
+	}
+	if devs, _ := loop.Backing(filepath.Join(dir, "fuse", "vol")); len(devs) != 1 || devs[0] != b.device {
+		t.Fatalf("loop devices on the volume: %v, want only %s", devs, b.device)
+	}
+	// Detached (and maybe reused by the second attach), or to be detached by
+	// the kernel once its last user (the lazily unmounted file system) lets go.
+	if old != b.device {
+		autoclear, err := os.ReadFile("/sys/block/" + filepath.Base(old) + "/loop/autoclear")
+		if err == nil && strings.TrimSpace(string(autoclear)) != "1" {
+			t.Errorf("the dead namespace's loop device %s stays attached", old)
+		} else if err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
 	}
 	b.stop(t)
 	leftovers(t, dir)

@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	v1 "github.com/jvol-io/jvol/pkg/apis/jvol/v1alpha1"
+	"github.com/jvol-io/jvol/pkg/journal"
 )
 
 // StorageClass parameters.
@@ -47,8 +48,8 @@ func volumeID(name string) string {
 // capacity). Unknown keys are refused, so a typo does not go unnoticed;
 // the csi.storage.k8s.io/ keys the sidecars add are ignored.
 func parseParams(p map[string]string) (v1.JournalSpec, error) {
-	var s v1.JournalSpec
-	s.Duplex = v1.Half
+	// Defaults are written out, so the Journal shows what the volume runs with.
+	s := v1.JournalSpec{Duplex: v1.Half, FIFOSize: resource.NewQuantity(journal.DefaultFIFOSize, resource.BinarySI)}
 	for k, val := range p {
 		var err error
 		switch k {

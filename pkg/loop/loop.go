@@ -91,7 +91,14 @@ func ioctl(dev string, req uint) error {
 	return nil
 }
 
-// Backing returns the loop devices whose backing file is path.
+// Backing returns the loop devices whose backing file is path. The
+// kernel names a backing file by where it is now: once the mount holding it
+// is gone (a FUSE mount whose server died, unmounted lazily), sysfs names it
+// relative to that mount's root. Such a device still counts when the sysfs
+// name is a suffix of path and either the name given at attach
+// (LOOP_GET_STATUS64; the kernel keeps its first 63 bytes) is path's, or the
+// file is on a FUSE mount whose server is gone (the ioctl fails with
+// ENOTCONN): a file of the same name that nobody can read or write any more.
 func Backing(path string) ([]string, error) {
 	entries, err := filepath.Glob("/sys/block/loop*/loop/backing_file")
 	if err != nil {
@@ -104,11 +111,29 @@ func Backing(path string) ([]string, error) {
 			continue // detached meanwhile
 		}
 		name := strings.TrimSuffix(strings.TrimSpace(string(b)), " (deleted)")
-		if name == path {
-			devs = append(devs, "/dev/"+filepath.Base(filepath.Dir(filepath.Dir(e))))
+		dev := "/dev/" + filepath.Base(filepath.Dir(filepath.Dir(e)))
+		if name == path || strings.HasSuffix(path, name) && attachedAs(dev, path) {
+			devs = append(devs, dev)
 		}
 	}
 	return devs, nil
+}
+
+// attachedAs says whether dev was attached naming path, or is attached to
+// a file of a dead FUSE mount.
+func attachedAs(dev, path string) bool {
+	d, err := os.Open(dev)
+	if err != nil {
+		return false
+	}
+	defer d.Close()
+	info, err := unix.IoctlLoopGetStatus64(int(d.Fd()))
+	if err != nil {
+		return errors.Is(err, unix.ENOTCONN)
+	}
+	given := unix.ByteSliceToString(info.File_name[:])
+	want := path[:min(len(path), len(info.File_name)-1)]
+	return given == want
 }
 
 // Size returns the loop device's size in bytes.

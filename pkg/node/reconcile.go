@@ -113,7 +113,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, name string) (time.Duration,
 	}
 	if attached {
 		next.Phase, next.Device = v1.PhaseAttached, s.Device
-		next.FIFOUsed, next.FIFOStalls = int64(s.FIFOUsed), int64(s.FIFOStalls)
+		next.FIFOSize, next.FIFOUsed, next.FIFOStalls = int64(s.FIFOSize), int64(s.FIFOUsed), int64(s.FIFOStalls)
 		next.JournalUsed = int64(s.JournalUsed)
 		next.Transid, next.AckedTransid = int64(s.Transid), int64(s.AckedTransid)
 		if next.AckedTransid != j.Status.AckedTransid {
@@ -127,7 +127,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, name string) (time.Duration,
 			again = DefaultRefresh
 		}
 	} else {
-		next.FIFOUsed, next.JournalUsed, next.BytesUnacked, next.Lag = 0, 0, 0, ""
+		next.FIFOSize, next.FIFOUsed, next.JournalUsed, next.BytesUnacked, next.Lag = 0, 0, 0, 0, ""
 	}
 	return again, r.setStatus(ctx, j, next)
 }

@@ -13,3 +13,23 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "jvol.pluginDir" -}}
 {{ .Values.node.kubeletDir }}/plugins/jvol.io
 {{- end }}
+
+{{/* Where the API server is, when the chart is told (no kube-proxy). */}}
+{{- define "jvol.apiEnv" -}}
+{{- with .Values.kubernetesAPI.host }}
+- name: KUBERNETES_SERVICE_HOST
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.kubernetesAPI.port }}
+- name: KUBERNETES_SERVICE_PORT
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Pod-level network settings shared by the controller and the node. */}}
+{{- define "jvol.podNetwork" -}}
+{{- if .Values.hostNetwork }}
+hostNetwork: true
+dnsPolicy: ClusterFirstWithHostNet
+{{- end }}
+{{- end }}

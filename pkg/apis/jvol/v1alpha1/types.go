@@ -138,6 +138,10 @@ type JournalStatus struct {
 	// +listMapKey=type
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
 
+	// FIFOSize is the size of the memory FIFO the volume is served with: a
+	// fifoSize edited while attached applies when the volume is next staged.
+	// +optional
+	FIFOSize int64 `json:"fifoSize,omitempty"`
 	// FIFOUsed is the memory FIFO's reserved, not yet freed bytes.
 	// +optional
 	FIFOUsed int64 `json:"fifoUsed,omitempty"`

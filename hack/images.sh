@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Builds the images the local cluster runs, without a registry or a Docker
+# engine, as docker-archive tars in OUT (which hack/cluster.sh imports into
+# containerd):
+#
+#   jvol.tar         ghcr.io/jvol-io/jvol:TAG  what the Dockerfile builds: a
+#                    static jvol on Debian bookworm with util-linux, mount,
+#                    e2fsprogs, xfsprogs and fuse3. The Debian root file
+#                    system comes from debootstrap (cached by suite and
+#                    package list) instead of the debian:bookworm-slim image,
+#                    the binary from `go build` on the host instead of the
+#                    golang image; umoci packs them into the same layout.
+#   pause.tar        registry.k8s.io/pause:3.10.1  hack/pause
+#   busybox.tar      localhost/busybox:e2e  Debian's busybox-static, for test pods
+#   csi-provisioner.tar, csi-resizer.tar  under their registry.k8s.io names and
+#                    tags, the sidecars built by hack/tools.sh
+#
+# Usage: hack/images.sh OUT TAG
+set -euo pipefail
+out=$1 tag=$2
+hack=$(cd "$(dirname "$0")" && pwd)
+GO=${GO:-$("$hack/ensure-go.sh")/go}
+cache=${JVOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/jvol}
+SUITE=bookworm
+PACKAGES=util-linux,mount,e2fsprogs,xfsprogs,fuse3
+MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+
+mkdir -p "$out"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+export CGO_ENABLED=0
+
+# image NAME REF ROOTFS ENTRYPOINT [USER]: packs ROOTFS as one layer into
+# $out/NAME.tar, named REF.
+image() {
+  local name=$1 ref=$2 rootfs=$3 entrypoint=$4 user=${5:-0:0}
+  local layout=$work/oci-$name
+  umoci init --layout "$layout"
+  umoci new --image "$layout:img"
+  umoci unpack --image "$layout:img" "$work/bundle-$name" >/dev/null
+  cp -a "$rootfs/." "$work/bundle-$name/rootfs/"
+  umoci repack --image "$layout:img" "$work/bundle-$name"
+  umoci config --image "$layout:img" --os linux --architecture amd64 \
+    --config.entrypoint "$entrypoint" --config.user "$user" --config.env PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin
+  rm -f "$out/$name.tar"
+  skopeo copy --quiet "oci:$layout:img" "docker-archive:$out/$name.tar:$ref"
+  rm -rf "$layout" "$work/bundle-$name"
+}
+
+# The Debian root file system, made once per suite and package list.
+base=$cache/rootfs-$SUITE-$(echo "$PACKAGES" | sha256sum | cut -c1-12).tar
+if [ ! -f "$base" ]; then
+  echo "images.sh: debootstrap $SUITE with $PACKAGES (a few minutes, once)" >&2
+  mkdir -p "$cache" "$work/debian"
+  debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$work/debian" "$MIRROR" >&2
+  rm -rf "$work/debian"/var/cache/apt/archives/*.deb "$work/debian"/var/lib/apt/lists/*
+  tar -C "$work/debian" -cf "$base.tmp" . && mv "$base.tmp" "$base"
+  rm -rf "$work/debian"
+fi
+
+echo "images.sh: jvol" >&2
+mkdir -p "$work/jvol/usr/local/bin"
+tar -C "$work/jvol" -xf "$base"
+"$GO" build -C "$hack/.." -trimpath -ldflags "-s -w" -o "$work/jvol/usr/local/bin/jvol" ./cmd/jvol
+image jvol "ghcr.io/jvol-io/jvol:$tag" "$work/jvol" /usr/local/bin/jvol
+rm -rf "$work/jvol"
+
+echo "images.sh: pause, busybox, sidecars" >&2
+mkdir -p "$work/pause"
+"$GO" build -C "$hack/.." -trimpath -ldflags "-s -w" -o "$work/pause/pause" ./hack/pause
+image pause registry.k8s.io/pause:3.10.1 "$work/pause" /pause 65535:65535
+
+mkdir -p "$work/busybox/bin" "$work/busybox/etc" "$work/busybox/tmp"
+cp /bin/busybox "$work/busybox/bin/busybox"
+for a in $(/bin/busybox --list); do
+  [ "$a" = busybox ] || ln -s busybox "$work/busybox/bin/$a"
+done
+echo 'root:x:0:0:root:/root:/bin/sh' > "$work/busybox/etc/passwd"
+echo 'root:x:0:' > "$work/busybox/etc/group"
+image busybox localhost/busybox:e2e "$work/busybox" /bin/sh
+
+for s in csi-provisioner csi-resizer; do
+  bin=$("$hack/tools.sh" "$s")
+  mkdir -p "$work/$s" && cp "$bin" "$work/$s/"
+  image "$s" "registry.k8s.io/sig-storage/$s:$(basename "$(dirname "$bin")" | sed "s/^$s-//")" "$work/$s" "/$s"
+done
+ls -la "$out" >&2

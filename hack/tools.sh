@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Builds the pinned tools of a local cluster from the Go module proxy, once,
+# and prints the path of each binary asked for. No release download site is
+# reachable from our machines, only the Go module proxy, so everything is
+# built from source, through throwaway wrapper modules where a module's own
+# go.mod has replace directives. Results are cached by version under
+# ${JVOL_CACHE:-~/.cache/jvol}: the first run costs minutes, later ones none.
+#
+# Usage: hack/tools.sh TOOL...
+#   kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl
+#   etcd crictl csi-provisioner csi-resizer
+set -euo pipefail
+K8S_VERSION=v1.34.4
+STAGING_VERSION=v0.34.4
+ETCD_VERSION=v3.6.4
+CRICTL_VERSION=v1.34.0
+PROVISIONER_VERSION=v5.3.0
+RESIZER_VERSION=v1.14.0
+
+GO=${GO:-$("$(dirname "$0")/ensure-go.sh")/go}
+cache=${JVOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/jvol}
+export CGO_ENABLED=0 GOFLAGS=-mod=mod
+
+moddir() { "$GO" mod download -json "$1" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p'; }
+
+# wrapper DIR MODULE VERSION REPLACES PKG...: a module that requires MODULE and
+# imports PKG..., with MODULE's go.sum (so no checksum has to be looked up) and
+# the replace directives that REPLACES (a command reading MODULE's go.mod)
+# prints.
+wrapper() {
+  local dir=$1 mod=$2 ver=$3 replaces=$4 src
+  shift 4
+  src=$(moddir "$mod@$ver")
+  mkdir -p "$dir" && cd "$dir"
+  {
+    echo "module local/wrapper"
+    echo "go $(sed -n 's/^go //p' "$src/go.mod" | head -1)"
+    echo "require $mod $ver"
+    $replaces "$src/go.mod"
+  } > go.mod
+  cp "$src/go.sum" go.sum && chmod u+w go.sum
+  { echo "//go:build tools"; echo "package tools"; for p in "$@"; do echo "import _ \"$p\""; done; } > tools.go
+  "$GO" mod tidy >&2
+}
+
+# kubernetes points its staging modules at local directories; point them at
+# their published versions instead.
+k8s_replaces() {
+  sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#replace \1 => \1 '"$STAGING_VERSION"'#p' "$1"
+}
+# The sidecars' own replace lines (single or block form), without local paths.
+copy_replaces() {
+  awk '/^replace \(/{b=1;next} b&&/^\)/{b=0;next} b{print "replace " $0; next} /^replace /{print}' "$1" | grep -v '=> \.' || true
+}
+
+build_kubernetes() { # OUT
+  local ld="-s -w" p
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld="$ld -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=34 -X $p.gitTreeState=clean"
+  done
+  local cmds=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl) pkgs=()
+  for p in "${cmds[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$p"); done
+  wrapper "$work/k8s" k8s.io/kubernetes "$K8S_VERSION" k8s_replaces "${pkgs[@]}"
+  "$GO" build -trimpath -ldflags "$ld" -o "$1/" "${pkgs[@]}"
+}
+
+build_etcd() { # OUT
+  mkdir -p "$work/etcd" && cd "$work/etcd"
+  printf 'module local/etcd\n\ngo 1.24\n\nrequire go.etcd.io/etcd/server/v3 %s\n' "$ETCD_VERSION" > go.mod
+  printf 'package main\n\nimport (\n\t"os"\n\n\t"go.etcd.io/etcd/server/v3/etcdmain"\n)\n\nfunc main() { etcdmain.Main(os.Args) }\n' > main.go
+  "$GO" mod tidy >&2
+  "$GO" build -trimpath -ldflags "-s -w" -o "$1/etcd" .
+}
+
+build_crictl() { # OUT
+  GOBIN=$1 GONOSUMDB=sigs.k8s.io/cri-tools "$GO" install -trimpath -ldflags "-s -w" \
+    "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
+}
+
+build_sidecar() { # OUT NAME MODULE VERSION
+  wrapper "$work/$2" "$3" "$4" copy_replaces "$3/cmd/$2"
+  "$GO" build -trimpath -ldflags "-s -w -X main.version=$4" -o "$1/$2" "$3/cmd/$2"
+}
+
+# ensure KEY BUILD ARGS...: runs BUILD OUT ARGS... once, into the cache
+# directory KEY, and prints that directory.
+ensure() {
+  local key=$1 build=$2 out
+  shift 2
+  out=$cache/$key
+  [ -d "$out" ] && { echo "$out"; return; }
+  echo "tools.sh: building $key (minutes, once)" >&2
+  rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+  (work=$(mktemp -d) && trap 'rm -rf "$work"' EXIT && "$build" "$out.tmp" "$@" >&2)
+  mv "$out.tmp" "$out"
+  echo "$out"
+}
+
+for tool in "$@"; do
+  case $tool in
+  kube-apiserver | kube-controller-manager | kube-scheduler | kubelet | kubectl)
+    dir=$(ensure "kubernetes-$K8S_VERSION" build_kubernetes) ;;
+  etcd) dir=$(ensure "etcd-$ETCD_VERSION" build_etcd) ;;
+  crictl) dir=$(ensure "crictl-$CRICTL_VERSION" build_crictl) ;;
+  csi-provisioner)
+    dir=$(ensure "csi-provisioner-$PROVISIONER_VERSION" build_sidecar csi-provisioner \
+      github.com/kubernetes-csi/external-provisioner/v5 "$PROVISIONER_VERSION") ;;
+  csi-resizer)
+    dir=$(ensure "csi-resizer-$RESIZER_VERSION" build_sidecar csi-resizer \
+      github.com/kubernetes-csi/external-resizer "$RESIZER_VERSION") ;;
+  *) echo "tools.sh: unknown tool $tool" >&2; exit 2 ;;
+  esac
+  echo "$dir/$tool"
+done

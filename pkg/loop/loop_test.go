@@ -1,0 +1,52 @@
+package loop
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// A loop device stays found by its file's path after the mount holding the
+// file is gone (lazily unmounted, as a dead FUSE mount is), when the kernel
+// names the file relative to that mount's root instead. Restore relies on
+// this to detach what a killed node plugin left.
+func TestBackingFindsADeviceWhoseMountIsGone(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: loop devices and mounts")
+	}
+	mnt := t.TempDir()
+	if err := unix.Mount("tmpfs", mnt, "tmpfs", 0, "size=8m"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
+	// A long path, as a volume's is: more than the 63 bytes the kernel keeps.
+	dir := filepath.Join(mnt, "volumes", "pvc-2dc6a647-5cab-4839-a3b5-bd592f7f1910", "fuse")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "pvc-2dc6a647-5cab-4839-a3b5-bd592f7f1910")
+	if err := os.WriteFile(file, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dev, err := Attach(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { Detach(dev) })
+	if devs, err := Backing(file); err != nil || !slices.Equal(devs, []string{dev}) {
+		t.Fatalf("Backing(%s) = %v, %v; want [%s]", file, devs, err, dev)
+	}
+	if err := unix.Unmount(mnt, unix.MNT_DETACH); err != nil {
+		t.Fatal(err)
+	}
+	if devs, err := Backing(file); err != nil || !slices.Equal(devs, []string{dev}) {
+		t.Fatalf("after the mount is gone, Backing(%s) = %v, %v; want [%s]", file, devs, err, dev)
+	}
+	// Another file of the same name elsewhere is not it.
+	if devs, err := Backing("/elsewhere/pvc-2dc6a647-5cab-4839-a3b5-bd592f7f1910"); err != nil || len(devs) != 0 {
+		t.Fatalf("Backing of another path = %v, %v", devs, err)
+	}
+}

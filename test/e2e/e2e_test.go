@@ -1,0 +1,378 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	jvolv1 "github.com/jvol-io/jvol/pkg/apis/jvol/v1alpha1"
+)
+
+// storageClass makes a StorageClass of jvol with params, removed at the
+// end of the test.
+func storageClass(t *testing.T, name string, params map[string]string) {
+	t.Helper()
+	bind := storagev1.VolumeBindingWaitForFirstConsumer
+	expand := true
+	sc := &storagev1.StorageClass{
+		ObjectMeta:           metav1.ObjectMeta{Name: name},
+		Provisioner:          "jvol.io",
+		Parameters:           params,
+		VolumeBindingMode:    &bind,
+		AllowVolumeExpansion: &expand,
+	}
+	if _, err := kube.StorageV1().StorageClasses().Create(t.Context(), sc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := kube.StorageV1().StorageClasses().Delete(context.Background(), name, metav1.DeleteOptions{}); err != nil {
+			t.Error(err)
+		}
+	})
+}
+
+const (
+	// writeFile writes 8 MiB of random bytes to /data/f, fsyncs, and prints their md5.
+	writeFile = "dd if=/dev/urandom of=/data/f bs=1M count=8 conv=fsync 2>/dev/null\nmd5sum /data/f | cut -d' ' -f1"
+	readFile  = "md5sum /data/f | cut -d' ' -f1"
+	// The same for a block device at /data.
+	writeBlock = "dd if=/dev/urandom of=/tmp/r bs=1M count=8 2>/dev/null\ndd if=/tmp/r of=/data bs=1M conv=fsync 2>/dev/null\nmd5sum /tmp/r | cut -d' ' -f1"
+	readBlock  = "dd if=/data bs=1M count=8 2>/dev/null | md5sum | cut -d' ' -f1"
+)
+
+// TestDataOutlivesItsPod: on ext4, xfs and a raw block volume, a pod writes
+// and fsyncs, is deleted, and a new pod reads the same bytes.
+func TestDataOutlivesItsPod(t *testing.T) {
+	storageClass(t, "journal-xfs", map[string]string{"csi.storage.k8s.io/fstype": "xfs"})
+	for _, c := range []struct {
+		name, class   string
+		block         bool
+		write, verify string
+	}{
+		{"ext4", "journal", false, writeFile, readFile},
+		{"xfs", "journal-xfs", false, writeFile, readFile},
+		{"block", "journal", true, writeBlock, readBlock},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			claim := "data-" + c.name
+			pvc(t, claim, c.class, "512Mi", c.block)
+			wrote := runPod(t, "writer-"+c.name, claim, c.block, c.write)
+			volume := volumeOf(t, claim)
+			read := runPod(t, "reader-"+c.name, claim, c.block, c.verify)
+			if strings.TrimSpace(wrote) == "" || wrote != read {
+				t.Errorf("wrote md5 %q, read %q", wrote, read)
+			}
+			if !c.block {
+				fs := runPod(t, "fstype-"+c.name, claim, false, "awk '$2==\"/data\" {print $3}' /proc/mounts")
+				if strings.TrimSpace(fs) != c.name {
+					t.Errorf("file system %q, want %s", fs, c.name)
+				}
+			}
+			deleteClaim(t, claim, volume)
+		})
+	}
+}
+
+// sizeKiB is, in a running pod, the size of the file system at /data, or
+// of the block device at /data.
+func sizeKiB(t *testing.T, pod string, block bool) int64 {
+	t.Helper()
+	cmd := "df -k /data | awk 'NR==2 {print $2}'"
+	if block {
+		cmd = "echo $(( $(blockdev --getsize64 /data) / 1024 ))"
+	}
+	out := kubectl(t, "exec", pod, "--", "sh", "-c", cmd)
+	n, err := strconv.ParseInt(strings.TrimSpace(out), 10, 64)
+	if err != nil {
+		t.Fatalf("size: %q", out)
+	}
+	return n
+}
+
+// capSysResource says whether this machine can grant CAP_SYS_RESOURCE,
+// which growing a mounted ext4 takes (the EXT4_IOC_RESIZE_FS ioctl).
+func capSysResource(t *testing.T) bool {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "CapBnd:"); ok {
+			caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return caps&(1<<24) != 0
+		}
+	}
+	t.Fatal("no CapBnd in /proc/self/status")
+	return false
+}
+
+// TestOnlineExpansion grows claims while their pods run: the file system or
+// the block device the pod sees grows, without a restart.
+func TestOnlineExpansion(t *testing.T) {
+	storageClass(t, "journal-xfs-grow", map[string]string{"csi.storage.k8s.io/fstype": "xfs"})
+	for _, c := range []struct {
+		name, class string
+		block       bool
+	}{
+		{"xfs", "journal-xfs-grow", false},
+		{"ext4", "journal", false},
+		{"block", "journal", true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if c.name == "ext4" && !capSysResource(t) {
+				t.Skip("this machine withholds CAP_SYS_RESOURCE from everyone (bounding set), and the kernel grows a mounted ext4 only with it")
+			}
+			name := "grow-" + c.name
+			pvc(t, name, c.class, "512Mi", c.block)
+			startPod(t, name, name, c.block, "")
+			volume := volumeOf(t, name)
+			before := sizeKiB(t, name, c.block)
+			patch := `{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}`
+			if _, err := kube.CoreV1().PersistentVolumeClaims(ns).Patch(t.Context(), name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, waitLong, "the pod's view grown", func(ctx context.Context) (bool, string) {
+				after := sizeKiB(t, name, c.block)
+				return after > before*3, fmt.Sprintf("%d KiB, was %d", after, before)
+			})
+			eventually(t, waitLong, "the claim's capacity 2Gi", func(ctx context.Context) (bool, string) {
+				c, err := kube.CoreV1().PersistentVolumeClaims(ns).Get(ctx, name, metav1.GetOptions{})
+				if err != nil {
+					return false, err.Error()
+				}
+				got := c.Status.Capacity[corev1.ResourceStorage]
+				return got.Cmp(resource.MustParse("2Gi")) == 0, got.String()
+			})
+			if got := journal(t, volume).Spec.Capacity; got.Cmp(resource.MustParse("2Gi")) != 0 {
+				t.Errorf("Journal capacity %s, want 2Gi", got.String())
+			}
+			// The new space is usable: more than the old size fits now.
+			dst := "/data/big"
+			if c.block {
+				dst = "/data"
+			}
+			kubectl(t, "exec", name, "--", "sh", "-c", "dd if=/dev/zero of="+dst+" bs=1M count=1024 conv=fsync 2>/dev/null")
+			deletePod(t, name)
+			deleteClaim(t, name, volume)
+		})
+	}
+}
+
+// TestBadStorageClassParameters: a claim of a class whose parameters jvol
+// refuses gets an event saying why, and nothing is made.
+func TestBadStorageClassParameters(t *testing.T) {
+	storageClass(t, "journal-bad", map[string]string{"fifoSize": "3Mi"})
+	pvc(t, "bad", "journal-bad", "256Mi", false)
+	pod(t, "bad", "bad", false, true, "true")
+	var message string
+	eventually(t, waitLong, "a ProvisioningFailed event on the claim", func(ctx context.Context) (bool, string) {
+		ev, err := kube.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.kind=PersistentVolumeClaim,involvedObject.name=bad,reason=ProvisioningFailed"})
+		if err != nil || len(ev.Items) == 0 {
+			return false, fmt.Sprint("no event yet ", err)
+		}
+		message = ev.Items[0].Message
+		return true, ""
+	})
+	t.Logf("event: %s", message)
+	if !strings.Contains(message, "InvalidArgument") || !strings.Contains(message, "fifoSize") {
+		t.Errorf("the event does not say what is wrong: %s", message)
+	}
+	c, err := kube.CoreV1().PersistentVolumeClaims(ns).Get(t.Context(), "bad", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Status.Phase != corev1.ClaimPending || c.Spec.VolumeName != "" {
+		t.Errorf("claim %s bound to %q", c.Status.Phase, c.Spec.VolumeName)
+	}
+	// The provisioner names the volume after the claim's uid.
+	err = ctrl.Get(t.Context(), client.ObjectKey{Name: "pvc-" + string(c.UID)}, &jvolv1.Journal{})
+	if !apierrors.IsNotFound(err) {
+		t.Errorf("a Journal exists for the claim: %v", err)
+	}
+	deletePod(t, "bad")
+	if err := kube.CoreV1().PersistentVolumeClaims(ns).Delete(t.Context(), "bad", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestJournalsShowLiveValues: `kubectl get journals` lists the volume with
+// its node, capacity, FIFO and phase, its figures move as the pod writes,
+// and an edited fifoSize takes effect.
+func TestJournalsShowLiveValues(t *testing.T) {
+	pvc(t, "live", "journal", "256Mi", false)
+	startPod(t, "live", "live", false, "")
+	volume := volumeOf(t, "live")
+	node := journal(t, volume).Spec.Node
+
+	table := kubectl(t, "get", "journals")
+	lines := strings.Split(strings.TrimSpace(table), "\n")
+	if got := strings.Fields(lines[0]); strings.Join(got, " ") != "NAME NODE CAPACITY FIFO DUPLEX SINK PHASE LAG AGE" {
+		t.Errorf("columns %q", got)
+	}
+	row := ""
+	for _, l := range lines[1:] {
+		if strings.HasPrefix(l, volume+" ") {
+			row = l
+		}
+	}
+	if f := strings.Fields(row); len(f) < 7 || f[1] != node || f[2] != "256Mi" || f[3] != "16Mi" || f[4] != "Half" || f[5] != "Attached" {
+		t.Errorf("row %q of\n%s", row, table)
+	}
+
+	before := journal(t, volume).Status
+	kubectl(t, "exec", "live", "--", "sh", "-c", writeFile)
+	eventually(t, waitLong, "the Journal's figures moved", func(ctx context.Context) (bool, string) {
+		s := journal(t, volume).Status
+		return s.Transid > before.Transid && s.AckedTransid > before.AckedTransid && s.Updated != nil &&
+				(before.Updated == nil || s.Updated.After(before.Updated.Time)),
+			fmt.Sprintf("transid %d acked %d, were %d %d", s.Transid, s.AckedTransid, before.Transid, before.AckedTransid)
+	})
+
+	// A FIFO is sized when the volume is staged: the edit applies at the
+	// next stage, here when the pod is replaced.
+	if got := journal(t, volume).Status.FIFOSize; got != 16<<20 {
+		t.Errorf("status.fifoSize %d, want 16Mi", got)
+	}
+	kubectl(t, "patch", "journal", volume, "--type=merge", "-p", `{"spec":{"fifoSize":"32Mi"}}`)
+	if got := strings.TrimSpace(kubectl(t, "get", "journal", volume, "-o", "jsonpath={.spec.fifoSize}")); got != "32Mi" {
+		t.Fatalf("fifoSize %q after the edit", got)
+	}
+	deletePod(t, "live")
+	startPod(t, "live", "live", false, "")
+	eventually(t, waitLong, "the volume served with the new FIFO", func(ctx context.Context) (bool, string) {
+		j := journal(t, volume)
+		return j.Status.FIFOSize == 32<<20 && j.Status.ObservedGeneration == j.Generation,
+			fmt.Sprintf("status.fifoSize %d, generation %d observed %d", j.Status.FIFOSize, j.Generation, j.Status.ObservedGeneration)
+	})
+	if got := strings.TrimSpace(kubectl(t, "exec", "live", "--", "sh", "-c", readFile)); got == "" {
+		t.Error("nothing read after the re-stage")
+	}
+
+	deletePod(t, "live")
+	deleteClaim(t, "live", volume)
+}
+
+// TestNodePluginRestart: the node plugin's pod is deleted while a volume is
+// staged and in use. Its DaemonSet starts a new one, which serves the
+// staged volume again before it reports ready; the data written before is
+// there and pods keep writing.
+func TestNodePluginRestart(t *testing.T) {
+	pvc(t, "restart", "journal", "256Mi", false)
+	startPod(t, "restart-a", "restart", false, writeFile+" > /tmp/md5")
+	volume := volumeOf(t, "restart")
+	wrote := kubectl(t, "exec", "restart-a", "--", "cat", "/tmp/md5")
+
+	old := nodePod(t)
+	if err := kube.CoreV1().Pods(old.Namespace).Delete(t.Context(), old.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, waitLong, "a new node plugin, ready", func(ctx context.Context) (bool, string) {
+		p := nodePod(t)
+		return p.UID != old.UID && ready(p), p.Name + " " + string(p.Status.Phase)
+	})
+	if j := journal(t, volume); j.Status.Phase != jvolv1.PhaseAttached {
+		t.Errorf("Journal %s after the restart", j.Status.Phase)
+	}
+	// A second pod on the same node shares the staged volume.
+	if read := runPod(t, "restart-b", "restart", false, readFile+"\n"+writeFile+" >/dev/null"); read != wrote {
+		t.Errorf("read %q after the restart, wrote %q", read, wrote)
+	}
+	deletePod(t, "restart-a")
+	// And once the first is gone, a pod stages it anew.
+	if read := runPod(t, "restart-c", "restart", false, readFile); read == "" {
+		t.Error("nothing read")
+	}
+	deleteClaim(t, "restart", volume)
+}
+
+func nodePod(t *testing.T) *corev1.Pod {
+	t.Helper()
+	l, err := kube.CoreV1().Pods("kube-system").List(t.Context(), metav1.ListOptions{
+		LabelSelector: "app.kubernetes.io/instance=" + release + ",app.kubernetes.io/component=node",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range l.Items {
+		if l.Items[i].DeletionTimestamp == nil {
+			return &l.Items[i]
+		}
+	}
+	return &corev1.Pod{}
+}
+
+func ready(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// TestHelmUpgradeAndUninstall runs last: an upgrade rolls jvol's pods and
+// volumes keep working; uninstall removes everything the chart made.
+func TestHelmUpgradeAndUninstall(t *testing.T) {
+	pvc(t, "upgrade", "journal", "256Mi", false)
+	wrote := runPod(t, "before-upgrade", "upgrade", false, writeFile)
+	volume := volumeOf(t, "upgrade")
+
+	helm(t, "upgrade", release, chart, "--namespace", "kube-system", "--reuse-values", "--set", "logLevel=4", "--wait", "--timeout", "3m")
+	if !strings.Contains(kubectl(t, "-n", "kube-system", "get", "daemonset", release+"-node", "-o", "yaml"), "-v=4") {
+		t.Error("the upgrade did not reach the DaemonSet")
+	}
+	kubectl(t, "-n", "kube-system", "rollout", "status", "daemonset/"+release+"-node", "--timeout=3m")
+	kubectl(t, "-n", "kube-system", "rollout", "status", "deployment/"+release+"-controller", "--timeout=3m")
+	if read := runPod(t, "after-upgrade", "upgrade", false, readFile); read != wrote {
+		t.Errorf("read %q after the upgrade, wrote %q", read, wrote)
+	}
+	deleteClaim(t, "upgrade", volume)
+
+	helm(t, "uninstall", release, "--namespace", "kube-system", "--wait", "--timeout", "3m")
+	sel := "app.kubernetes.io/instance=" + release
+	eventually(t, waitLong, "everything of the release gone", func(ctx context.Context) (bool, string) {
+		var left string
+		for _, kind := range []string{"all", "serviceaccounts", "roles", "rolebindings"} {
+			left += kubectl(t, "get", kind, "-A", "-l", sel, "-o", "name")
+		}
+		for _, kind := range []string{"clusterroles", "clusterrolebindings", "csidrivers", "storageclasses"} {
+			left += kubectl(t, "get", kind, "-l", sel, "-o", "name")
+		}
+		if out, _ := tryRun("pgrep", "-a", "-x", "jvol"); out != "" {
+			left += "process " + out
+		}
+		return left == "", left
+	})
+	// Helm keeps the CRDs of crds/ on uninstall (its documented policy), and
+	// so every Journal: there must be none left to keep.
+	var journals jvolv1.JournalList
+	if err := ctrl.List(t.Context(), &journals); err != nil && !apierrors.IsNotFound(err) {
+		t.Fatal(err)
+	}
+	if len(journals.Items) != 0 {
+		t.Errorf("%d Journals left", len(journals.Items))
+	}
+	entries, err := os.ReadDir(stateDir + "/volumes")
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	if len(entries) != 0 {
+		t.Errorf("%d volume directories left in %s", len(entries), stateDir)
+	}
+}
