@@ -198,6 +198,8 @@ cgroupDriver: cgroupfs
 containerRuntimeEndpoint: unix://$SOCK
 clusterDomain: cluster.local
 failSwapOn: false
+# Pods are synced (and a grown file system noticed) every 10 s, not every minute.
+syncFrequency: 10s
 makeIPTablesUtilChains: false
 imageGCHighThresholdPercent: 100
 evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%"}

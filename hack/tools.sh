@@ -21,6 +21,14 @@ GO=${GO:-$("$(dirname "$0")/ensure-go.sh")/go}
 cache=${JVOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/jvol}
 export CGO_ENABLED=0 GOFLAGS=-mod=mod
 
+# build ARGS...: go build -v, showing progress as a count of packages
+# compiled, and errors as they come.
+build() {
+  "$GO" build -v "$@" 2>&1 | awk '
+    /^#|: / { print > "/dev/stderr"; next }
+    { if (++n % 200 == 0) printf "tools.sh:   %d packages compiled\n", n > "/dev/stderr" }'
+}
+
 moddir() { "$GO" mod download -json "$1" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p'; }
 
 # wrapper DIR MODULE VERSION REPLACES PKG...: a module that requires MODULE and
@@ -61,7 +69,7 @@ build_kubernetes() { # OUT
   local cmds=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl) pkgs=()
   for p in "${cmds[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$p"); done
   wrapper "$work/k8s" k8s.io/kubernetes "$K8S_VERSION" k8s_replaces "${pkgs[@]}"
-  "$GO" build -trimpath -ldflags "$ld" -o "$1/" "${pkgs[@]}"
+  build -trimpath -ldflags "$ld" -o "$1/" "${pkgs[@]}"
 }
 
 build_etcd() { # OUT
@@ -69,7 +77,7 @@ build_etcd() { # OUT
   printf 'module local/etcd\n\ngo 1.24\n\nrequire go.etcd.io/etcd/server/v3 %s\n' "$ETCD_VERSION" > go.mod
   printf 'package main\n\nimport (\n\t"os"\n\n\t"go.etcd.io/etcd/server/v3/etcdmain"\n)\n\nfunc main() { etcdmain.Main(os.Args) }\n' > main.go
   "$GO" mod tidy >&2
-  "$GO" build -trimpath -ldflags "-s -w" -o "$1/etcd" .
+  build -trimpath -ldflags "-s -w" -o "$1/etcd" .
 }
 
 build_crictl() { # OUT
@@ -79,7 +87,7 @@ build_crictl() { # OUT
 
 build_sidecar() { # OUT NAME MODULE VERSION
   wrapper "$work/$2" "$3" "$4" copy_replaces "$3/cmd/$2"
-  "$GO" build -trimpath -ldflags "-s -w -X main.version=$4" -o "$1/$2" "$3/cmd/$2"
+  build -trimpath -ldflags "-s -w -X main.version=$4" -o "$1/$2" "$3/cmd/$2"
 }
 
 # ensure KEY BUILD ARGS...: runs BUILD OUT ARGS... once, into the cache
