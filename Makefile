@@ -70,7 +70,9 @@ test-e2e: ## The end-to-end suite (test/e2e) on a single-node cluster it brings 
 .PHONY: lint
 lint: ## go vet and staticcheck.
 	$(GO) vet ./...
+	$(GO) vet -tags e2e ./test/e2e
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) -tags e2e ./test/e2e
 	GO=$(GO) hack/helm.sh lint --strict charts/jvol
 
 .PHONY: verify
