@@ -169,7 +169,7 @@ EOF
 
 images() {
   say "images (jvol:$TAG, pause, busybox, sidecars)"
-  "$hack/images.sh" "$T/images" "$TAG"
+  "$hack/images.sh" "$T/images" "$TAG" "$SOCK"
   local t
   for t in "$T"/images/*.tar; do
     ctr --address "$SOCK" -n k8s.io images import "$t" >/dev/null
@@ -282,6 +282,8 @@ down() {
   if [ -S "$SOCK" ]; then
     "$(bin crictl)" --runtime-endpoint "unix://$SOCK" rmp -af >/dev/null 2>&1 || true
   fi
+  # A dockerd left by an interrupted image build (hack/dockerfile-build.sh).
+  pkill -f "dockerd --containerd=$SOCK" 2>/dev/null || true
   local n
   for n in containerd kube-scheduler kube-controller-manager kube-apiserver etcd; do stop "$n"; done
   # containerd's shims outlive it.
@@ -289,8 +291,8 @@ down() {
   say "unmounting, detaching loop devices"
   local m pass
   for pass in 1 2 3 4 5; do
-    m=$(awk -v a="$KUBELET_DIR" -v b="$STATE_DIR" -v c="$T" \
-      '{p=$2; gsub(/\\040/, " ", p)} p==a || index(p, a"/")==1 || p==b || index(p, b"/")==1 || p==c || index(p, c"/")==1 {print p}' \
+    m=$(awk -v a="$KUBELET_DIR" -v b="$STATE_DIR" -v c="$T" -v d=/run/jvol-dockerd \
+      '{p=$2; gsub(/\\040/, " ", p)} p==a || index(p, a"/")==1 || p==b || index(p, b"/")==1 || p==c || index(p, c"/")==1 || index(p, d"/")==1 {print p}' \
       /proc/self/mounts | sort -r)
     [ -z "$m" ] && break
     while read -r p; do umount "$p" 2>/dev/null || umount -l "$p" 2>/dev/null || true; done <<<"$m"
@@ -302,7 +304,7 @@ down() {
   ip link del "$BRIDGE" 2>/dev/null || true
   ip addr del "$NODE_IP/32" dev lo 2>/dev/null || true
   find /sys/fs/cgroup/*/kubepods* -depth -type d -exec rmdir {} + 2>/dev/null || true
-  rm -rf "$T" "$KUBELET_DIR" "$STATE_DIR"
+  rm -rf "$T" "$KUBELET_DIR" "$STATE_DIR" /run/jvol-dockerd
 }
 
 case ${1:-} in

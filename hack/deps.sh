@@ -5,9 +5,10 @@
 set -euo pipefail
 want=(e2fsprogs xfsprogs util-linux mount)
 [ "${1:-}" = "--bench" ] && want+=(fio python3 bc)
-# hack/cluster.sh: containerd and runc, CNI plugins, image packing,
+# hack/cluster.sh: containerd and runc, CNI plugins, dockerd for the
+# Dockerfile (run only while building), image packing,
 # debootstrap for the jvol image's Debian, busybox for test pods.
-[ "${1:-}" = "--cluster" ] && want+=(containerd runc containernetworking-plugins iptables umoci skopeo debootstrap busybox-static openssl curl)
+[ "${1:-}" = "--cluster" ] && want+=(containerd runc containernetworking-plugins iptables docker.io umoci skopeo debootstrap busybox-static openssl curl)
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

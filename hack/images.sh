@@ -1,30 +1,22 @@
 #!/usr/bin/env bash
-# Builds the images the local cluster runs, without a registry or a Docker
-# engine, as docker-archive tars in OUT (which hack/cluster.sh imports into
-# containerd):
+# Builds the images the local cluster runs, without a registry, as
+# docker-archive tars in OUT (which hack/cluster.sh imports into containerd):
 #
-#   jvol.tar         ghcr.io/jvol-io/jvol:TAG  what the Dockerfile builds: a
-#                    static jvol on Debian bookworm with util-linux, mount,
-#                    e2fsprogs, xfsprogs and fuse3. The Debian root file
-#                    system comes from debootstrap (cached by suite and
-#                    package list) instead of the debian:bookworm-slim image,
-#                    the binary from `go build` on the host instead of the
-#                    golang image; umoci packs them into the same layout.
+#   jvol.tar         ghcr.io/jvol-io/jvol:TAG, from the Dockerfile, by
+#                    hack/dockerfile-build.sh on the cluster's containerd
 #   pause.tar        registry.k8s.io/pause:3.10.1  hack/pause
 #   busybox.tar      localhost/busybox:e2e  Debian's busybox-static, for test pods
 #   csi-provisioner.tar, csi-resizer.tar  under their registry.k8s.io names and
 #                    tags, the sidecars built by hack/tools.sh
 #
-# Usage: hack/images.sh OUT TAG
+# The images without a Dockerfile are single layers packed by umoci and
+# written by skopeo.
+#
+# Usage: hack/images.sh OUT TAG CONTAINERD_SOCK
 set -euo pipefail
-out=$1 tag=$2
+out=$1 tag=$2 sock=$3
 hack=$(cd "$(dirname "$0")" && pwd)
 GO=${GO:-$("$hack/ensure-go.sh")/go}
-cache=${JVOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/jvol}
-SUITE=bookworm
-PACKAGES=util-linux,mount,e2fsprogs,xfsprogs,fuse3
-MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-
 mkdir -p "$out"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -47,23 +39,8 @@ image() {
   rm -rf "$layout" "$work/bundle-$name"
 }
 
-# The Debian root file system, made once per suite and package list.
-base=$cache/rootfs-$SUITE-$(echo "$PACKAGES" | sha256sum | cut -c1-12).tar
-if [ ! -f "$base" ]; then
-  echo "images.sh: debootstrap $SUITE with $PACKAGES (a few minutes, once)" >&2
-  mkdir -p "$cache" "$work/debian"
-  debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$work/debian" "$MIRROR" >&2
-  rm -rf "$work/debian"/var/cache/apt/archives/*.deb "$work/debian"/var/lib/apt/lists/*
-  tar -C "$work/debian" -cf "$base.tmp" . && mv "$base.tmp" "$base"
-  rm -rf "$work/debian"
-fi
-
-echo "images.sh: jvol" >&2
-mkdir -p "$work/jvol/usr/local/bin"
-tar -C "$work/jvol" -xf "$base"
-"$GO" build -C "$hack/.." -trimpath -ldflags "-s -w" -o "$work/jvol/usr/local/bin/jvol" ./cmd/jvol
-image jvol "ghcr.io/jvol-io/jvol:$tag" "$work/jvol" /usr/local/bin/jvol
-rm -rf "$work/jvol"
+echo "images.sh: jvol from the Dockerfile" >&2
+"$hack/dockerfile-build.sh" "$sock" "$out/jvol.tar" "ghcr.io/jvol-io/jvol:$tag"
 
 echo "images.sh: pause, busybox, sidecars" >&2
 mkdir -p "$work/pause"
