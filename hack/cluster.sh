@@ -32,6 +32,7 @@ KUBELET_DIR=/var/lib/kubelet
 STATE_DIR=/var/lib/jvol
 NODE=${NODE:-$(hostname -s | tr '[:upper:]_' '[:lower:]-')}
 NODE_IP=10.254.0.1
+cache=${JVOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/jvol}
 BRIDGE=jvolcni0
 SOCK=$R/containerd.sock
 export KUBECONFIG=$P/admin.kubeconfig
@@ -183,7 +184,8 @@ kubelet_up() {
   local d
   for d in "$KUBELET_DIR" "$STATE_DIR"; do
     mkdir -p "$d"
-    mountpoint -q "$d" || { mount --bind "$d" "$d" && mount --make-rshared "$d"; }
+    mountpoint -q "$d" || mount --bind "$d" "$d"
+    mount --make-rshared "$d"
   done
   cat >"$T/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
@@ -217,6 +219,13 @@ install() {
 }
 
 up() {
+  local d
+  for d in "$KUBELET_DIR" "$STATE_DIR"; do
+    if [ -e "$d" ] && [ ! -e "$T" ]; then
+      echo "cluster.sh: $d exists but no cluster of ours does: a kubelet or jvol of this machine's own? Not touching it." >&2
+      exit 1
+    fi
+  done
   # Build first: nothing runs yet if a build fails.
   say "tools (built once from the Go module proxy, then cached)"
   local t
@@ -274,8 +283,20 @@ stop() {
   rm -f "$R/$1.pid"
 }
 
+# ourLoops lists the loop devices over jvol's files: by path, or, once the
+# node plugin's mount namespace is gone, by the volume's name alone.
+ourLoops() {
+  losetup -l -n -O NAME,BACK-FILE | awk -v b="$STATE_DIR/" 'index($2, b)==1 || $2 ~ /^\/pvc-/ {print $1}'
+}
+
 down() {
+  if [ ! -e "$T" ]; then
+    echo "cluster.sh: no cluster in $T" >&2
+    return 0
+  fi
   say "stopping the cluster"
+  local loops
+  loops=$(ourLoops)
   stop kubelet
   # Pod sandboxes go through CRI while containerd still runs: containers
   # stop, network namespaces and CNI addresses are released.
@@ -283,28 +304,38 @@ down() {
     "$(bin crictl)" --runtime-endpoint "unix://$SOCK" rmp -af >/dev/null 2>&1 || true
   fi
   # A dockerd left by an interrupted image build (hack/dockerfile-build.sh).
-  pkill -f "dockerd --containerd=$SOCK" 2>/dev/null || true
+  local pid
+  for pid in $(pgrep -f "dockerd --containerd=$SOCK"); do
+    echo "$pid" >"$R/dockerd.pid"
+    stop dockerd
+  done
   local n
   for n in containerd kube-scheduler kube-controller-manager kube-apiserver etcd; do stop "$n"; done
-  # containerd's shims outlive it.
+  # containerd's shims outlive it, and so would containers whose sandbox
+  # could not be removed.
   pkill -9 -f "containerd-shim.*-address $SOCK" 2>/dev/null || true
+  find /sys/fs/cgroup/*/kubepods* -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u | xargs -r kill -9 2>/dev/null || true
   say "unmounting, detaching loop devices"
   local m pass
   for pass in 1 2 3 4 5; do
-    m=$(awk -v a="$KUBELET_DIR" -v b="$STATE_DIR" -v c="$T" -v d=/run/jvol-dockerd \
-      '{p=$2; gsub(/\\040/, " ", p)} p==a || index(p, a"/")==1 || p==b || index(p, b"/")==1 || p==c || index(p, c"/")==1 || index(p, d"/")==1 {print p}' \
+    m=$(awk -v a="$KUBELET_DIR" -v b="$STATE_DIR" -v c="$T" -v d=/run/jvol-dockerd -v e="$cache/docker" \
+      '{p=$2; gsub(/\\040/, " ", p)} p==a || index(p, a"/")==1 || p==b || index(p, b"/")==1 || p==c || index(p, c"/")==1 || index(p, d"/")==1 || index(p, e"/")==1 {print p}' \
       /proc/self/mounts | sort -r)
     [ -z "$m" ] && break
     while read -r p; do umount "$p" 2>/dev/null || umount -l "$p" 2>/dev/null || true; done <<<"$m"
   done
-  losetup -l -n -O NAME,BACK-FILE | awk -v b="$STATE_DIR/" 'index($2, b)==1 {print $1}' | while read -r dev; do
-    losetup -d "$dev" || true
+  for dev in $loops $(ourLoops); do
+    losetup -d "$dev" 2>/dev/null || true
   done
   say "network, cgroups, files"
   ip link del "$BRIDGE" 2>/dev/null || true
   ip addr del "$NODE_IP/32" dev lo 2>/dev/null || true
   find /sys/fs/cgroup/*/kubepods* -depth -type d -exec rmdir {} + 2>/dev/null || true
-  rm -rf "$T" "$KUBELET_DIR" "$STATE_DIR" /run/jvol-dockerd
+  if grep -qE " ($KUBELET_DIR|$STATE_DIR|$T)[/ ]" /proc/self/mounts; then
+    echo "cluster.sh: something is still mounted under $KUBELET_DIR, $STATE_DIR or $T; not removing them" >&2
+    return 1
+  fi
+  rm -rf --one-file-system "$T" "$KUBELET_DIR" "$STATE_DIR" /run/jvol-dockerd /var/log/pods /var/log/containers /var/lib/cni
 }
 
 case ${1:-} in

@@ -20,27 +20,36 @@ GO=${GO:-$("$hack/ensure-go.sh")/go}
 cache=${JVOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/jvol}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 goroot=$("$GO" env GOROOT)
-gover=$("$GO" env GOVERSION | sed 's/^go\([0-9]*\.[0-9]*\).*/\1/')
+golang=$(sed -n 's/^FROM \(golang:[^ ]*\).*/\1/p' "$hack/../Dockerfile") # the tag the Dockerfile names
 run=/run/jvol-dockerd
 data=$cache/docker
 docker() { /usr/bin/docker --host "unix://$run/docker.sock" "$@"; }
 
+if [ -e "$run" ]; then
+  echo "dockerfile-build.sh: $run exists: another build runs, or one was killed (make down clears it)" >&2
+  exit 1
+fi
+log=$(dirname "$out")/dockerd.log
 mkdir -p "$run" "$data"
 /usr/sbin/dockerd --containerd="$sock" --data-root="$data" --exec-root="$run/exec" \
   --pidfile="$run/dockerd.pid" --host="unix://$run/docker.sock" \
   --bridge=none --iptables=false --ip6tables=false --ip-masq=false \
-  >"$run/dockerd.log" 2>&1 &
+  >"$log" 2>&1 &
 pid=$!
 stop() {
   kill "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true # dockerd is our child: this waits for it to end
   # What dockerd leaves mounted under its roots.
   awk -v a="$data" -v b="$run" 'index($2, a"/")==1 || index($2, b"/")==1 {print $2}' /proc/self/mounts |
     sort -r | while read -r m; do umount "$m" 2>/dev/null || umount -l "$m"; done
   rm -rf "$run"
 }
 trap stop EXIT
-for ((i = 0; i < 120; i++)); do docker version >/dev/null 2>&1 && break; sleep 0.5; done
+for ((i = 0; i < 120; i++)); do
+  docker version >/dev/null 2>&1 && break
+  kill -0 "$pid" 2>/dev/null || { echo "dockerfile-build.sh: dockerd exited:" >&2; tail -n 20 "$log" >&2; exit 1; }
+  sleep 0.5
+done
 docker version >/dev/null
 
 if ! docker image inspect debian:bookworm-slim >/dev/null 2>&1; then
@@ -51,8 +60,8 @@ if ! docker image inspect debian:bookworm-slim >/dev/null 2>&1; then
   tar -C "$root" -c . | docker import - debian:bookworm-slim >/dev/null
   rm -rf "$root"
 fi
-if ! docker image inspect "golang:$gover-bookworm" >/dev/null 2>&1; then
-  echo "dockerfile-build.sh: golang:$gover-bookworm from $goroot (once)" >&2
+if ! docker image inspect "$golang" >/dev/null 2>&1; then
+  echo "dockerfile-build.sh: $golang from $goroot (once)" >&2
   ctx=$(mktemp -d)
   cp -a "$goroot" "$ctx/go"
   mkdir "$ctx/ca" && cp -L /usr/local/share/ca-certificates/*.crt "$ctx/ca/" 2>/dev/null || true
@@ -64,7 +73,7 @@ RUN update-ca-certificates
 COPY go /usr/local/go
 ENV PATH=/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin GOPATH=/go
 EOF
-  DOCKER_BUILDKIT=0 docker build --network=host -q -t "golang:$gover-bookworm" "$ctx" >/dev/null
+  DOCKER_BUILDKIT=0 docker build --network=host -q -t "$golang" "$ctx" >/dev/null
   rm -rf "$ctx"
 fi
 

@@ -14,7 +14,15 @@ if [ -e "$JVOL_CLUSTER" ]; then
 fi
 start=$SECONDS
 rc=0
-trap '"$hack/cluster.sh" down' EXIT
+logs=/tmp/jvol-e2e-logs
+# keep_logs: the cluster's and the pods' logs outlive the cluster.
+keep_logs() {
+  rm -rf "$logs" && mkdir -p "$logs"
+  cp -r "$JVOL_CLUSTER/logs/." "$logs/" 2>/dev/null || true
+  cp -r /var/log/pods "$logs/" 2>/dev/null || true
+  echo "e2e.sh: cluster and pod logs kept in $logs" >&2
+}
+trap 'keep_logs; "$hack/cluster.sh" down' EXIT
 "$hack/cluster.sh" up
 echo "e2e.sh: cluster up after $((SECONDS - start))s" >&2
 
@@ -23,20 +31,17 @@ set +e
 "$GO" test -C "$hack/.." -tags e2e -count=1 -timeout 30m -v ./test/e2e 2>&1 | tee "$JVOL_CLUSTER/logs/e2e.log"
 rc=${PIPESTATUS[0]}
 set -e
-if [ "$rc" != 0 ]; then
-  mkdir -p /tmp/jvol-e2e-logs && cp -r "$JVOL_CLUSTER/logs/." /tmp/jvol-e2e-logs/ && cp -r /var/log/pods /tmp/jvol-e2e-logs/ 2>/dev/null || true
-  echo "e2e.sh: the suite failed; cluster and pod logs kept in /tmp/jvol-e2e-logs" >&2
-fi
+[ "$rc" = 0 ] || keep_logs
 
 trap - EXIT
 "$hack/cluster.sh" down
 left=$(
-  pgrep -a -f "$JVOL_CLUSTER|/var/lib/kubelet|kubernetes-v1.34.4/" || true
+  pgrep -a -f "$JVOL_CLUSTER|/var/lib/kubelet|$(dirname "$KUBECTL")/" || true
   grep -E " (/var/lib/kubelet|/var/lib/jvol|$JVOL_CLUSTER)[/ ]" /proc/self/mountinfo || true
-  losetup -l -n -O NAME,BACK-FILE | grep -E ' /var/lib/jvol/' || true
+  losetup -l -n -O NAME,BACK-FILE | grep -E ' (/var/lib/jvol/|/pvc-)' || true
   ip -o link show jvolcni0 2>/dev/null || true
   ip -o addr show dev lo | grep ' 10.254.0.1/' || true
-  ls -d "$JVOL_CLUSTER" /var/lib/kubelet /var/lib/jvol 2>/dev/null || true
+  ls -d "$JVOL_CLUSTER" /var/lib/kubelet /var/lib/jvol /var/log/pods /run/jvol-dockerd 2>/dev/null || true
 )
 if [ -n "$left" ]; then
   printf 'e2e.sh: make down left these behind:\n%s\n' "$left" >&2

@@ -10,6 +10,7 @@
 #   kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl
 #   etcd crictl csi-provisioner csi-resizer
 set -euo pipefail
+shopt -s inherit_errexit # set -e inside $(...) too: a failed build must not be cached
 K8S_VERSION=v1.34.4
 STAGING_VERSION=v0.34.4
 ETCD_VERSION=v3.6.4
@@ -80,12 +81,11 @@ build_etcd() { # OUT
   build -trimpath -ldflags "-s -w" -o "$1/etcd" .
 }
 
-build_crictl() { # OUT
-  GOBIN=$1 GONOSUMDB=sigs.k8s.io/cri-tools "$GO" install -trimpath -ldflags "-s -w" \
-    "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
-}
-
-build_sidecar() { # OUT NAME MODULE VERSION
+# build_wrapped OUT NAME MODULE VERSION: MODULE's cmd/NAME through a wrapper
+# module with MODULE's replace directives. (`go install m@v` would do for
+# some, but it asks the proxy for the module's version list, which the proxy
+# refuses for cri-tools.)
+build_wrapped() {
   wrapper "$work/$2" "$3" "$4" copy_replaces "$3/cmd/$2"
   build -trimpath -ldflags "-s -w -X main.version=$4" -o "$1/$2" "$3/cmd/$2"
 }
@@ -99,7 +99,11 @@ ensure() {
   [ -d "$out" ] && { echo "$out"; return; }
   echo "tools.sh: building $key (minutes, once)" >&2
   rm -rf "$out.tmp" && mkdir -p "$out.tmp"
-  (work=$(mktemp -d) && trap 'rm -rf "$work"' EXIT && "$build" "$out.tmp" "$@" >&2)
+  if ! (work=$(mktemp -d) && trap 'rm -rf "$work"' EXIT && "$build" "$out.tmp" "$@" >&2); then
+    rm -rf "$out.tmp"
+    echo "tools.sh: building $key failed" >&2
+    return 1
+  fi
   mv "$out.tmp" "$out"
   echo "$out"
 }
@@ -109,14 +113,17 @@ for tool in "$@"; do
   kube-apiserver | kube-controller-manager | kube-scheduler | kubelet | kubectl)
     dir=$(ensure "kubernetes-$K8S_VERSION" build_kubernetes) ;;
   etcd) dir=$(ensure "etcd-$ETCD_VERSION" build_etcd) ;;
-  crictl) dir=$(ensure "crictl-$CRICTL_VERSION" build_crictl) ;;
+  crictl)
+    dir=$(GONOSUMDB=sigs.k8s.io/cri-tools ensure "crictl-$CRICTL_VERSION" build_wrapped crictl \
+      sigs.k8s.io/cri-tools "$CRICTL_VERSION") ;;
   csi-provisioner)
-    dir=$(ensure "csi-provisioner-$PROVISIONER_VERSION" build_sidecar csi-provisioner \
+    dir=$(ensure "csi-provisioner-$PROVISIONER_VERSION" build_wrapped csi-provisioner \
       github.com/kubernetes-csi/external-provisioner/v5 "$PROVISIONER_VERSION") ;;
   csi-resizer)
-    dir=$(ensure "csi-resizer-$RESIZER_VERSION" build_sidecar csi-resizer \
+    dir=$(ensure "csi-resizer-$RESIZER_VERSION" build_wrapped csi-resizer \
       github.com/kubernetes-csi/external-resizer "$RESIZER_VERSION") ;;
   *) echo "tools.sh: unknown tool $tool" >&2; exit 2 ;;
   esac
+  [ -x "$dir/$tool" ] || { echo "tools.sh: $dir has no $tool; remove it to build again" >&2; exit 1; }
   echo "$dir/$tool"
 done

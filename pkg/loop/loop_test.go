@@ -45,8 +45,9 @@ func TestBackingFindsADeviceWhoseMountIsGone(t *testing.T) {
 	if devs, err := Backing(file); err != nil || !slices.Equal(devs, []string{dev}) {
 		t.Fatalf("after the mount is gone, Backing(%s) = %v, %v; want [%s]", file, devs, err, dev)
 	}
-	// Another file of the same name elsewhere is not it.
-	if devs, err := Backing("/elsewhere/pvc-2dc6a647-5cab-4839-a3b5-bd592f7f1910"); err != nil || len(devs) != 0 {
+	// Another file whose path ends the same way is not it.
+	other := "/elsewhere/volumes/pvc-2dc6a647-5cab-4839-a3b5-bd592f7f1910/fuse/pvc-2dc6a647-5cab-4839-a3b5-bd592f7f1910"
+	if devs, err := Backing(other); err != nil || len(devs) != 0 {
 		t.Fatalf("Backing of another path = %v, %v", devs, err)
 	}
 }
