@@ -10,6 +10,7 @@
 #   hack/cluster.sh down      stop everything, leave no process, mount, loop
 #                             device, network device or file behind
 #   hack/cluster.sh images    rebuild and import the images (after a code change)
+#   hack/cluster.sh leftovers print what of a cluster is left (nothing after down)
 #
 # Everything lives under $JVOL_CLUSTER (default /var/lib/jvol-cluster); the
 # kubelet's root is /var/lib/kubelet and jvol keeps volumes in /var/lib/jvol,
@@ -338,8 +339,19 @@ down() {
   rm -rf --one-file-system "$T" "$KUBELET_DIR" "$STATE_DIR" /run/jvol-dockerd /var/log/pods /var/log/containers /var/lib/cni
 }
 
+# leftovers prints what of a cluster is left on this machine: processes,
+# mounts, loop devices, network devices, directories. Nothing after down.
+leftovers() {
+  pgrep -a -f "$T|$KUBELET_DIR|$(dirname "$(bin kubelet)")/" || true
+  grep -E " ($KUBELET_DIR|$STATE_DIR|$T|/run/jvol-dockerd)[/ ]" /proc/self/mountinfo || true
+  ourLoops
+  ip -o link show "$BRIDGE" 2>/dev/null || true
+  ip -o addr show dev lo | grep " $NODE_IP/" || true
+  ls -d "$T" "$KUBELET_DIR" "$STATE_DIR" /var/log/pods /run/jvol-dockerd 2>/dev/null || true
+}
+
 case ${1:-} in
-up | demo | down) "$1" ;;
+up | demo | down | leftovers) "$1" ;;
 images) images ;;
-*) echo "usage: $0 up|demo|down|images" >&2; exit 2 ;;
+*) echo "usage: $0 up|demo|down|images|leftovers" >&2; exit 2 ;;
 esac

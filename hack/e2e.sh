@@ -35,14 +35,7 @@ set -e
 
 trap - EXIT
 "$hack/cluster.sh" down
-left=$(
-  pgrep -a -f "$JVOL_CLUSTER|/var/lib/kubelet|$(dirname "$KUBECTL")/" || true
-  grep -E " (/var/lib/kubelet|/var/lib/jvol|$JVOL_CLUSTER)[/ ]" /proc/self/mountinfo || true
-  losetup -l -n -O NAME,BACK-FILE | grep -E ' (/var/lib/jvol/|/pvc-)' || true
-  ip -o link show jvolcni0 2>/dev/null || true
-  ip -o addr show dev lo | grep ' 10.254.0.1/' || true
-  ls -d "$JVOL_CLUSTER" /var/lib/kubelet /var/lib/jvol /var/log/pods /run/jvol-dockerd 2>/dev/null || true
-)
+left=$("$hack/cluster.sh" leftovers)
 if [ -n "$left" ]; then
   printf 'e2e.sh: make down left these behind:\n%s\n' "$left" >&2
   rc=1

@@ -7,12 +7,12 @@ import (
 	"testing"
 
 	csi "github.com/container-storage-interface/spec/lib/go/csi"
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/jvol-io/jvol/pkg/catalog"
 	"github.com/jvol-io/jvol/pkg/node"
+	"github.com/jvol-io/jvol/pkg/vfs/vfstest"
 )
 
 // driver is a standalone driver on a temporary directory: Journals in
@@ -151,15 +151,7 @@ func TestCreateVolumeIsIdempotent(t *testing.T) {
 }
 
 func TestCreateVolumeOutOfSpace(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a small tmpfs")
-	}
-	dir := t.TempDir()
-	if err := unix.Mount("jvol-test", dir, "tmpfs", 0, "size=32m"); err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Unmount(dir, 0)
-	d := newDriverIn(t, dir)
+	d := newDriverIn(t, vfstest.SmallFS(t, 32<<20))
 	_, err := d.c.CreateVolume(context.Background(), createReq("pvc-big", 8<<20, map[string]string{"journalSize": "64Mi"}))
 	wantCode(t, "journal larger than the disk", err, codes.ResourceExhausted)
 	// Nothing is left behind for a volume the CO never got.

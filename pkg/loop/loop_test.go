@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/jvol-io/jvol/pkg/vfs/vfstest"
 )
 
 // A loop device stays found by its file's path after the mount holding the
@@ -14,14 +16,7 @@ import (
 // names the file relative to that mount's root instead. Restore relies on
 // this to detach what a killed node plugin left.
 func TestBackingFindsADeviceWhoseMountIsGone(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: loop devices and mounts")
-	}
-	mnt := t.TempDir()
-	if err := unix.Mount("tmpfs", mnt, "tmpfs", 0, "size=8m"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
+	mnt := vfstest.SmallFS(t, 8<<20)
 	// A long path, as a volume's is: more than the 63 bytes the kernel keeps.
 	dir := filepath.Join(mnt, "volumes", "pvc-2dc6a647-5cab-4839-a3b5-bd592f7f1910", "fuse")
 	if err := os.MkdirAll(dir, 0o755); err != nil {

@@ -2,12 +2,13 @@ package vfs
 
 import (
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/jvol-io/jvol/pkg/vfs/vfstest"
 )
 
 func TestPreallocateRefusesToOverwrite(t *testing.T) {
@@ -50,25 +51,11 @@ func TestDirectFileRoundTrip(t *testing.T) {
 	}
 }
 
-// smallFS mounts a tmpfs of size bytes on a temporary directory (root).
-func smallFS(t *testing.T, size int) string {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a small tmpfs")
-	}
-	dir := t.TempDir()
-	if err := unix.Mount("jvol-test", dir, "tmpfs", 0, fmt.Sprintf("size=%d", size)); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Unmount(dir, 0) })
-	return dir
-}
-
 // Regression: a journal image that did not fit used to become a sparse file
 // holding every block it had got, leaving the disk full and the journal
 // not preallocated.
 func TestPreallocateOnAFullDiskLeavesNothing(t *testing.T) {
-	dir := smallFS(t, 4<<20)
+	dir := vfstest.SmallFS(t, 4<<20)
 	path := filepath.Join(dir, "journal.img")
 	err := Preallocate(path, 64<<20)
 	if !errors.Is(err, unix.ENOSPC) {

@@ -99,13 +99,17 @@ func OpenDir(path string, o Options) (*Dir, error) {
 // when the file is closed. Unlike flock, it can be tested without being
 // taken (IsLocked), so `jvol status` never makes an attach fail.
 func lockDir(f *os.File) error {
-	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart}
+	lk := wholeFileLock()
 	err := unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk)
 	if errors.Is(err, unix.EACCES) {
 		err = unix.EAGAIN
 	}
 	return err
 }
+
+// wholeFileLock is the lock lockDir takes and IsLocked tests: a write lock
+// on the whole file.
+func wholeFileLock() unix.Flock_t { return unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart} }
 
 // IsLocked reports whether a process holds the lock of the volume in dir.
 func IsLocked(dir string) (bool, error) {
@@ -117,7 +121,7 @@ func IsLocked(dir string) (bool, error) {
 		return false, err
 	}
 	defer f.Close()
-	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart}
+	lk := wholeFileLock()
 	if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_GETLK, &lk); err != nil {
 		return false, err
 	}
