@@ -36,9 +36,12 @@ mkdir -p "$run" "$data"
   --bridge=none --iptables=false --ip6tables=false --ip-masq=false \
   >"$log" 2>&1 &
 pid=$!
-stop() { # dockerd unmounts its own on SIGTERM; make down is the backstop
+stop() {
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true # dockerd is our child: this waits for it to end
+  # What dockerd leaves mounted under its roots (its network namespace, say).
+  awk -v a="$data" -v b="$run" 'index($2, a"/")==1 || index($2, b"/")==1 {print $2}' /proc/self/mounts |
+    sort -r | while read -r m; do umount "$m" 2>/dev/null || umount -l "$m"; done
   rm -rf --one-file-system "$run"
 }
 trap stop EXIT
