@@ -35,6 +35,13 @@ func attachCmd(ctx context.Context, args []string) error {
 	commit := fs.Duration("commit-interval", 0, "longest time between commits of the journal to the data image (default 5s)")
 	fsType := fs.String("fs", "", "make (unless present) and mount this file system: ext4 or xfs")
 	mnt := fs.String("mount", "", "where to mount the file system")
+	var so attach.SinkOptions
+	fs.StringVar(&so.URL, "sink", "", `stream the journal to this receiver: tcp://host:port or tls://host:port ("" removes the volume's sink)`)
+	duplex := fs.String("duplex", "half", "half: the journal frees records once sent; full: once the receiver acknowledges them")
+	fs.StringVar(&so.TokenFile, "sink-token-file", "", "token to present to the receiver")
+	fs.StringVar(&so.CAFile, "sink-ca", "", "CA to check a tls:// receiver with (default: the system's)")
+	fs.StringVar(&so.CertFile, "sink-cert", "", "client certificate for a tls:// receiver")
+	fs.StringVar(&so.KeyFile, "sink-key", "", "its key")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -42,6 +49,15 @@ func attachCmd(ctx context.Context, args []string) error {
 		return fmt.Errorf("attach needs --dir: %w", errUsage)
 	}
 	o := attach.Options{Dir: *dir, FS: *fsType, Mount: *mnt}
+	sinkSet := false
+	fs.Visit(func(f *flag.Flag) { sinkSet = sinkSet || f.Name == "sink" })
+	if sinkSet {
+		var err error
+		if so.Duplex, err = attach.ParseDuplex(*duplex); err != nil {
+			return err
+		}
+		o.Sink = &so
+	}
 	o.Volume.Name, o.Volume.CommitInterval = *name, *commit
 	o.Volume.Size, o.Volume.JournalSize, o.Volume.FIFOSize = int64(size), int64(journalSize), int(fifoSize)
 	runtime.GOMAXPROCS(max(runtime.GOMAXPROCS(0), servingThreads))

@@ -16,8 +16,17 @@ const usage = `usage: jvol COMMAND [flags]
 commands:
   attach --dir DIR [--name NAME] [--size SIZE] [--journal-size SIZE] [--fifo-size SIZE]
          [--commit-interval DUR] [--fs ext4|xfs --mount PATH]
+         [--sink tcp://HOST:PORT|tls://HOST:PORT [--duplex half|full] [--sink-token-file F]
+          [--sink-ca F] [--sink-cert F --sink-key F]]
                              create (if needed), recover and serve the volume in DIR as a
-                             loop device until SIGINT/SIGTERM; prints device=/dev/loopN
+                             loop device until SIGINT/SIGTERM; prints device=/dev/loopN.
+                             With --sink, the journal is also streamed to a receiver
+                             (kept for the next attach; --sink "" removes it)
+  sink --listen ADDR --dir DIR [--tls-cert F --tls-key F [--client-ca F]] [--token-file F]
+       [--retain DURATION]
+                             receive journal streams: a mirror image and the stream, per volume
+  restore --sink-dir DIR --volume ID (--until TRANSID|--until RFC3339|--latest) --out FILE
+                             write a volume's image as a receiver keeps it, at that point
   status --dir DIR [--json]  the volume's figures, attached or not
   journal dump DIR-or-FILE   print the live records of a journal image, one per line
   journal demo [--dir DIR]   run the journal engine alone: writers, flushes, checkpoints,
@@ -57,6 +66,10 @@ func run(ctx context.Context, args []string) error {
 		return attachCmd(ctx, args[1:])
 	case "status":
 		return statusCmd(args[1:])
+	case "sink":
+		return sinkCmd(ctx, args[1:])
+	case "restore":
+		return restoreCmd(args[1:])
 	case "journal":
 		return journalCmd(ctx, args[1:])
 	case "controller":

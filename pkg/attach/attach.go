@@ -18,6 +18,7 @@ import (
 
 	"github.com/jvol-io/jvol/pkg/frontend"
 	"github.com/jvol-io/jvol/pkg/frontend/fuseloop"
+	"github.com/jvol-io/jvol/pkg/sink"
 	"github.com/jvol-io/jvol/pkg/volume"
 )
 
@@ -33,6 +34,9 @@ type Options struct {
 	// and mounted at Mount.
 	FS    string
 	Mount string
+	// Sink, if set, replaces the volume's sink settings (an empty URL
+	// removes them); if nil, the volume keeps the ones it has.
+	Sink *SinkOptions
 }
 
 // Attachment is an attached volume.
@@ -41,6 +45,8 @@ type Attachment struct {
 	Device    string
 	MountPath string
 	fe        frontend.Frontend
+	sink      *SinkOptions
+	sender    *sink.Sender
 }
 
 // Attach attaches the volume in o.Dir, creating it if needed.
@@ -55,9 +61,20 @@ func Attach(o Options) (*Attachment, error) {
 	if err != nil {
 		return nil, err
 	}
+	so, err := sinkSettings(dir, o.Sink)
+	if err != nil {
+		return nil, err
+	}
+	o.Volume.Hold = so != nil
 	d, err := volume.OpenDir(dir, o.Volume)
 	if err != nil {
 		return nil, err
+	}
+	if o.Sink != nil {
+		if err := saveSinkSettings(dir, so); err != nil {
+			d.Close()
+			return nil, err
+		}
 	}
 	// The kernel names loop backing files and mount points by their real
 	// path; so must we, to recognise our own leftovers.
@@ -65,7 +82,7 @@ func Attach(o Options) (*Attachment, error) {
 		d.Close()
 		return nil, err
 	}
-	a := &Attachment{Dir: d}
+	a := &Attachment{Dir: d, sink: so}
 	if err := a.attach(o); err != nil {
 		a.Detach()
 		return nil, err
@@ -80,6 +97,16 @@ func (a *Attachment) attach(o Options) error {
 	}
 	a.fe, a.Device = fe, fe.Path()
 	klog.InfoS("Attached volume", "dir", a.Path, "device", a.Device, "size", a.Size())
+	if a.sink != nil {
+		cfg, err := a.sink.config(a.Meta.Name)
+		if err != nil {
+			return err
+		}
+		if a.sender, err = sink.StartSender(a.Volume, cfg); err != nil {
+			return err
+		}
+		klog.InfoS("Streaming the journal to a sink", "dir", a.Path, "url", cfg.URL, "full", cfg.Full)
+	}
 	if o.FS == "" {
 		return nil
 	}
@@ -122,6 +149,10 @@ func (a *Attachment) Detach() error {
 			return fmt.Errorf("detach: %w; the volume stays attached", err)
 		}
 		a.fe = nil
+	}
+	if a.sender != nil {
+		a.sender.Close() // what it has not sent stays in the journal
+		a.sender = nil
 	}
 	os.Remove(filepath.Join(a.Path, StatusFile)) // while the lock is ours
 	return a.Dir.Close()                         // flushes and commits

@@ -44,14 +44,32 @@ type Status struct {
 	JournalStalls     uint64 `json:"journalStalls"`
 	CommittedPosition uint64 `json:"committedPosition"`
 
+	// The sink, if the volume streams to one.
+	Sink *SinkStatus `json:"sink,omitempty"`
+
 	Updated string `json:"updated"`
+}
+
+// SinkStatus is the link to the sink.
+type SinkStatus struct {
+	URL    string `json:"url"`
+	Duplex string `json:"duplex"`
+	// State is Connected, CatchingUp, OutOfSync or Disconnected.
+	State string `json:"state"`
+	// AckedTransid is the last id the receiver has (acknowledged in full
+	// duplex, sent in half).
+	AckedTransid uint64  `json:"ackedTransid"`
+	LagBytes     uint64  `json:"lagBytes"`
+	LagSeconds   float64 `json:"lagSeconds"`
+	LastAck      string  `json:"lastAck,omitempty"`
+	LastError    string  `json:"lastError,omitempty"`
 }
 
 // Status returns the attachment's figures.
 func (a *Attachment) Status() Status {
 	s := a.Stats()
 	j := s.Journal
-	return Status{
+	st := Status{
 		Volume: a.Meta.Name, Attached: true, PID: os.Getpid(), Device: a.Device, Mount: a.MountPath, Size: s.Size,
 		Transid: j.LastTransid, AckedTransid: j.AckedTransid, CheckpointTransid: j.CheckpointTransid,
 		BytesWritten: j.BytesWritten, Flushes: j.Flushes, Syncs: j.Syncs, Commits: s.Commits,
@@ -59,6 +77,18 @@ func (a *Attachment) Status() Status {
 		JournalSize: j.RingSize, JournalUsed: j.Used, JournalStalls: j.RingStalls, CommittedPosition: j.Checkpoint,
 		Updated: time.Now().UTC().Format(time.RFC3339Nano),
 	}
+	if a.sender != nil {
+		ss := a.sender.Stats()
+		st.Sink = &SinkStatus{URL: a.sink.URL, Duplex: a.sink.Duplex, State: ss.State, AckedTransid: ss.AckedTransid,
+			LagBytes: ss.LagBytes, LagSeconds: ss.LagSeconds, LastError: ss.LastError}
+		if !ss.LastAck.IsZero() {
+			st.Sink.LastAck = ss.LastAck.UTC().Format(time.RFC3339Nano)
+		}
+		if a.sink.Duplex == "Full" {
+			st.AckedTransid = ss.AckedTransid // durable at the sink
+		}
+	}
+	return st
 }
 
 // PublishStatus writes the status file.
@@ -133,6 +163,18 @@ func (s Status) WriteText(w io.Writer) {
 		line("commits", s.Commits)
 		line("fifo stalls", s.FIFOStalls)
 		line("journal stalls", s.JournalStalls)
+		if k := s.Sink; k != nil {
+			line("sink", fmt.Sprintf("%s (%s duplex)", k.URL, k.Duplex))
+			line("sink state", k.State)
+			line("sink acked transid", k.AckedTransid)
+			line("sink lag", fmt.Sprintf("%d bytes, %.1f s", k.LagBytes, k.LagSeconds))
+			if k.LastAck != "" {
+				line("sink last ack", k.LastAck)
+			}
+			if k.LastError != "" {
+				line("sink last error", k.LastError)
+			}
+		}
 		line("updated", s.Updated)
 	}
 }

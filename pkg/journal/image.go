@@ -76,6 +76,12 @@ type superWriter struct {
 	buf []byte
 }
 
+func (w *superWriter) uuid() [16]byte {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.sb.UUID
+}
+
 func (w *superWriter) write(update func(*Superblock)) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()

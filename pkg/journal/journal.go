@@ -58,6 +58,7 @@ type Journal struct {
 	durable     uint64 // FIFO index synced up to
 	flushTarget uint64 // highest FIFO index a Flush waits for
 	synced      chan struct{}
+	ringSynced  chan struct{} // closed and replaced when durablePos moves
 	ringFree    chan struct{}
 	err         error
 
@@ -127,7 +128,7 @@ func Open(f vfs.File, opts Options, replay func(pos uint64, r Record) error) (*J
 		sw:   &superWriter{f: f, sb: sb, buf: vfs.AlignedBuffer(SuperblockSize)},
 		tail: sb.CkptPos, ckptID: sb.CkptTransid,
 		durablePos: rec.End, durableID: rec.LastTransid,
-		synced: make(chan struct{}), ringFree: make(chan struct{}),
+		synced: make(chan struct{}), ringSynced: make(chan struct{}), ringFree: make(chan struct{}),
 		kick: make(chan struct{}, 1), ckptWant: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{}),
 		syncedPos: rec.End, writtenID: rec.LastTransid, lastID: rec.MaxTransid,
 		cursor: start, written: start, durable: start,
@@ -283,6 +284,8 @@ func (j *Journal) fail(err error) {
 		j.err = err
 		close(j.synced)
 		j.synced = make(chan struct{})
+		close(j.ringSynced)
+		j.ringSynced = make(chan struct{})
 	}
 	j.mu.Unlock()
 }
@@ -486,8 +489,61 @@ func (j *Journal) syncAll() error {
 	j.syncedPos = j.rw.head
 	j.mu.Lock()
 	j.durablePos, j.durableID = j.rw.head, j.writtenID
+	close(j.ringSynced)
+	j.ringSynced = make(chan struct{})
 	j.mu.Unlock()
 	return nil
+}
+
+// DurableChanged returns a channel closed when the durable position next
+// moves or the journal fails: a reader of the ring (the sink's sender)
+// waits on it for more records.
+func (j *Journal) DurableChanged() <-chan struct{} {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.ringSynced
+}
+
+// Err returns why the journal stopped, or nil while it runs.
+func (j *Journal) Err() error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.err
+}
+
+// UUID returns the journal image's UUID, made when it was formatted: the
+// identity of the stream its records form.
+func (j *Journal) UUID() [16]byte { return j.sw.uuid() }
+
+// ReadDurable reads synced ring bytes from position pos on into buf (made
+// with vfs.AlignedBuffer, at least two blocks) and returns them: records
+// exactly as the ring holds them, never past the durable position or the
+// end of the ring's lap (a pad always ends a lap). pos must not be before
+// the checkpoint: the caller holds the ring there (see Checkpoint).
+func (j *Journal) ReadDurable(buf []byte, pos uint64) ([]byte, error) {
+	j.mu.Lock()
+	durable, tail := j.durablePos, j.tail
+	j.mu.Unlock()
+	if pos < tail&^(blk-1) {
+		return nil, fmt.Errorf("journal: position %d is before the checkpoint %d: its space may be reused", pos, tail)
+	}
+	a := pos &^ (blk - 1)
+	phys := a % j.ring
+	end := min(durable, a+uint64(len(buf)), a+(j.ring-phys))
+	if end <= pos {
+		return nil, nil
+	}
+	n := alignUp(end - a)
+	if _, err := j.f.ReadAt(buf[:n], int64(RingOffset+phys)); err != nil {
+		return nil, fmt.Errorf("journal: read ring at %d: %w", a, err)
+	}
+	j.mu.Lock()
+	tail = j.tail
+	j.mu.Unlock()
+	if pos < tail&^(blk-1) { // freed during the read: the bytes may be new
+		return nil, fmt.Errorf("journal: position %d was freed (checkpoint %d) while it was read", pos, tail)
+	}
+	return buf[pos-a : end-a], nil
 }
 
 // Stats is a snapshot of a journal's figures, cheap enough to take often.

@@ -47,6 +47,8 @@ type Options struct {
 	JournalSize    int64 // only when creating: default 10% of Size, at least MinJournalSize
 	FIFOSize       int
 	CommitInterval time.Duration
+	// Hold keeps the journal's records for a reader (see Config.Hold).
+	Hold bool
 }
 
 var (
@@ -142,7 +144,7 @@ func (d *Dir) open(o Options) error {
 	case o.Size != 0 && o.Size < meta.Size:
 		return fmt.Errorf("%w: %d to %d", ErrShrink, meta.Size, o.Size)
 	}
-	cfg := Config{Journal: journal.Options{FIFOSize: meta.FIFOSize}}
+	cfg := Config{Journal: journal.Options{FIFOSize: meta.FIFOSize}, Hold: o.Hold}
 	if o.FIFOSize != 0 {
 		cfg.Journal.FIFOSize = o.FIFOSize
 	}

@@ -49,6 +49,10 @@ type Data interface {
 type Config struct {
 	Journal        journal.Options
 	CommitInterval time.Duration
+	// Hold pins the journal's records from its checkpoint on, as Open
+	// finds them, until the holder (the sink's sender) moves or drops the
+	// hold: records not yet sent or acknowledged survive a restart.
+	Hold bool
 }
 
 // Volume is an open volume.
@@ -64,6 +68,7 @@ type Volume struct {
 	commitMu sync.Mutex // one commit at a time
 	commits  uint64
 	lastCkpt uint64
+	hold     hold
 	quit     chan struct{}
 	done     chan struct{}
 	// ctx ends with the first commit failure: the volume is unusable then,
@@ -99,7 +104,11 @@ func Open(data Data, jf vfs.File, size int64, cfg Config) (*Volume, journal.Reco
 	}
 	v.j = j
 	// Commit what was replayed, if anything was: nothing to sync otherwise.
-	v.lastCkpt = j.Stats().Checkpoint
+	st := j.Stats()
+	v.lastCkpt = st.Checkpoint
+	if cfg.Hold {
+		v.hold = hold{on: true, pos: st.Checkpoint, transid: st.CheckpointTransid, spoolFull: make(chan struct{})}
+	}
 	if err := v.commit(); err != nil {
 		j.Close()
 		return nil, rec, err
@@ -313,13 +322,15 @@ func (v *Volume) committer() {
 	t := time.NewTicker(v.cfg.CommitInterval)
 	defer t.Stop()
 	for {
+		force := false
 		select {
 		case <-v.quit:
 			return
 		case <-t.C:
+			force = true
 		case <-v.j.CheckpointWanted():
 		}
-		if err := v.commit(); err != nil {
+		if err := v.commitHeld(force); err != nil {
 			return
 		}
 	}
@@ -327,14 +338,26 @@ func (v *Volume) committer() {
 
 // commit makes the data image durable up to what the journal has synced and
 // checkpoints the journal there, freeing its space.
-func (v *Volume) commit() error {
+func (v *Volume) commit() error { return v.commitHeld(true) }
+
+// commitHeld commits up to what the journal has synced, or only up to the
+// hold if one is set. Unless force is set, a commit that the hold keeps
+// from freeing much is skipped: acknowledgements arrive often, and each
+// commit costs two syncs.
+func (v *Volume) commitHeld(force bool) error {
 	v.commitMu.Lock()
 	defer v.commitMu.Unlock()
 	if err := v.failed(); err != nil {
 		return err
 	}
 	pos, id := v.j.Durable()
-	if pos == v.lastCkpt {
+	if hp, hid, held := v.held(pos); held {
+		pos, id = hp, hid
+		if !force && pos-v.lastCkpt < v.j.Stats().RingSize/16 {
+			return nil
+		}
+	}
+	if pos <= v.lastCkpt {
 		return nil
 	}
 	// A failed fdatasync is final: the kernel may have dropped the pages

@@ -1,0 +1,184 @@
+package sink
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/jvol-io/jvol/pkg/volume"
+)
+
+// rig is a volume with a sender, and a receiver, in one process.
+type rig struct {
+	t       *testing.T
+	vdir    string // the volume's directory
+	rdir    string // the receiver's
+	v       *volume.Dir
+	s       *Sender
+	rc      *Receiver
+	l       net.Listener
+	rng     *rand.Rand
+	size    int64
+	timeout time.Duration
+}
+
+const testVolume = "vol-1"
+
+func newRig(t *testing.T, size int64, full bool) *rig {
+	t.Helper()
+	r := &rig{t: t, vdir: filepath.Join(t.TempDir(), "vol"), rdir: t.TempDir(), size: size,
+		rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7)), timeout: time.Minute}
+	t.Logf("seed %d", r.rng.Uint64())
+	r.startReceiver()
+	r.openVolume(full, "tcp://"+r.l.Addr().String())
+	t.Cleanup(r.close)
+	return r
+}
+
+func (r *rig) startReceiver() {
+	r.t.Helper()
+	rc, err := NewReceiver(ReceiverConfig{Dir: r.rdir, SegmentSize: 4 << 20})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	go rc.Serve(l)
+	r.rc, r.l = rc, l
+}
+
+func (r *rig) stopReceiver() {
+	if r.rc != nil {
+		r.l.Close()
+		r.rc.Close()
+		r.rc = nil
+	}
+}
+
+func (r *rig) openVolume(full bool, url string) {
+	r.t.Helper()
+	v, err := volume.OpenDir(r.vdir, volume.Options{Size: r.size, JournalSize: volume.MinJournalSize, Hold: true})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	s, err := StartSender(v.Volume, SenderConfig{URL: url, Volume: testVolume, Full: full, MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.v, r.s = v, s
+}
+
+func (r *rig) close() {
+	if r.s != nil {
+		r.s.Close()
+	}
+	if r.v != nil {
+		r.v.Close()
+	}
+	r.stopReceiver()
+}
+
+// write makes n random writes of up to 256 KiB and flushes; it returns
+// the id of the last durable record.
+func (r *rig) write(n int) uint64 {
+	r.t.Helper()
+	for range n {
+		l := (1 + r.rng.Int64N(64)) * 4096
+		off := r.rng.Int64N((r.size-l)/4096+1) * 4096
+		b := make([]byte, l)
+		for i := range b {
+			b[i] = byte(r.rng.Uint32())
+		}
+		if _, err := r.v.WriteAt(b, off); err != nil {
+			r.t.Fatal(err)
+		}
+	}
+	if err := r.v.Flush(context.Background()); err != nil {
+		r.t.Fatal(err)
+	}
+	_, id := r.v.Journal().Durable()
+	return id
+}
+
+func (r *rig) waitAcked(id uint64) {
+	r.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+	defer cancel()
+	if err := r.s.WaitAcked(ctx, id); err != nil {
+		r.t.Fatalf("%v; sender: %+v", err, r.s.Stats())
+	}
+}
+
+// image returns the volume's current contents.
+func (r *rig) image() []byte {
+	r.t.Helper()
+	b := make([]byte, r.v.Size())
+	if _, err := r.v.ReadAt(b, 0); err != nil {
+		r.t.Fatal(err)
+	}
+	return b
+}
+
+func readFile(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func sameImage(t *testing.T, what string, got, want []byte) {
+	t.Helper()
+	if !bytes.Equal(got, want) {
+		at := -1
+		for i := range min(len(got), len(want)) {
+			if got[i] != want[i] {
+				at = i
+				break
+			}
+		}
+		t.Fatalf("%s differs: %d bytes vs %d, first difference at %d (%x vs %x)", what, len(got), len(want), at, sha256.Sum256(got), sha256.Sum256(want))
+	}
+}
+
+func (r *rig) mirror() []byte {
+	return readFile(r.t, filepath.Join(r.rdir, testVolume, mirrorImage))
+}
+
+func (r *rig) restore(p Point) []byte {
+	r.t.Helper()
+	out := filepath.Join(r.t.TempDir(), "restored.img")
+	if _, err := Restore(r.rdir, testVolume, p, out); err != nil {
+		r.t.Fatal(err)
+	}
+	return readFile(r.t, out)
+}
+
+func TestFullDuplexMirrorAndRestore(t *testing.T) {
+	r := newRig(t, 16<<20, true)
+	type snap struct {
+		id  uint64
+		img []byte
+	}
+	var snaps []snap
+	for range 8 {
+		id := r.write(1 + r.rng.IntN(40))
+		r.waitAcked(id)
+		img := r.image()
+		sameImage(t, "mirror", r.mirror(), img)
+		snaps = append(snaps, snap{id, img})
+	}
+	for _, s := range snaps {
+		sameImage(t, "restored image", r.restore(Point{Transid: s.id}), s.img)
+	}
+	sameImage(t, "latest", r.restore(Point{Latest: true}), snaps[len(snaps)-1].img)
+}
