@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	v1 "github.com/jvol-io/jvol/pkg/apis/jvol/v1alpha1"
 	"github.com/jvol-io/jvol/pkg/catalog"
 	"github.com/jvol-io/jvol/pkg/node"
 	"github.com/jvol-io/jvol/pkg/vfs/vfstest"
@@ -93,6 +94,12 @@ func TestCreateVolumeRefusesBadRequests(t *testing.T) {
 	_, err = d.c.CreateVolume(ctx, createReq("v", 8<<20, map[string]string{"color": "blue"}))
 	wantCode(t, "unknown parameter", err, codes.InvalidArgument)
 
+	_, err = d.c.CreateVolume(ctx, createReq("v", 8<<20, map[string]string{"duplex": "full"}))
+	wantCode(t, "full duplex without a sink", err, codes.InvalidArgument)
+
+	_, err = d.c.CreateVolume(ctx, createReq("v", 8<<20, map[string]string{"sinkURL": "udp://sink.example:7070"}))
+	wantCode(t, "bad sink URL", err, codes.InvalidArgument)
+
 	r = createReq("v", 8<<20, nil)
 	r.CapacityRange.LimitBytes = 4 << 20
 	_, err = d.c.CreateVolume(ctx, r)
@@ -148,6 +155,32 @@ func TestCreateVolumeIsIdempotent(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(d.dir, "volumes", "pvc-a")); !os.IsNotExist(err) {
 		t.Errorf("images after delete: %v", err)
 	}
+}
+
+// The sink parameters end up in the Journal, where the node reads them.
+func TestCreateVolumeWithASink(t *testing.T) {
+	d := newDriver(t)
+	ctx := context.Background()
+	params := map[string]string{"sinkURL": "tls://sink.example:7070", "duplex": "full",
+		"sinkSecretName": "creds", "sinkSecretNamespace": "backup"}
+	if _, err := d.c.CreateVolume(ctx, createReq("pvc-s", 8<<20, params)); err != nil {
+		t.Fatal(err)
+	}
+	j, err := d.c.Store.Get(ctx, "pvc-s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k := j.Spec.Sink; j.Spec.Duplex != v1.Full || k == nil || k.URL != "tls://sink.example:7070" ||
+		k.CredentialsSecretRef == nil || *k.CredentialsSecretRef != (v1.SecretReference{Name: "creds", Namespace: "backup"}) {
+		t.Errorf("spec %+v, sink %+v", j.Spec, j.Spec.Sink)
+	}
+	if _, err := d.c.CreateVolume(ctx, createReq("pvc-s", 8<<20, params)); err != nil {
+		t.Errorf("again: %v", err)
+	}
+	delete(params, "sinkSecretName")
+	delete(params, "sinkSecretNamespace")
+	_, err = d.c.CreateVolume(ctx, createReq("pvc-s", 8<<20, params))
+	wantCode(t, "same name, other sink credentials", err, codes.AlreadyExists)
 }
 
 func TestCreateVolumeOutOfSpace(t *testing.T) {

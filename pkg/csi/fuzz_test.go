@@ -24,13 +24,13 @@ func FuzzVolumeID(f *testing.F) {
 // StorageClass parameters never panic the parser, nor does Validate panic
 // on whatever the parser accepts.
 func FuzzParseParams(f *testing.F) {
-	f.Add("64Mi", "16Mi", "half", "5s", "ext4")
-	f.Add("1e3", "3Mi", "FULL", "-1s", "btrfs")
-	f.Add("", "", "", "", "")
-	f.Fuzz(func(t *testing.T, journal, fifo, duplex, interval, fs string) {
+	f.Add("64Mi", "16Mi", "half", "5s", "ext4", "")
+	f.Add("1e3", "3Mi", "FULL", "-1s", "btrfs", "tls://sink:7070")
+	f.Add("", "", "", "", "", "tcp://[::1]:1#x")
+	f.Fuzz(func(t *testing.T, journal, fifo, duplex, interval, fs, sinkURL string) {
 		s, err := parseParams(map[string]string{
 			ParamJournalSize: journal, ParamFIFOSize: fifo, ParamDuplex: duplex,
-			ParamCommitInterval: interval, ParamFSType: fs,
+			ParamCommitInterval: interval, ParamFSType: fs, ParamSinkURL: sinkURL,
 		})
 		if err != nil {
 			return

@@ -3,6 +3,7 @@ package csi
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -14,6 +15,7 @@ import (
 
 	v1 "github.com/jvol-io/jvol/pkg/apis/jvol/v1alpha1"
 	"github.com/jvol-io/jvol/pkg/journal"
+	"github.com/jvol-io/jvol/pkg/sink"
 )
 
 // StorageClass parameters.
@@ -24,11 +26,11 @@ const (
 	ParamSinkURL        = "sinkURL"
 	ParamCommitInterval = "commitInterval"
 	ParamFSType         = "csi.storage.k8s.io/fstype"
+	// The Secret with the sink's credentials, which the node reads when it
+	// stages the volume: both or neither.
+	ParamSinkSecretName      = "sinkSecretName"
+	ParamSinkSecretNamespace = "sinkSecretNamespace"
 )
-
-// errNoSink: the off-site sink is not built yet; a volume that asks for
-// one must not look as if it had one.
-var errNoSink = fmt.Errorf("the off-site sink is not supported yet")
 
 // DefaultCapacity is a new volume's size when the request names none.
 const DefaultCapacity = 1 << 30
@@ -50,6 +52,7 @@ func volumeID(name string) string {
 func parseParams(p map[string]string) (v1.JournalSpec, error) {
 	// Defaults are written out, so the Journal shows what the volume runs with.
 	s := v1.JournalSpec{Duplex: v1.Half, FIFOSize: resource.NewQuantity(journal.DefaultFIFOSize, resource.BinarySI)}
+	var secret v1.SecretReference
 	for k, val := range p {
 		var err error
 		switch k {
@@ -62,14 +65,21 @@ func parseParams(p map[string]string) (v1.JournalSpec, error) {
 			case "half":
 				s.Duplex = v1.Half
 			case "full":
-				err = errNoSink
+				s.Duplex = v1.Full
 			default:
 				err = fmt.Errorf("want half or full")
 			}
 		case ParamSinkURL:
 			if val != "" {
-				err = errNoSink
+				_, _, err = sink.ParseURL(val)
+				s.Sink = &v1.SinkSpec{URL: val}
 			}
+		case ParamSinkSecretName:
+			secret.Name = val
+			err = checkName(val, validation.IsDNS1123Subdomain)
+		case ParamSinkSecretNamespace:
+			secret.Namespace = val
+			err = checkName(val, validation.IsDNS1123Label)
 		case ParamCommitInterval:
 			var d time.Duration
 			d, err = time.ParseDuration(val)
@@ -86,7 +96,26 @@ func parseParams(p map[string]string) (v1.JournalSpec, error) {
 			return s, fmt.Errorf("parameter %s=%q: %w", k, val, err)
 		}
 	}
+	switch {
+	case (secret.Name == "") != (secret.Namespace == ""):
+		return s, fmt.Errorf("parameters %s and %s go together", ParamSinkSecretName, ParamSinkSecretNamespace)
+	case secret.Name != "" && s.Sink == nil:
+		return s, fmt.Errorf("parameter %s: the sink's credentials need a %s", ParamSinkSecretName, ParamSinkURL)
+	case secret.Name != "":
+		s.Sink.CredentialsSecretRef = &secret
+	}
+	if s.Duplex == v1.Full && s.Sink == nil {
+		return s, fmt.Errorf("parameter %s=full: duplex full needs a %s: acknowledgements come from the sink", ParamDuplex, ParamSinkURL)
+	}
 	return s, nil
+}
+
+// checkName checks a name with check; an empty one is as good as unset.
+func checkName(name string, check func(string) []string) error {
+	if errs := check(name); name != "" && len(errs) > 0 {
+		return errors.New(strings.Join(errs, "; "))
+	}
+	return nil
 }
 
 func quantity(s string) (*resource.Quantity, error) {

@@ -1,6 +1,7 @@
 package csi
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -32,12 +33,50 @@ func TestParseParams(t *testing.T) {
 		"duplex=triple":       "want half or full",
 		"commitInterval=soon": "commitInterval",
 		"jornalSize=64Mi":     "unknown parameter",
-		"duplex=full":         "not supported yet",
-		"sinkURL=tcp://s:1":   "not supported yet",
+		"duplex=full":         "duplex full needs a sinkURL",
 	} {
 		k, v, _ := strings.Cut(p, "=")
 		if _, err := parseParams(map[string]string{k: v}); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %v, want an error mentioning %q", p, err, want)
+		}
+	}
+}
+
+func TestParseSinkParams(t *testing.T) {
+	s, err := parseParams(map[string]string{
+		"sinkURL": "tls://sink.example:7070", "duplex": "Full",
+		"sinkSecretName": "sink-creds", "sinkSecretNamespace": "backup",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := v1.SinkSpec{URL: "tls://sink.example:7070", CredentialsSecretRef: &v1.SecretReference{Name: "sink-creds", Namespace: "backup"}}
+	if s.Duplex != v1.Full || s.Sink == nil || !reflect.DeepEqual(*s.Sink, want) {
+		t.Errorf("parsed duplex %q, sink %+v; want Full, %+v", s.Duplex, s.Sink, want)
+	}
+	s, err = parseParams(map[string]string{"sinkURL": "tcp://10.0.0.1:7070", "duplex": "half"})
+	if err != nil || s.Duplex != v1.Half || s.Sink == nil || s.Sink.URL != "tcp://10.0.0.1:7070" || s.Sink.CredentialsSecretRef != nil {
+		t.Errorf("half duplex over tcp: %+v %v", s, err)
+	}
+	if s, err := parseParams(map[string]string{"sinkURL": ""}); err != nil || s.Sink != nil {
+		t.Errorf("an empty sinkURL is no sink: %+v %v", s.Sink, err)
+	}
+
+	for _, c := range []struct {
+		params map[string]string
+		want   string
+	}{
+		{map[string]string{"sinkURL": "http://sink.example/x"}, "want tcp://host:port or tls://host:port"},
+		{map[string]string{"sinkURL": "tcp://sink.example"}, "want tcp://host:port or tls://host:port"},
+		{map[string]string{"duplex": "full", "sinkURL": ""}, "duplex full needs a sinkURL: acknowledgements come from the sink"},
+		{map[string]string{"sinkURL": "tcp://s:1", "sinkSecretName": "creds"}, "go together"},
+		{map[string]string{"sinkURL": "tcp://s:1", "sinkSecretNamespace": "backup"}, "go together"},
+		{map[string]string{"sinkSecretName": "creds", "sinkSecretNamespace": "backup"}, "need a sinkURL"},
+		{map[string]string{"sinkURL": "tcp://s:1", "sinkSecretName": "Creds/x", "sinkSecretNamespace": "backup"}, "sinkSecretName"},
+		{map[string]string{"sinkURL": "tcp://s:1", "sinkSecretName": "creds", "sinkSecretNamespace": "back.up"}, "sinkSecretNamespace"},
+	} {
+		if _, err := parseParams(c.params); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: %v, want an error mentioning %q", c.params, err, c.want)
 		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -290,6 +291,35 @@ func TestNodeReconcilesItsJournals(t *testing.T) {
 	}
 	if err := c.Get(ctx, client.ObjectKey{Name: id}, &v1.Journal{}); !apierrors.IsNotFound(err) {
 		t.Errorf("journal after delete: %v", err)
+	}
+
+	// A volume with a sink: the node writes its credentials Secret's keys
+	// into the volume directory, and the status shows the link (down:
+	// nothing listens there).
+	creds := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "sink-creds", Namespace: "default"}, Data: map[string][]byte{"token": []byte("s3cret")}}
+	if err := c.Create(ctx, creds); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ctrl.CreateVolume(ctx, &csispec.CreateVolumeRequest{
+		Name: "pvc-2", VolumeCapabilities: caps, AccessibilityRequirements: top,
+		CapacityRange: &csispec.CapacityRange{RequiredBytes: 8 << 20},
+		Parameters:    map[string]string{"sinkURL": "tcp://127.0.0.1:1", "sinkSecretName": "sink-creds", "sinkSecretNamespace": "default"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	staging = t.TempDir()
+	if err := volumes.StageVolume(ctx, "pvc-2", node.Stage{StagingPath: staging, Block: true}); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(volumes.Path("pvc-2"), node.SinkCredentialsDir, "token")); err != nil || string(b) != "s3cret" {
+		t.Errorf("sink token: %q %v", b, err)
+	}
+	waitJournal(t, c, "pvc-2", func(j *v1.Journal) bool {
+		c := meta.FindStatusCondition(j.Status.Conditions, node.ConditionSinkInSync)
+		return j.Status.SinkState == "Disconnected" && c != nil && c.Status == metav1.ConditionFalse
+	})
+	if err := volumes.UnstageVolume("pvc-2", staging); err != nil {
+		t.Fatal(err)
 	}
 
 	// A Journal whose node is gone for good does not hang in deletion.

@@ -34,8 +34,10 @@ type Loop struct {
 	q workqueue.TypedRateLimitingInterface[string]
 }
 
-// NewLoop returns a loop over r.
+// NewLoop returns a loop over r; r.Volumes stages volumes with the sinks
+// their Journals name.
 func NewLoop(r *Reconciler) *Loop {
+	r.Volumes.Sink = r.sinkOptions
 	return &Loop{r: r, q: workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]())}
 }
 
@@ -78,8 +80,10 @@ func (l *Loop) Run(ctx context.Context) error {
 // SetupWithManager runs r in a controller-runtime manager whose cache
 // holds only this node's Journals (by their catalog.NodeLabel).
 // Changes of a volume on the node (staged, unstaged) come in as events too.
+// r.Volumes stages volumes with the sinks their Journals name.
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	ch := make(chan event.TypedGenericEvent[*v1.Journal])
+	r.Volumes.Sink = r.sinkOptions
 	r.Volumes.Changed = func(name string) {
 		go func() {
 			ch <- event.TypedGenericEvent[*v1.Journal]{Object: &v1.Journal{ObjectMeta: metav1.ObjectMeta{Name: name}}}
@@ -115,7 +119,8 @@ func statusOnly(a, b client.Object) bool {
 
 // NewManager returns a controller-runtime manager that runs r (its Store
 // set to the manager's client) over the Journals of node r.NodeID, and
-// only those: its cache selects them by catalog.NodeLabel.
+// only those: its cache selects them by catalog.NodeLabel. Sinks'
+// credentials Secrets are read from the API server itself, not cached.
 // It logs through klog.
 func NewManager(cfg *rest.Config, r *Reconciler) (ctrl.Manager, error) {
 	ctrl.SetLogger(klog.NewKlogr())
@@ -131,5 +136,7 @@ func NewManager(cfg *rest.Config, r *Reconciler) (ctrl.Manager, error) {
 	}
 	r.Store = catalog.Kube{Client: mgr.GetClient()}
 	r.Fresh = catalog.Kube{Client: mgr.GetClient(), Reader: mgr.GetAPIReader()}
+	r.Secrets = mgr.GetAPIReader()
+	r.Recorder = mgr.GetEventRecorderFor("jvol-node")
 	return mgr, r.SetupWithManager(mgr)
 }

@@ -61,6 +61,10 @@ type Node struct {
 	// Changed, if set before use, is called with a volume's name when it is
 	// staged or unstaged, so that its Journal's status can follow.
 	Changed func(name string)
+	// Sink, if set before use, returns the sink settings a volume is staged
+	// with (an empty URL: none). Without it a volume keeps the ones it has,
+	// as it does when Restore serves it again.
+	Sink func(ctx context.Context, name string) (*attach.SinkOptions, error)
 
 	dir     string
 	mounter *mount.SafeFormatAndMount
@@ -309,12 +313,20 @@ func (n *Node) StageVolume(ctx context.Context, name string, want Stage) error {
 		}
 		// Recorded but not served (serving it again after a restart
 		// failed): serve it again now, its publishes with it.
-		return n.serveAgain(name, st)
+		so, err := n.sinkOptions(ctx, name)
+		if err != nil {
+			return err
+		}
+		return n.serveAgain(name, st, so)
 	case err != nil && !errors.Is(err, os.ErrNotExist):
 		return err
 	}
 	want.Publishes = nil
-	if err := n.stage(name, want); err != nil {
+	so, err := n.sinkOptions(ctx, name)
+	if err != nil {
+		return err
+	}
+	if err := n.stage(name, want, so); err != nil {
 		return err
 	}
 	if err := n.writeStage(name, want); err != nil {
@@ -324,8 +336,21 @@ func (n *Node) StageVolume(ctx context.Context, name string, want Stage) error {
 	return nil
 }
 
-func (n *Node) stage(name string, st Stage) error {
-	a, err := attach.Attach(attach.Options{Dir: n.Path(name)})
+func (n *Node) sinkOptions(ctx context.Context, name string) (*attach.SinkOptions, error) {
+	if n.Sink == nil {
+		return nil, nil
+	}
+	so, err := n.Sink(ctx, name)
+	if err != nil {
+		return nil, fmt.Errorf("sink settings of volume %s: %w", name, err)
+	}
+	return so, nil
+}
+
+// stage attaches the volume with sink settings so (nil: the ones it has)
+// and mounts its file system.
+func (n *Node) stage(name string, st Stage, so *attach.SinkOptions) error {
+	a, err := attach.Attach(attach.Options{Dir: n.Path(name), Sink: so})
 	if err != nil {
 		return err
 	}
@@ -530,12 +555,15 @@ func (n *Node) restore(name string, st Stage) error {
 	if n.attached(name) != nil {
 		return nil
 	}
-	return n.serveAgain(name, st)
+	// As it was served before the restart: with the sink it streamed to
+	// (and whose records its journal holds).
+	return n.serveAgain(name, st, nil)
 }
 
-// serveAgain stages a volume recorded as staged, and publishes it again,
-// replacing stale mounts of a dead device. The caller holds its lock.
-func (n *Node) serveAgain(name string, st Stage) error {
+// serveAgain stages a volume recorded as staged, with sink settings so,
+// and publishes it again, replacing stale mounts of a dead device. The
+// caller holds its lock.
+func (n *Node) serveAgain(name string, st Stage, so *attach.SinkOptions) error {
 	targets := keys(st.Publishes)
 	for _, t := range targets {
 		if err := unmountStale(n.mounter, t); err != nil {
@@ -547,7 +575,7 @@ func (n *Node) serveAgain(name string, st Stage) error {
 			return err
 		}
 	}
-	if err := n.stage(name, st); err != nil {
+	if err := n.stage(name, st, so); err != nil {
 		return err
 	}
 	a := n.attached(name)

@@ -4,21 +4,28 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"syscall"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/klog/v2"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	v1 "github.com/jvol-io/jvol/pkg/apis/jvol/v1alpha1"
+	"github.com/jvol-io/jvol/pkg/attach"
 	"github.com/jvol-io/jvol/pkg/catalog"
+	"github.com/jvol-io/jvol/pkg/sink"
 	"github.com/jvol-io/jvol/pkg/volume"
 )
 
@@ -29,6 +36,19 @@ const (
 	ReasonStaged     = "Staged"
 	ReasonError      = "Error"
 )
+
+// ConditionSinkInSync is true while the link to the sink is up (reason
+// Connected or CatchingUp), false when it is down (Disconnected) or the
+// sink has lost the stream (OutOfSync); absent without a sink.
+const ConditionSinkInSync = "SinkInSync"
+
+// EventSinkOutOfSync is the Warning event of a Journal whose sink turns
+// OutOfSync.
+const EventSinkOutOfSync = "SinkOutOfSync"
+
+// SinkCredentialsDir is where, inside a volume directory, the keys of the
+// sink's credentials Secret are written for the attach to read.
+const SinkCredentialsDir = "sink-credentials"
 
 // DefaultRefresh is how often the figures of a staged volume are refreshed.
 const DefaultRefresh = 5 * time.Second
@@ -43,6 +63,11 @@ type Reconciler struct {
 	// Fresh, if set, is Store reading from the API server itself rather
 	// than a cache: Sync uses it.
 	Fresh catalog.Store
+	// Secrets, if set, reads the sinks' credentials Secrets (standalone has
+	// none: a Journal naming one cannot be staged there).
+	Secrets client.Reader
+	// Recorder, if set, records events on Journals.
+	Recorder record.EventRecorder
 }
 
 // Reconcile acts on the Journal called name and returns when it wants to
@@ -113,23 +138,133 @@ func (r *Reconciler) Reconcile(ctx context.Context, name string) (time.Duration,
 	}
 	if attached {
 		next.Phase, next.Device = v1.PhaseAttached, s.Device
-		next.FIFOSize, next.FIFOUsed, next.FIFOStalls = int64(s.FIFOSize), int64(s.FIFOUsed), int64(s.FIFOStalls)
-		next.JournalUsed = int64(s.JournalUsed)
-		next.Transid, next.AckedTransid = int64(s.Transid), int64(s.AckedTransid)
-		if next.AckedTransid != j.Status.AckedTransid {
-			now := metav1.Now()
-			next.LastAckTime = &now
+		setFigures(next, s)
+		if next.SinkState == sink.OutOfSync {
+			next.Phase = v1.PhaseDegraded
+			if j.Status.SinkState != sink.OutOfSync {
+				r.sinkOutOfSync(j, next)
+			}
 		}
-		next.BytesUnacked = int64(s.FIFOUsed)
-		next.Lag = resource.NewQuantity(next.BytesUnacked, resource.BinarySI).String()
 		again = r.Refresh
 		if again == 0 {
 			again = DefaultRefresh
 		}
 	} else {
 		next.FIFOSize, next.FIFOUsed, next.JournalUsed, next.BytesUnacked, next.Lag = 0, 0, 0, 0, ""
+		noSink(next)
 	}
 	return again, r.setStatus(ctx, j, next)
+}
+
+// setFigures sets next, a copy of the Journal's status, to the figures of
+// the attached volume: with a sink, what is not at the sink yet is the lag.
+func setFigures(next *v1.JournalStatus, s attach.Status) {
+	if int64(s.AckedTransid) != next.AckedTransid {
+		now := metav1.Now()
+		next.LastAckTime = &now
+	}
+	next.FIFOSize, next.FIFOUsed, next.FIFOStalls = int64(s.FIFOSize), int64(s.FIFOUsed), int64(s.FIFOStalls)
+	next.JournalUsed = int64(s.JournalUsed)
+	next.Transid, next.AckedTransid = int64(s.Transid), int64(s.AckedTransid)
+	next.BytesUnacked = int64(s.FIFOUsed)
+	if k := s.Sink; k != nil {
+		next.SinkState = k.State
+		next.BytesUnacked = int64(k.LagBytes)
+		if t, err := time.Parse(time.RFC3339Nano, k.LastAck); err == nil {
+			// Whole seconds, as the API keeps it: the same ack is no change.
+			at := metav1.NewTime(t.Truncate(time.Second))
+			next.LastAckTime = &at
+		}
+		c := metav1.Condition{Type: ConditionSinkInSync, Status: metav1.ConditionTrue, Reason: k.State,
+			Message: fmt.Sprintf("%s duplex to %s", k.Duplex, k.URL)}
+		if k.State != sink.Connected && k.State != sink.CatchingUp {
+			c.Status = metav1.ConditionFalse
+			if k.LastError != "" {
+				c.Message = fmt.Sprintf("%s: %s", k.URL, k.LastError)
+			}
+		}
+		meta.SetStatusCondition(&next.Conditions, c)
+	} else {
+		noSink(next)
+	}
+	next.Lag = resource.NewQuantity(next.BytesUnacked, resource.BinarySI).String()
+}
+
+// noSink clears the sink's state: there is no link to report.
+func noSink(s *v1.JournalStatus) {
+	s.SinkState = ""
+	meta.RemoveStatusCondition(&s.Conditions, ConditionSinkInSync)
+}
+
+// sinkOutOfSync reports a sink that has just lost the stream: it needs a
+// new baseline, and until then the volume is not protected off site.
+func (r *Reconciler) sinkOutOfSync(j *v1.Journal, next *v1.JournalStatus) {
+	msg := "the sink is out of sync"
+	if c := meta.FindStatusCondition(next.Conditions, ConditionSinkInSync); c != nil {
+		msg = "the sink is out of sync: " + c.Message
+	}
+	klog.InfoS("Sink out of sync", "journal", j.Name, "message", msg)
+	if r.Recorder != nil {
+		r.Recorder.Event(j, corev1.EventTypeWarning, EventSinkOutOfSync, msg)
+	}
+}
+
+// sinkOptions returns the sink settings the Journal called name is staged
+// with (Node.Sink): its spec's sink and duplex, and the keys of its
+// credentials Secret written into the volume directory. The caller holds
+// the volume's lock.
+func (r *Reconciler) sinkOptions(ctx context.Context, name string) (*attach.SinkOptions, error) {
+	j, err := r.Store.Get(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(r.Volumes.Path(name), SinkCredentialsDir)
+	k := j.Spec.Sink
+	if k == nil {
+		// No sink (any more): the volume stops streaming and holding its
+		// journal for one, and keeps no credentials.
+		return &attach.SinkOptions{}, os.RemoveAll(dir)
+	}
+	so := &attach.SinkOptions{URL: k.URL, Duplex: string(j.Spec.Duplex)}
+	if so.Duplex == "" {
+		so.Duplex = string(v1.Half)
+	}
+	ref := k.CredentialsSecretRef
+	if ref == nil {
+		return so, os.RemoveAll(dir)
+	}
+	if r.Secrets == nil {
+		return nil, fmt.Errorf("sink credentials Secret %s/%s: no API server to read it from", ref.Namespace, ref.Name)
+	}
+	var sec corev1.Secret
+	if err := r.Secrets.Get(ctx, client.ObjectKey{Namespace: ref.Namespace, Name: ref.Name}, &sec); err != nil {
+		return nil, fmt.Errorf("sink credentials Secret %s/%s: %w", ref.Namespace, ref.Name, err)
+	}
+	return so, writeSinkCredentials(dir, sec.Data, so)
+}
+
+// writeSinkCredentials writes the keys of a sink's credentials Secret into
+// dir, one file each (mode 0600), and points so at those it has.
+func writeSinkCredentials(dir string, data map[string][]byte, so *attach.SinkOptions) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for key, file := range map[string]*string{"token": &so.TokenFile, "ca.crt": &so.CAFile, "tls.crt": &so.CertFile, "tls.key": &so.KeyFile} {
+		path := filepath.Join(dir, key)
+		b, ok := data[key]
+		if !ok {
+			// A key taken out of the Secret is not used from an old file.
+			if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+			continue
+		}
+		if err := volume.WriteFileAtomic(path, b); err != nil {
+			return err
+		}
+		*file = path
+	}
+	return nil
 }
 
 func setReady(s *v1.JournalStatus, st metav1.ConditionStatus, reason, msg string) {

@@ -254,7 +254,11 @@ func (rc *Receiver) stream(br *bufio.Reader, s *store, h Hello, w Welcome, out *
 			return peerError{fmt.Errorf("receiver cannot store the stream (nothing stored is lost; not acknowledging): %w", err)}
 		}
 		sy.mu.Lock()
-		sy.written, sy.pending = s.st.Last, true
+		sy.pending = true
+		if !s.st.InBaseline {
+			// During a baseline, Last is where it began: not yet had.
+			sy.written = s.st.Last
+		}
 		sy.mu.Unlock()
 		sy.kick()
 		if s.segOff >= s.segMax {
@@ -318,6 +322,7 @@ type syncer struct {
 	mu      sync.Mutex
 	written uint64 // the id of the last record written to the segment
 	pending bool
+	acked   uint64 // owned by the syncer's goroutine
 
 	wake  chan struct{}
 	quit  chan struct{}
@@ -380,7 +385,8 @@ func (sy *syncer) syncOnce() error {
 	if err != nil {
 		return peerError{fmt.Errorf("receiver cannot sync the stream (not acknowledging): %w", err)}
 	}
-	if sy.full {
+	if sy.full && id > sy.acked {
+		sy.acked = id
 		return sy.out.write(appendRecord(nil, StreamAck, id, nil))
 	}
 	return nil

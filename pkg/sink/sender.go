@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -79,10 +80,11 @@ type Sender struct {
 	ackedPos  uint64 // ring position after it
 	lastAck   time.Time
 	ackedCh   chan struct{} // closed and replaced when acked moves
-	conn      net.Conn
 	lastErr   string
+	cancel    context.CancelFunc // ends the current session
 
-	quit chan struct{}
+	ctx  context.Context // ended by Close
+	stop context.CancelFunc
 	done chan struct{}
 }
 
@@ -107,10 +109,10 @@ func StartSender(v *volume.Volume, cfg SenderConfig) (*Sender, error) {
 	}
 	s := &Sender{
 		cfg: cfg, scheme: scheme, addr: addr, v: v, j: v.Journal(),
-		ackedCh: make(chan struct{}),
-		quit: make(chan struct{}), done: make(chan struct{}),
+		ackedCh: make(chan struct{}), done: make(chan struct{}),
 	}
-	s.ackedPos, s.acked, _ = v.Hold()
+	s.ctx, s.stop = context.WithCancel(context.Background())
+	s.ackedPos, s.acked = v.Hold(s.dropped)
 	go s.run()
 	return s, nil
 }
@@ -118,17 +120,23 @@ func StartSender(v *volume.Volume, cfg SenderConfig) (*Sender, error) {
 // Close stops the sender. The hold stays: what was not sent or
 // acknowledged is still in the journal for the next sender.
 func (s *Sender) Close() {
-	select {
-	case <-s.quit:
-	default:
-		close(s.quit)
-	}
-	s.mu.Lock()
-	if s.conn != nil {
-		s.conn.Close()
-	}
-	s.mu.Unlock()
+	s.stop()
 	<-s.done
+}
+
+// dropped is called when the volume drops the hold because the spool is
+// full: the stream has a gap now, so the session (if any) ends, and the
+// receiver gets a baseline copy when it is reached again.
+func (s *Sender) dropped() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.outOfSync {
+		klog.InfoS("Sink out of sync: the journal cannot hold more of the stream; the volume goes on, and a baseline copy follows when the receiver is reached", "volume", s.cfg.Volume, "url", s.cfg.URL)
+	}
+	s.outOfSync = true
+	if s.cancel != nil {
+		s.cancel()
+	}
 }
 
 // SenderStats is what the status shows of the link.
@@ -211,35 +219,28 @@ func (s *Sender) run() {
 	defer close(s.done)
 	backoff := s.cfg.MinBackoff
 	for {
-		holdPos, holdID, full := s.v.Hold()
-		ctx, cancel := context.WithCancel(context.Background())
-		go func() {
-			select {
-			case <-full:
-				s.mu.Lock()
-				if !s.outOfSync {
-					klog.InfoS("Sink out of sync: the journal cannot hold more of the stream; the volume goes on, and a baseline copy follows when the receiver is back", "volume", s.cfg.Volume)
-				}
-				s.outOfSync = true
-				s.mu.Unlock()
-				cancel()
-			case <-s.quit:
-				cancel()
-			case <-ctx.Done():
-			}
-		}()
-		connected, err := s.session(ctx, holdPos, holdID)
+		ctx, cancel := context.WithCancel(s.ctx)
+		s.mu.Lock()
+		s.cancel = cancel
+		gap := s.outOfSync
+		s.mu.Unlock()
+		// Out of sync, nothing needs holding until a baseline begins.
+		var oldest uint64
+		if gap {
+			oldest = s.j.Stats().CheckpointTransid
+		} else {
+			_, oldest = s.v.Hold(s.dropped)
+		}
+		connected, err := s.session(ctx, oldest)
 		cancel()
 		s.set(func() {
-			s.linkUp, s.inBaseline = false, false
+			s.linkUp, s.inBaseline, s.cancel = false, false, nil
 			if err != nil {
 				s.lastErr = err.Error()
 			}
 		})
-		select {
-		case <-s.quit:
+		if s.ctx.Err() != nil {
 			return
-		default:
 		}
 		klog.InfoS("Sink link down", "volume", s.cfg.Volume, "url", s.cfg.URL, "reason", fmt.Sprint(err), "retryIn", backoff)
 		if connected {
@@ -248,7 +249,7 @@ func (s *Sender) run() {
 		// Jitter, so that many volumes do not reconnect in step.
 		wait := backoff/2 + rand.N(backoff/2+1)
 		select {
-		case <-s.quit:
+		case <-s.ctx.Done():
 			return
 		case <-time.After(wait):
 		}
@@ -276,25 +277,17 @@ func (s *Sender) dial(ctx context.Context) (net.Conn, error) {
 // session runs one connection: the handshake, a baseline if the receiver
 // needs one, then the stream until something fails. connected says that
 // the handshake succeeded.
-func (s *Sender) session(ctx context.Context, holdPos, holdID uint64) (bool, error) {
+func (s *Sender) session(ctx context.Context, oldest uint64) (bool, error) {
 	c, err := s.dial(ctx)
 	if err != nil {
 		return false, err
 	}
-	s.mu.Lock()
-	s.conn = c
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		s.conn = nil
-		s.mu.Unlock()
-	}()
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
 	defer c.Close()
 
 	_, newest := s.j.Durable()
-	h := Hello{Full: s.cfg.Full, Size: uint64(s.v.Size()), Epoch: s.j.UUID(), Oldest: holdID, Newest: max(newest, holdID), Volume: s.cfg.Volume, Token: s.cfg.Token}
+	h := Hello{Full: s.cfg.Full, Size: uint64(s.v.Size()), Epoch: s.j.UUID(), Oldest: oldest, Newest: max(newest, oldest), Volume: s.cfg.Volume, Token: s.cfg.Token}
 	c.SetDeadline(time.Now().Add(15 * time.Second))
 	if _, err := c.Write(appendRecord(nil, StreamHello, 0, h.Encode())); err != nil {
 		return false, err
@@ -306,7 +299,7 @@ func (s *Sender) session(ctx context.Context, holdPos, holdID uint64) (bool, err
 		return false, fmt.Errorf("handshake: %w", err)
 	}
 	if r.ID() == StreamRefuse {
-		return false, fmt.Errorf("receiver refused: %s", r.Payload)
+		return false, fmt.Errorf("%w: %s", ErrRefused, r.Payload)
 	}
 	if r.ID() != StreamWelcome {
 		return false, fmt.Errorf("%w: answer of stream %#x to a hello", ErrProto, r.ID())
@@ -319,19 +312,28 @@ func (s *Sender) session(ctx context.Context, holdPos, holdID uint64) (bool, err
 
 	// Acknowledgements (and a refusal) arrive on their own goroutine.
 	acks := newAckTracker()
-	readErr := make(chan error, 1)
-	go func() { readErr <- s.readAcks(br, acks) }()
+	var readErr error
+	readDone := make(chan struct{})
+	go func() {
+		readErr = s.readAcks(br, acks)
+		close(readDone)
+	}()
 
-	pos, after := holdPos, holdID
-	s.set(func() { s.linkUp, s.sentPos = true, pos })
+	s.set(func() { s.linkUp = true })
+	var pos, after uint64
 	if w.Mode == ModeResume {
-		if w.After < holdID {
-			return true, fmt.Errorf("%w: receiver resumes after %d, before the oldest record held (%d)", ErrProto, w.After, holdID)
+		// Resume only if the journal holds every record after After (out
+		// of sync, the sender held nothing until now).
+		pos, after = s.v.Hold(s.dropped)
+		if after > w.After {
+			w.Mode = ModeBaseline
 		}
+	}
+	if w.Mode == ModeResume {
 		// Nothing was lost: the receiver has every record up to After,
 		// and the journal every record after it.
 		after = w.After
-		s.set(func() { s.outOfSync = false })
+		s.set(func() { s.outOfSync, s.sentPos = false, pos })
 		s.advance(pos, after)
 	} else {
 		s.set(func() { s.inBaseline = true })
@@ -339,9 +341,26 @@ func (s *Sender) session(ctx context.Context, holdPos, holdID uint64) (bool, err
 			return true, fmt.Errorf("baseline: %w", err)
 		}
 		s.set(func() { s.inBaseline, s.outOfSync, s.sentPos = false, false, pos })
+		// The copy holds every record up to after: acknowledged (or sent)
+		// as such.
+		if s.cfg.Full {
+			acks.sent(after, pos)
+		} else {
+			s.advance(pos, after)
+		}
 	}
-	return true, s.stream(ctx, c, pos, after, w, acks, readErr)
+	err = s.stream(ctx, c, pos, after, w, acks, readDone)
+	// A refusal says why better than the broken pipe it causes.
+	c.Close()
+	<-readDone
+	if err == nil || errors.Is(readErr, ErrRefused) {
+		err = readErr
+	}
+	return true, err
 }
+
+// ErrRefused is the receiver cutting the link, with its reason.
+var ErrRefused = errors.New("receiver cut the link")
 
 // readAcks reads what the receiver sends after the welcome.
 func (s *Sender) readAcks(br *bufio.Reader, acks *ackTracker) error {
@@ -353,7 +372,7 @@ func (s *Sender) readAcks(br *bufio.Reader, acks *ackTracker) error {
 		}
 		switch r.ID() {
 		case StreamRefuse:
-			return fmt.Errorf("receiver cut the link: %s", r.Payload)
+			return fmt.Errorf("%w: %s", ErrRefused, r.Payload)
 		case StreamAck:
 			id, err := DecodeAck(raw)
 			if err != nil {
@@ -409,9 +428,10 @@ const baselineChunk = 1 << 20
 // is at or below (a flush after the read makes them all durable). The
 // receiver's image is the volume's from Y on.
 func (s *Sender) baseline(ctx context.Context, c net.Conn) (pos, after uint64, err error) {
+	s.v.Hold(s.dropped) // out of sync, the sender held nothing
 	p0, x0 := s.j.Durable()
 	s.v.MoveHold(p0, x0)
-	if hp, _, _ := s.v.Hold(); hp != p0 {
+	if hp, _ := s.v.Hold(s.dropped); hp != p0 {
 		return 0, 0, fmt.Errorf("the journal could not be held at %d (held at %d)", p0, hp)
 	}
 	size := s.v.Size()
@@ -478,7 +498,7 @@ const readChunk = 4 << 20
 
 // stream sends the synced records from ring position pos on, skipping
 // pads and ids at or below after, until ctx ends or the link fails.
-func (s *Sender) stream(ctx context.Context, c net.Conn, pos, after uint64, w Welcome, acks *ackTracker, readErr <-chan error) error {
+func (s *Sender) stream(ctx context.Context, c net.Conn, pos, after uint64, w Welcome, acks *ackTracker, readDone <-chan struct{}) error {
 	buf := vfs.AlignedBuffer(readChunk + vfs.BlockSize)
 	for {
 		changed := s.j.DurableChanged()
@@ -492,8 +512,8 @@ func (s *Sender) stream(ctx context.Context, c net.Conn, pos, after uint64, w We
 				if err := s.j.Err(); err != nil {
 					return err
 				}
-			case err := <-readErr:
-				return err
+			case <-readDone:
+				return nil // the reader's error says why
 			case <-ctx.Done():
 				return ctx.Err()
 			}

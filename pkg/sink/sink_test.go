@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jvol-io/jvol/pkg/vfs/vfstest"
 	"github.com/jvol-io/jvol/pkg/volume"
 )
 
@@ -32,14 +33,28 @@ const testVolume = "vol-1"
 
 func newRig(t *testing.T, size int64, full bool) *rig {
 	t.Helper()
-	r := &rig{t: t, vdir: filepath.Join(t.TempDir(), "vol"), rdir: t.TempDir(), size: size,
-		rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7)), timeout: time.Minute}
-	t.Logf("seed %d", r.rng.Uint64())
+	r := &rig{t: t, vdir: filepath.Join(t.TempDir(), "vol"), rdir: t.TempDir(), size: size, rng: newRand(t), timeout: time.Minute}
 	r.startReceiver()
 	r.openVolume(full, "tcp://"+r.l.Addr().String())
 	t.Cleanup(r.close)
+	r.ready()
 	return r
 }
+
+// ready waits until the receiver has a first record after its baseline:
+// from then on every point is kept.
+func (r *rig) ready() {
+	r.t.Helper()
+	r.waitAcked(r.write(1))
+}
+
+func newRand(t *testing.T) *rand.Rand {
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	return rand.New(rand.NewPCG(seed, 7))
+}
+
+func vfstestSmallFS(t *testing.T, size int) string { return vfstest.SmallFS(t, size) }
 
 func (r *rig) startReceiver() {
 	r.t.Helper()
@@ -146,7 +161,19 @@ func sameImage(t *testing.T, what string, got, want []byte) {
 				break
 			}
 		}
-		t.Fatalf("%s differs: %d bytes vs %d, first difference at %d (%x vs %x)", what, len(got), len(want), at, sha256.Sum256(got), sha256.Sum256(want))
+		var blocks, zeroGot, zeroWant int
+		for o := 0; o+4096 <= min(len(got), len(want)); o += 4096 {
+			if !bytes.Equal(got[o:o+4096], want[o:o+4096]) {
+				blocks++
+				if allZero(got[o : o+4096]) {
+					zeroGot++
+				}
+				if allZero(want[o : o+4096]) {
+					zeroWant++
+				}
+			}
+		}
+		t.Fatalf("%s differs: %d bytes vs %d, first difference at %d, %d blocks differ (%d zero here, %d zero there) (%x vs %x)", what, len(got), len(want), at, blocks, zeroGot, zeroWant, sha256.Sum256(got), sha256.Sum256(want))
 	}
 }
 

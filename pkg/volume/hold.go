@@ -8,14 +8,14 @@ import "github.com/jvol-io/jvol/pkg/journal"
 // the stream beyond the memory FIFO.
 //
 // A hold never stops writers for long: once the records it keeps fill
-// SpoolShare of the ring, the next commit drops it and closes the channel
-// SpoolFull returned; the holder has lost its place in the stream and must
-// start over (a baseline copy). Writers would otherwise stall for as long
-// as a remote machine is away.
+// SpoolShare of the ring, the next commit drops it and calls the holder's
+// onDrop; the holder has lost its place in the stream and must start over
+// (a baseline copy). Writers would otherwise stall for as long as a remote
+// machine is away.
 type hold struct {
 	on           bool
 	pos, transid uint64
-	spoolFull    chan struct{}
+	onDrop       func()
 }
 
 // SpoolShare is the part of the ring, in eighths, that held records may
@@ -25,16 +25,17 @@ const SpoolShare = 6
 // Hold pins the journal at its checkpoint, or keeps the hold already set
 // (by Config.Hold or an earlier Hold), and returns the position and the
 // last record id before it: every record after that id is in the ring from
-// that position on, until MoveHold or Release. full is closed when the
-// hold is dropped because the spool filled.
-func (v *Volume) Hold() (pos, transid uint64, full <-chan struct{}) {
+// that position on, until MoveHold or Release. onDrop (which must not
+// block) is called if the hold is dropped because the spool filled.
+func (v *Volume) Hold(onDrop func()) (pos, transid uint64) {
 	v.commitMu.Lock()
 	defer v.commitMu.Unlock()
 	if !v.hold.on {
 		st := v.j.Stats()
-		v.hold = hold{on: true, pos: st.Checkpoint, transid: st.CheckpointTransid, spoolFull: make(chan struct{})}
+		v.hold = hold{on: true, pos: st.Checkpoint, transid: st.CheckpointTransid}
 	}
-	return v.hold.pos, v.hold.transid, v.hold.spoolFull
+	v.hold.onDrop = onDrop
+	return v.hold.pos, v.hold.transid
 }
 
 // MoveHold moves the hold forward to ring position pos, after the record
@@ -65,7 +66,9 @@ func (v *Volume) held(pos uint64) (uint64, uint64, bool) {
 	st := v.j.Stats()
 	if st.Head-v.hold.pos > st.RingSize/8*SpoolShare {
 		v.hold.on = false
-		close(v.hold.spoolFull)
+		if v.hold.onDrop != nil {
+			v.hold.onDrop()
+		}
 		return 0, 0, false
 	}
 	return v.hold.pos, v.hold.transid, true

@@ -107,7 +107,7 @@ func Open(data Data, jf vfs.File, size int64, cfg Config) (*Volume, journal.Reco
 	st := j.Stats()
 	v.lastCkpt = st.Checkpoint
 	if cfg.Hold {
-		v.hold = hold{on: true, pos: st.Checkpoint, transid: st.CheckpointTransid, spoolFull: make(chan struct{})}
+		v.hold = hold{on: true, pos: st.Checkpoint, transid: st.CheckpointTransid}
 	}
 	if err := v.commit(); err != nil {
 		j.Close()
