@@ -76,12 +76,12 @@ type Sender struct {
 	inBaseline bool
 	sentPos    uint64 // ring position sent up to
 	outOfSync  bool
-	acked     uint64 // the last id the receiver has (or was sent, half duplex)
-	ackedPos  uint64 // ring position after it
-	lastAck   time.Time
-	ackedCh   chan struct{} // closed and replaced when acked moves
-	lastErr   string
-	cancel    context.CancelFunc // ends the current session
+	acked      uint64 // the last id the receiver has (or was sent, half duplex)
+	ackedPos   uint64 // ring position after it
+	lastAck    time.Time
+	ackedCh    chan struct{} // closed and replaced when acked moves
+	lastErr    string
+	cancel     context.CancelFunc // ends the current session
 
 	ctx  context.Context // ended by Close
 	stop context.CancelFunc

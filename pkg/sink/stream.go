@@ -275,7 +275,7 @@ type segReader struct {
 	off  int64
 	size int64 // of the file when the walk began: appends after it are not seen
 	buf  []byte
-	hdr [journal.HeaderSize]byte
+	hdr  [journal.HeaderSize]byte
 	// headersOnly skips the payload of journal records.
 	headersOnly bool
 }
