@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"github.com/jvol-io/jvol/pkg/vfs"
@@ -65,6 +66,7 @@ type FIFO struct {
 	rindex  uint64
 	xindex  uint64
 	nextID  uint64        // next transaction id handed out
+	clock   bool          // ids follow the clock (see ClockTransid)
 	acked   uint64        // last acknowledged id (full duplex)
 	space   chan struct{} // closed and replaced when space is freed and someone waits
 	waiting int           // writers waiting on space
@@ -172,6 +174,11 @@ func (f *FIFO) reserve(ctx context.Context, stream uint16, n int) (Reservation, 
 			return Reservation{}, ctx.Err()
 		}
 		f.mu.Lock()
+	}
+	if f.clock {
+		// Ids follow the clock, so that an id tells when its write was
+		// made (a sink restores to a time by it), and never go back.
+		f.nextID = max(f.nextID, ClockTransid(time.Now()))
 	}
 	if pad > 0 {
 		// Dead space at the wrap: a complete pad, so that the record is

@@ -27,8 +27,10 @@ type Options struct {
 	// Heartbeat is the longest a written record waits for its fdatasync
 	// when nobody flushes (default one second).
 	Heartbeat time.Duration
-	// FirstTransid is the first transaction id to hand out; zero takes it
-	// from the clock. Ids never go below what the image already holds.
+	// FirstTransid is the first transaction id to hand out, each next one
+	// two above; zero makes every id follow the clock (ClockTransid, or two
+	// above the last if the clock has not moved on). Ids never go below
+	// what the image already holds.
 	FirstTransid uint64
 }
 
@@ -122,6 +124,7 @@ func Open(f vfs.File, opts Options, replay func(pos uint64, r Record) error) (*J
 	if err != nil {
 		return nil, rec, err
 	}
+	fifo.clock = opts.FirstTransid == 0
 	f = &stickyFile{File: f}
 	j := &Journal{
 		f: f, fifo: fifo, ring: sb.RingSize, heartbeat: opts.Heartbeat,

@@ -262,8 +262,9 @@ func appendRecord(dst []byte, stream uint16, transid uint64, payload []byte) []b
 	return dst
 }
 
-// readRecord reads one record from r into buf (grown as needed) and
-// decodes it, refusing anything larger than limit before reading it.
+// readRecord reads one record from r into the spare capacity of *buf
+// (grown as needed; its length stays) and decodes it, refusing anything
+// larger than limit before reading it. The record's bytes are returned.
 func readRecord(r *bufio.Reader, buf *[]byte, limit int) (journal.Record, []byte, error) {
 	hdr, err := r.Peek(journal.HeaderSize)
 	if err != nil {
@@ -278,10 +279,12 @@ func readRecord(r *bufio.Reader, buf *[]byte, limit int) (journal.Record, []byte
 		return journal.Record{}, nil, fmt.Errorf("%w: record of %d bytes (limit %d)", ErrProto, size, limit)
 	}
 	n := journal.Align(int(size))
-	if cap(*buf) < n {
-		*buf = make([]byte, n)
+	if l := len(*buf); cap(*buf)-l < n {
+		grown := make([]byte, l, max(2*cap(*buf), l+n))
+		copy(grown, *buf)
+		*buf = grown
 	}
-	b := (*buf)[:n]
+	b := (*buf)[len(*buf) : len(*buf)+n]
 	if _, err := io.ReadFull(r, b); err != nil {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF

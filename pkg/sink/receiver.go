@@ -237,8 +237,8 @@ func (rc *Receiver) stream(br *bufio.Reader, s *store, h Hello, w Welcome, out *
 	sy := newSyncer(s, h.Full, out)
 	defer sy.stop()
 	var (
-		buf, batch []byte
-		resumed    = w.Mode == ModeResume
+		batch   = make([]byte, 0, 2*batchSize)
+		resumed = w.Mode == ModeResume
 		fresh      = true // nothing new stored on this connection yet
 	)
 	if w.Mode == ModeBaseline {
@@ -280,7 +280,8 @@ func (rc *Receiver) stream(br *bufio.Reader, s *store, h Hello, w Welcome, out *
 		if err := sy.failed(); err != nil {
 			return err
 		}
-		r, raw, err := readRecord(br, &buf, int(w.MaxRecord))
+		// Straight into the batch: a record is copied once, to the disk.
+		r, raw, err := readRecord(br, &batch, int(w.MaxRecord))
 		if err != nil {
 			if ferr := flush(); ferr != nil {
 				return ferr
@@ -291,25 +292,38 @@ func (rc *Receiver) stream(br *bufio.Reader, s *store, h Hello, w Welcome, out *
 			continue // a repeat of what is stored: the sender resent from an earlier point
 		}
 		fresh = false
-		next := s.st
-		changes, err := next.step(r)
-		if err != nil {
+		if err := accept(s, h, r); err != nil {
+			// Store the good records before the bad one.
+			if ferr := flush(); ferr != nil {
+				return ferr
+			}
 			return err
 		}
-		if r.ID() == StreamBaselineBegin && next.Epoch != h.Epoch {
-			return fmt.Errorf("%w: baseline of epoch %x in a stream of epoch %x", ErrProto, next.Epoch, h.Epoch)
-		}
-		if changes {
-			if err := s.mirror.apply(r, &next); err != nil {
-				if errors.Is(err, ErrProto) {
-					return err
-				}
-				return peerError{fmt.Errorf("receiver cannot write its mirror: %w", err)}
-			}
-		}
-		s.st = next
-		batch = append(batch, raw...)
+		batch = batch[:len(batch)+len(raw)]
 	}
+}
+
+// accept checks record r against the stream so far and applies it to the
+// mirror; a record it refuses changes nothing.
+func accept(s *store, h Hello, r journal.Record) error {
+	next := s.st
+	changes, err := next.step(r)
+	if err != nil {
+		return err
+	}
+	if r.ID() == StreamBaselineBegin && next.Epoch != h.Epoch {
+		return fmt.Errorf("%w: baseline of epoch %x in a stream of epoch %x", ErrProto, next.Epoch, h.Epoch)
+	}
+	if changes {
+		if err := s.mirror.check(r); err != nil {
+			return err
+		}
+		if err := s.mirror.apply(r, &next); err != nil {
+			return peerError{fmt.Errorf("receiver cannot write its mirror: %w", err)}
+		}
+	}
+	s.st = next
+	return nil
 }
 
 // syncer syncs the current segment and acknowledges what it holds.

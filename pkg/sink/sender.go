@@ -500,6 +500,7 @@ const readChunk = 4 << 20
 // pads and ids at or below after, until ctx ends or the link fails.
 func (s *Sender) stream(ctx context.Context, c net.Conn, pos, after uint64, w Welcome, acks *ackTracker, readDone <-chan struct{}) error {
 	buf := vfs.AlignedBuffer(readChunk + vfs.BlockSize)
+	var runs [][]byte
 	for {
 		changed := s.j.DurableChanged()
 		b, err := s.j.ReadDurable(buf, pos)
@@ -519,7 +520,8 @@ func (s *Sender) stream(ctx context.Context, c net.Conn, pos, after uint64, w We
 			}
 			continue
 		}
-		// Walk the whole records in b, writing runs of them; a pad ends a run.
+		// Walk the whole records in b into runs to send; a pad ends a run.
+		runs = runs[:0]
 		i, runStart, last := 0, 0, after
 		for i+journal.HeaderSize <= len(b) {
 			n := int(binary.LittleEndian.Uint32(b[i+4:]))
@@ -538,9 +540,7 @@ func (s *Sender) stream(ctx context.Context, c net.Conn, pos, after uint64, w We
 				return fmt.Errorf("journal record at %d: %w", pos+uint64(i), err)
 			}
 			if r.IsPad() || r.Transid <= after {
-				if err := s.write(c, b[runStart:i]); err != nil {
-					return err
-				}
+				runs = append(runs, b[runStart:i])
 				runStart = i + n
 			} else {
 				if int(r.Size) > int(w.MaxRecord) {
@@ -550,15 +550,20 @@ func (s *Sender) stream(ctx context.Context, c net.Conn, pos, after uint64, w We
 			}
 			i += n
 		}
-		if err := s.write(c, b[runStart:i]); err != nil {
-			return err
-		}
+		runs = append(runs, b[runStart:i])
 		pos += uint64(i)
 		after = last
-		s.set(func() { s.sentPos = pos })
+		// Known before it is sent: its acknowledgement may come at once.
 		if s.cfg.Full {
 			acks.sent(last, pos)
-		} else {
+		}
+		for _, run := range runs {
+			if err := s.write(c, run); err != nil {
+				return err
+			}
+		}
+		s.set(func() { s.sentPos = pos })
+		if !s.cfg.Full {
 			s.advance(pos, last)
 		}
 	}

@@ -39,6 +39,11 @@ type store struct {
 	mirror *image
 	retain time.Duration
 	segMax int64
+
+	// The mirror is synced beside the stream, not in its way: a rotation
+	// hands the point to syncMirror, which syncs and records it.
+	mirrorWant chan mirrorPoint
+	mirrorDone chan error
 }
 
 // DefaultSegmentSize is when a segment is closed and the next begun.
@@ -98,7 +103,23 @@ func openStore(dir string, retain time.Duration, segMax int64) (*store, error) {
 		s.close()
 		return nil, err
 	}
+	s.mirrorWant, s.mirrorDone = make(chan mirrorPoint, 1), make(chan error, 1)
+	go s.syncMirror()
 	return s, nil
+}
+
+// syncMirror checkpoints the mirror at the points it is handed, until the
+// channel closes; the first error ends it.
+func (s *store) syncMirror() {
+	var err error
+	for mp := range s.mirrorWant {
+		if err == nil {
+			if err = s.mirror.sync(); err == nil {
+				err = writeJSON(filepath.Join(s.dir, mirrorMeta), mp)
+			}
+		}
+	}
+	s.mirrorDone <- err
 }
 
 func (s *store) open() error {
@@ -302,14 +323,13 @@ func (s *store) rotate() error {
 	if s.segOff < s.segMax {
 		return nil
 	}
-	if err := unix.Fdatasync(int(s.seg.Fd())); err != nil {
-		return err
-	}
-	if err := s.checkpointMirror(); err != nil {
-		return err
-	}
+	mp := mirrorPoint{Seq: s.seq, Offset: s.segOff}
 	if err := s.newSegment(s.seq + 1); err != nil {
 		return err
+	}
+	select {
+	case s.mirrorWant <- mp:
+	default: // still syncing the last one: the next rotation's point will do
 	}
 	return s.fold(time.Now())
 }
@@ -448,7 +468,11 @@ func lockFile(dir string, how int) (*os.File, error) {
 
 func (s *store) close() error {
 	var err error
-	if s.seg != nil && s.mirror != nil {
+	if s.mirrorWant != nil {
+		close(s.mirrorWant)
+		err = <-s.mirrorDone
+	}
+	if s.seg != nil && s.mirror != nil && err == nil {
 		if err = unix.Fdatasync(int(s.seg.Fd())); err == nil {
 			err = s.checkpointMirror()
 		}

@@ -158,8 +158,48 @@ func openImage(path string, create bool) (*image, error) {
 	return &image{f: f, size: st.Size()}, nil
 }
 
+// check returns an error if record r would not apply cleanly: every
+// write and discard inside the image (as resizes in r grow it), every
+// sub-record well formed. A record it refuses changes nothing.
+func (m *image) check(r journal.Record) error {
+	if r.ID() < journal.StreamFirstTx && r.ID() != StreamBaselineData || r.Stream&journal.FlagAborted != 0 {
+		return nil
+	}
+	size := uint64(m.size)
+	return journal.ParseSubs(r.Payload, func(sub journal.Sub) error {
+		var off, n uint64
+		switch sub.Kind() {
+		case journal.SubBlockWrite:
+			o, data, err := sub.BlockWrite()
+			if err != nil {
+				return fmt.Errorf("%w: %v", ErrProto, err)
+			}
+			off, n = o, uint64(len(data))
+		case journal.SubDiscard:
+			u, err := sub.Uint64s(2)
+			if err != nil {
+				return fmt.Errorf("%w: %v", ErrProto, err)
+			}
+			off, n = u[0], u[1]
+		case journal.SubResize:
+			u, err := sub.Uint64s(1)
+			if err != nil || u[0]%4096 != 0 || u[0] > 1<<50 {
+				return fmt.Errorf("%w: bad resize", ErrProto)
+			}
+			size = max(size, u[0])
+			return nil
+		default:
+			return nil
+		}
+		if off > size || n > size-off {
+			return fmt.Errorf("%w: %d bytes at %d beyond the size %d", ErrProto, n, off, size)
+		}
+		return nil
+	})
+}
+
 // apply applies record r, which the state s (after stepping over r)
-// accepted, to the image.
+// accepted and check passed, to the image.
 func (m *image) apply(r journal.Record, s *state) error {
 	switch r.ID() {
 	case StreamBaselineBegin:
@@ -170,38 +210,23 @@ func (m *image) apply(r journal.Record, s *state) error {
 	if r.Stream&journal.FlagAborted != 0 {
 		return nil
 	}
+	if err := m.check(r); err != nil {
+		return err
+	}
 	return journal.ParseSubs(r.Payload, func(sub journal.Sub) error {
 		switch sub.Kind() {
 		case journal.SubBlockWrite:
-			off, data, err := sub.BlockWrite()
-			if err != nil {
-				return err
-			}
-			if off > uint64(m.size) || uint64(len(data)) > uint64(m.size)-off {
-				return fmt.Errorf("%w: write of %d bytes at %d beyond the size %d", ErrProto, len(data), off, m.size)
-			}
-			_, err = m.f.WriteAt(data, int64(off))
+			off, data, _ := sub.BlockWrite()
+			_, err := m.f.WriteAt(data, int64(off))
 			return err
 		case journal.SubDiscard:
-			u, err := sub.Uint64s(2)
-			if err != nil {
-				return err
-			}
-			if u[0] > uint64(m.size) || u[1] > uint64(m.size)-u[0] {
-				return fmt.Errorf("%w: discard beyond the size", ErrProto)
-			}
+			u, _ := sub.Uint64s(2)
 			if u[1] == 0 {
 				return nil
 			}
 			return unix.Fallocate(int(m.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, int64(u[0]), int64(u[1]))
 		case journal.SubResize:
-			u, err := sub.Uint64s(1)
-			if err != nil {
-				return err
-			}
-			if u[0]%4096 != 0 || u[0] > 1<<50 {
-				return fmt.Errorf("%w: resize to %d", ErrProto, u[0])
-			}
+			u, _ := sub.Uint64s(1)
 			if err := m.resize(int64(u[0]), false); err != nil {
 				return err
 			}
