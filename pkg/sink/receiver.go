@@ -239,7 +239,7 @@ func (rc *Receiver) stream(br *bufio.Reader, s *store, h Hello, w Welcome, out *
 	var (
 		batch   = make([]byte, 0, 2*batchSize)
 		resumed = w.Mode == ModeResume
-		fresh      = true // nothing new stored on this connection yet
+		fresh   = true // nothing new stored on this connection yet
 	)
 	if w.Mode == ModeBaseline {
 		fresh = false

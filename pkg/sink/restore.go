@@ -94,7 +94,7 @@ func Restore(dir, vol string, p Point, out string) (Restored, error) {
 	st := base.state()
 	stop := func(s *state, r journal.Record) bool {
 		iv, ok := s.interval()
-		return ok && iv.From <= t && t <= iv.To &&
+		return ok && iv.From <= t &&
 			(r.ID() == StreamBaselineBegin || r.ID() >= journal.StreamFirstTx && r.Transid > t)
 	}
 	stopped := false
@@ -109,7 +109,7 @@ func Restore(dir, vol string, p Point, out string) (Restored, error) {
 			break
 		}
 	}
-	if iv, ok := st.interval(); !ok || t < iv.From || t > iv.To {
+	if iv, ok := st.interval(); !ok || t < iv.From || !stopped && t > iv.To {
 		return res, fmt.Errorf("sink: the stored stream ended before id %d could be rebuilt (state at %d)", t, st.Last)
 	}
 	if err := img.resize(int64(st.Size), true); err != nil {

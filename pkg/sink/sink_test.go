@@ -194,6 +194,7 @@ func TestFullDuplexMirrorAndRestore(t *testing.T) {
 	r := newRig(t, 16<<20, true)
 	type snap struct {
 		id  uint64
+		at  time.Time // after the snapshot, before the next writes
 		img []byte
 	}
 	var snaps []snap
@@ -202,10 +203,13 @@ func TestFullDuplexMirrorAndRestore(t *testing.T) {
 		r.waitAcked(id)
 		img := r.image()
 		sameImage(t, "mirror", r.mirror(), img)
-		snaps = append(snaps, snap{id, img})
+		snaps = append(snaps, snap{id, time.Now(), img})
 	}
-	for _, s := range snaps {
+	for i, s := range snaps {
 		sameImage(t, "restored image", r.restore(Point{Transid: s.id}), s.img)
+		if i < len(snaps)-1 { // the last one's time is after the stream's end
+			sameImage(t, "image restored by time", r.restore(AtTime(s.at)), s.img)
+		}
 	}
 	sameImage(t, "latest", r.restore(Point{Latest: true}), snaps[len(snaps)-1].img)
 }

@@ -177,7 +177,8 @@ func (s *store) open() error {
 		}
 		// Cut the tail a crash left (never acknowledged), and make what
 		// is left durable: the sender resumes after it.
-		if err := f.Truncate(end); err == nil {
+		err = f.Truncate(end)
+		if err == nil {
 			err = unix.Fdatasync(int(f.Fd()))
 		}
 		if err != nil {
