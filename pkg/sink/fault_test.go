@@ -37,6 +37,13 @@ func TestCutMidRecord(t *testing.T) {
 	r, p := newProxiedRig(t, 16<<20, true)
 	r.waitAcked(r.write(4))
 	for i := range 6 {
+		if i == 1 {
+			// A resize the receiver must remember across reconnects.
+			if err := r.v.Grow(context.Background(), r.size+4<<20); err != nil {
+				t.Fatal(err)
+			}
+			r.size += 4 << 20
+		}
 		// Cut the next connection somewhere inside a record: records are
 		// up to 256 KiB, the cut lands after the handshake.
 		p.set(func(p *faultProxy) { p.cutAfter = 1000 + r.rng.Int64N(300<<10) })
@@ -97,6 +104,7 @@ func TestSpoolExhaustedResyncs(t *testing.T) {
 	r.eventually("the sender to leave OutOfSync", func() bool { return r.s.Stats().State != OutOfSync })
 	sameImage(t, "mirror after resync", r.mirror(), r.image())
 	sameImage(t, "restored before the gap", r.restore(Point{Transid: before}), beforeImg)
+	sameImage(t, "restored after the gap", r.restore(Point{Latest: true}), r.image())
 	if _, err := Restore(r.rdir, testVolume, Point{Transid: gap}, t.TempDir()+"/x"); !errors.Is(err, ErrNotKept) {
 		t.Fatalf("restore inside the gap: %v, want ErrNotKept", err)
 	}

@@ -143,7 +143,7 @@ func (rc *Receiver) serve(c net.Conn) {
 
 // session serves one connection: the handshake, then the stream.
 func (rc *Receiver) session(c net.Conn) (string, error) {
-	br := bufio.NewReaderSize(c, 1<<20)
+	br := bufio.NewReaderSize(c, 64<<10) // large records bypass it, read straight into the batch
 	var buf []byte
 	c.SetReadDeadline(time.Now().Add(rc.cfg.HandshakeTimeout))
 	r, _, err := readRecord(br, &buf, 64<<10)

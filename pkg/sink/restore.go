@@ -56,6 +56,9 @@ func Restore(dir, vol string, p Point, out string) (Restored, error) {
 	if err := readJSON(filepath.Join(vdir, baseMeta), &base); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return Restored{}, err
 	}
+	if base.Folding != 0 {
+		return Restored{}, fmt.Errorf("sink: folding segment %d into the base of %s was interrupted: start the receiver to complete it", base.Folding, vol)
+	}
 	seqs, err := segments(vdir)
 	if err != nil {
 		return Restored{}, err
@@ -95,7 +98,7 @@ func Restore(dir, vol string, p Point, out string) (Restored, error) {
 	stop := func(s *state, r journal.Record) bool {
 		iv, ok := s.interval()
 		return ok && iv.From <= t &&
-			(r.ID() == StreamBaselineBegin || r.ID() >= journal.StreamFirstTx && r.Transid > t)
+			(r.ID() == StreamBaselineBegin && t <= s.Last || r.ID() >= journal.StreamFirstTx && r.Transid > t)
 	}
 	stopped := false
 	for _, seq := range seqs {

@@ -320,12 +320,14 @@ func (s *Sender) session(ctx context.Context, oldest uint64) (bool, error) {
 	}()
 
 	s.set(func() { s.linkUp = true })
-	var pos, after uint64
+	// pos is where sending starts and posID the id of the last record
+	// before it (what a hold there names); after is what the receiver has.
+	var pos, posID, after uint64
 	if w.Mode == ModeResume {
 		// Resume only if the journal holds every record after After (out
 		// of sync, the sender held nothing until now).
-		pos, after = s.v.Hold(s.dropped)
-		if after > w.After {
+		pos, posID = s.v.Hold(s.dropped)
+		if posID > w.After {
 			w.Mode = ModeBaseline
 		}
 	}
@@ -334,12 +336,14 @@ func (s *Sender) session(ctx context.Context, oldest uint64) (bool, error) {
 		// and the journal every record after it.
 		after = w.After
 		s.set(func() { s.outOfSync, s.sentPos = false, pos })
-		s.advance(pos, after)
+		s.advance(pos, posID)
+		s.set(func() { s.acked = max(s.acked, after) })
 	} else {
 		s.set(func() { s.inBaseline = true })
 		if pos, after, err = s.baseline(ctx, c); err != nil {
 			return true, fmt.Errorf("baseline: %w", err)
 		}
+		posID = after
 		s.set(func() { s.inBaseline, s.outOfSync, s.sentPos = false, false, pos })
 		// The copy holds every record up to after: acknowledged (or sent)
 		// as such.
@@ -349,7 +353,7 @@ func (s *Sender) session(ctx context.Context, oldest uint64) (bool, error) {
 			s.advance(pos, after)
 		}
 	}
-	err = s.stream(ctx, c, pos, after, w, acks, readDone)
+	err = s.stream(ctx, c, pos, posID, after, w, acks, readDone)
 	// A refusal says why better than the broken pipe it causes.
 	c.Close()
 	<-readDone
@@ -498,7 +502,7 @@ const readChunk = 4 << 20
 
 // stream sends the synced records from ring position pos on, skipping
 // pads and ids at or below after, until ctx ends or the link fails.
-func (s *Sender) stream(ctx context.Context, c net.Conn, pos, after uint64, w Welcome, acks *ackTracker, readDone <-chan struct{}) error {
+func (s *Sender) stream(ctx context.Context, c net.Conn, pos, posID, after uint64, w Welcome, acks *ackTracker, readDone <-chan struct{}) error {
 	buf := vfs.AlignedBuffer(readChunk + vfs.BlockSize)
 	var runs [][]byte
 	for {
@@ -522,7 +526,7 @@ func (s *Sender) stream(ctx context.Context, c net.Conn, pos, after uint64, w We
 		}
 		// Walk the whole records in b into runs to send; a pad ends a run.
 		runs = runs[:0]
-		i, runStart, last := 0, 0, after
+		i, runStart := 0, 0
 		for i+journal.HeaderSize <= len(b) {
 			n := int(binary.LittleEndian.Uint32(b[i+4:]))
 			n = journal.Align(max(n, journal.HeaderSize))
@@ -539,23 +543,25 @@ func (s *Sender) stream(ctx context.Context, c net.Conn, pos, after uint64, w We
 			if err != nil {
 				return fmt.Errorf("journal record at %d: %w", pos+uint64(i), err)
 			}
+			if !r.IsPad() {
+				// The hold and acks name positions by the record before
+				// them, repeats included.
+				posID = r.Transid
+			}
 			if r.IsPad() || r.Transid <= after {
 				runs = append(runs, b[runStart:i])
 				runStart = i + n
-			} else {
-				if int(r.Size) > int(w.MaxRecord) {
-					return fmt.Errorf("journal record %d of %d bytes is larger than the receiver takes (%d)", r.Transid, r.Size, w.MaxRecord)
-				}
-				last = r.Transid
+			} else if int(r.Size) > int(w.MaxRecord) {
+				return fmt.Errorf("journal record %d of %d bytes is larger than the receiver takes (%d)", r.Transid, r.Size, w.MaxRecord)
 			}
 			i += n
 		}
 		runs = append(runs, b[runStart:i])
 		pos += uint64(i)
-		after = last
+		after = max(after, posID)
 		// Known before it is sent: its acknowledgement may come at once.
 		if s.cfg.Full {
-			acks.sent(last, pos)
+			acks.sent(posID, pos)
 		}
 		for _, run := range runs {
 			if err := s.write(c, run); err != nil {
@@ -564,7 +570,7 @@ func (s *Sender) stream(ctx context.Context, c net.Conn, pos, after uint64, w We
 		}
 		s.set(func() { s.sentPos = pos })
 		if !s.cfg.Full {
-			s.advance(pos, last)
+			s.advance(pos, posID)
 		}
 	}
 }

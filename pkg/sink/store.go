@@ -64,6 +64,9 @@ type baseState struct {
 	// Consistent: base.img is the volume's image at Last.
 	Consistent bool `json:"consistent"`
 	InBaseline bool `json:"inBaseline"`
+	// Folding, if not zero, is the segment being applied to base.img: the
+	// base is somewhere inside it until the fold is completed.
+	Folding uint64 `json:"folding,omitempty"`
 }
 
 func (b baseState) state() state {
@@ -127,9 +130,24 @@ func (s *store) open() error {
 	if err := readJSON(filepath.Join(s.dir, baseMeta), &base); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
+	if base.Folding != 0 {
+		if err := s.foldOne(&base, base.Folding); err != nil {
+			return fmt.Errorf("completing the fold of segment %d: %w", base.Folding, err)
+		}
+	}
 	seqs, err := segments(s.dir)
 	if err != nil {
 		return err
+	}
+	// A crash or a full disk can leave the newest segment without its
+	// header: nothing in it was acknowledged.
+	if n := len(seqs); n > 0 {
+		if _, err := readSegHeader(filepath.Join(s.dir, segName(seqs[n-1]))); err != nil {
+			if err := os.Remove(filepath.Join(s.dir, segName(seqs[n-1]))); err != nil {
+				return err
+			}
+			seqs = seqs[:n-1]
+		}
 	}
 	if s.mirror, err = openImage(filepath.Join(s.dir, mirrorImage), true); err != nil {
 		return err
@@ -222,6 +240,8 @@ func (s *store) replay(f *os.File, seq uint64, mp mirrorPoint) (int64, state, er
 			if err := s.mirror.apply(r, &st); err != nil {
 				return 0, state{}, err
 			}
+		} else if changes {
+			trackResize(r, &st) // applied already; the size still counts
 		}
 	}
 }
@@ -346,7 +366,12 @@ func (s *store) fold(now time.Time) error {
 	if err != nil {
 		return err
 	}
-	lock, err := lockFile(s.dir, unix.LOCK_EX)
+	// A restore holds the lock shared; fold at a later rotation then,
+	// rather than stop the stream for it.
+	lock, err := lockFile(s.dir, unix.LOCK_EX|unix.LOCK_NB)
+	if errors.Is(err, unix.EWOULDBLOCK) {
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -355,12 +380,6 @@ func (s *store) fold(now time.Time) error {
 	if err := readJSON(filepath.Join(s.dir, baseMeta), &base); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	var img *image
-	defer func() {
-		if img != nil {
-			img.close()
-		}
-	}()
 	for i, seq := range seqs {
 		if seq >= s.seq || i+1 >= len(seqs) {
 			break
@@ -373,25 +392,39 @@ func (s *store) fold(now time.Time) error {
 		if next.Last >= cutoff {
 			break
 		}
-		if img == nil {
-			if img, err = openImage(filepath.Join(s.dir, baseImage), true); err != nil {
-				return err
-			}
-		}
-		st, _, err := walkSegment(filepath.Join(s.dir, segName(seq)), img, nil)
-		if err != nil {
+		if err := s.foldOne(&base, seq); err != nil {
 			return err
 		}
-		if err := img.sync(); err != nil {
-			return err
-		}
-		base = baseState{Through: seq, Epoch: st.Epoch[:], Size: st.Size, Last: st.Last, From: st.From, Consistent: st.Consistent, InBaseline: st.InBaseline}
-		if err := writeJSON(filepath.Join(s.dir, baseMeta), base); err != nil {
-			return err
-		}
-		if err := os.Remove(filepath.Join(s.dir, segName(seq))); err != nil {
-			return err
-		}
+	}
+	return nil
+}
+
+// foldOne applies segment seq to base.img and removes it. base.json names
+// the segment while the base is inside it, so that an interrupted fold is
+// completed (applying a segment again from its start is harmless).
+func (s *store) foldOne(base *baseState, seq uint64) error {
+	base.Folding = seq
+	if err := writeJSON(filepath.Join(s.dir, baseMeta), base); err != nil {
+		return err
+	}
+	img, err := openImage(filepath.Join(s.dir, baseImage), true)
+	if err != nil {
+		return err
+	}
+	defer img.close()
+	st, _, err := walkSegment(filepath.Join(s.dir, segName(seq)), img, nil)
+	if err == nil {
+		err = img.sync()
+	}
+	if err != nil {
+		return err
+	}
+	*base = baseState{Through: seq, Epoch: st.Epoch[:], Size: st.Size, Last: st.Last, From: st.From, Consistent: st.Consistent, InBaseline: st.InBaseline}
+	if err := writeJSON(filepath.Join(s.dir, baseMeta), base); err != nil {
+		return err
+	}
+	if err := os.Remove(filepath.Join(s.dir, segName(seq))); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
 	}
 	return nil
 }

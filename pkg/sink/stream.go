@@ -236,6 +236,21 @@ func (m *image) apply(r journal.Record, s *state) error {
 	})
 }
 
+// trackResize moves the state's size over the resizes in record r.
+func trackResize(r journal.Record, s *state) {
+	if r.ID() < journal.StreamFirstTx || r.Stream&journal.FlagAborted != 0 {
+		return
+	}
+	journal.ParseSubs(r.Payload, func(sub journal.Sub) error {
+		if sub.Kind() == journal.SubResize {
+			if u, err := sub.Uint64s(1); err == nil {
+				s.Size = max(s.Size, u[0])
+			}
+		}
+		return nil
+	})
+}
+
 // resize grows the image to size, or sets it exactly when exact is set.
 func (m *image) resize(size int64, exact bool) error {
 	if size == m.size || !exact && size < m.size {

@@ -190,8 +190,12 @@ func (v *Volume) maxChunk() int {
 	if fifo == 0 {
 		fifo = journal.DefaultFIFOSize
 	}
-	return fifo / 4
+	return min(fifo/4, MaxRecordData)
 }
+
+// MaxRecordData is the most data one write record carries: a sink takes
+// records of up to 8 MiB.
+const MaxRecordData = 4 << 20
 
 // WriteAt writes p at off. It returns once the write is in the FIFO and
 // the data image's page cache; Flush makes it durable.
