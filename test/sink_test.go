@@ -248,6 +248,36 @@ type snapshot struct {
 	data    []byte
 }
 
+// streamedSize is the size of the volumes the sink tests stream.
+const streamedSize = 64 << 20
+
+// streamed is a volume attached with a sink, its device open for direct
+// I/O, and the receiver it streams to.
+type streamed struct {
+	base, sinkDir, dir, mirror string
+	rc                         *receiver
+	a                          *attached
+	f                          *os.File
+}
+
+// attachStreamed starts a receiver and attaches volume vol streaming to it
+// in duplex mode duplex.
+func attachStreamed(t *testing.T, vol, duplex string) *streamed {
+	t.Helper()
+	base := t.TempDir()
+	sd := &streamed{base: base, sinkDir: filepath.Join(base, "sink"), dir: filepath.Join(base, vol)}
+	sd.mirror = filepath.Join(sd.sinkDir, vol, "mirror.img")
+	sd.rc = startReceiver(t, sd.sinkDir, "127.0.0.1:0")
+	sd.a = attach(t, "--dir", sd.dir, "--size", "64Mi", "--journal-size", "64Mi", "--sink", "tcp://"+sd.rc.addr, "--duplex", duplex)
+	f, err := os.OpenFile(sd.a.device, os.O_RDWR|unix.O_DIRECT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	sd.f = f
+	return sd
+}
+
 // TestSinkFullDuplexThroughADevice writes rounds of random data to a
 // volume streamed to a receiver in full duplex, and after each fsync waits
 // for the receiver to acknowledge the round and checks its mirror against
@@ -257,17 +287,9 @@ type snapshot struct {
 // and one by time.
 func TestSinkFullDuplexThroughADevice(t *testing.T) {
 	requireRoot(t)
-	const size, vol = 64 << 20, "vol-e2e"
-	base := t.TempDir()
-	sinkDir, dir := filepath.Join(base, "sink"), filepath.Join(base, vol)
-	mirror := filepath.Join(sinkDir, vol, "mirror.img")
-	rc := startReceiver(t, sinkDir, "127.0.0.1:0")
-	a := attach(t, "--dir", dir, "--size", "64Mi", "--journal-size", "64Mi", "--sink", "tcp://"+rc.addr, "--duplex", "full")
-	f, err := os.OpenFile(a.device, os.O_RDWR|unix.O_DIRECT, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	const vol = "vol-e2e"
+	sd := attachStreamed(t, vol, "full")
+	base, sinkDir, dir, mirror, rc, a, f := sd.base, sd.sinkDir, sd.dir, sd.mirror, sd.rc, sd.a, sd.f
 	rng := rand.New(rand.NewPCG(31, 32))
 	var (
 		snaps   []snapshot
@@ -276,7 +298,7 @@ func TestSinkFullDuplexThroughADevice(t *testing.T) {
 	check := func(id uint64) {
 		t.Helper()
 		waitSinkAcked(t, dir, id)
-		dev := readDevice(t, f, size)
+		dev := readDevice(t, f, streamedSize)
 		m, err := os.ReadFile(mirror)
 		if err != nil {
 			t.Fatal(err)
@@ -291,7 +313,7 @@ func TestSinkFullDuplexThroughADevice(t *testing.T) {
 		if round == 3 {
 			rc.kill()
 		}
-		id := writeRound(t, rng, f, size, dir)
+		id := writeRound(t, rng, f, streamedSize, dir)
 		if round == 3 {
 			if s := volStatus(t, dir); s.Sink == nil || s.Sink.AckedTransid >= id {
 				t.Fatalf("a dead receiver acknowledged id %d: %+v", id, s.Sink)
@@ -334,23 +356,15 @@ func TestSinkFullDuplexThroughADevice(t *testing.T) {
 // receiver's mirror and latest restore against the device.
 func TestSinkHalfDuplexThroughADevice(t *testing.T) {
 	requireRoot(t)
-	const size, vol = 64 << 20, "vol-half"
-	base := t.TempDir()
-	sinkDir, dir := filepath.Join(base, "sink"), filepath.Join(base, vol)
-	mirror := filepath.Join(sinkDir, vol, "mirror.img")
-	rc := startReceiver(t, sinkDir, "127.0.0.1:0")
-	a := attach(t, "--dir", dir, "--size", "64Mi", "--journal-size", "64Mi", "--sink", "tcp://"+rc.addr, "--duplex", "half")
-	f, err := os.OpenFile(a.device, os.O_RDWR|unix.O_DIRECT, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	const vol = "vol-half"
+	sd := attachStreamed(t, vol, "half")
+	sinkDir, dir, mirror, rc, a, f := sd.sinkDir, sd.dir, sd.mirror, sd.rc, sd.a, sd.f
 	rng := rand.New(rand.NewPCG(41, 42))
 	var snaps []snapshot
 	for range 2 {
-		id := writeRound(t, rng, f, size, dir)
+		id := writeRound(t, rng, f, streamedSize, dir)
 		waitSinkAcked(t, dir, id) // sent
-		dev := readDevice(t, f, size)
+		dev := readDevice(t, f, streamedSize)
 		snaps = append(snaps, snapshot{id, sha256.Sum256(dev), dev})
 	}
 	f.Close()

@@ -140,6 +140,10 @@ func (f *FIFO) reserve(ctx context.Context, stream uint16, n int) (Reservation, 
 	if n < 0 || need > size/2 {
 		return Reservation{}, ErrTooLarge
 	}
+	var now uint64 // read outside the lock: it is not free
+	if f.clock {
+		now = ClockTransid(time.Now())
+	}
 	f.mu.Lock()
 	var off, pad uint64
 	for stalled := false; ; {
@@ -173,13 +177,14 @@ func (f *FIFO) reserve(ctx context.Context, stream uint16, n int) (Reservation, 
 			f.mu.Unlock()
 			return Reservation{}, ctx.Err()
 		}
+		if f.clock {
+			now = ClockTransid(time.Now()) // the wait took time
+		}
 		f.mu.Lock()
 	}
-	if f.clock {
-		// Ids follow the clock, so that an id tells when its write was
-		// made (a sink restores to a time by it), and never go back.
-		f.nextID = max(f.nextID, ClockTransid(time.Now()))
-	}
+	// Ids follow the clock, so that an id tells when its write was made
+	// (a sink restores to a time by it), and never go back.
+	f.nextID = max(f.nextID, now)
 	if pad > 0 {
 		// Dead space at the wrap: a complete pad, so that the record is
 		// contiguous. Its id is the one left free after the previous record.

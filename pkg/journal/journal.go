@@ -507,13 +507,6 @@ func (j *Journal) DurableChanged() <-chan struct{} {
 	return j.ringSynced
 }
 
-// Err returns why the journal stopped, or nil while it runs.
-func (j *Journal) Err() error {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	return j.err
-}
-
 // UUID returns the journal image's UUID, made when it was formatted: the
 // identity of the stream its records form.
 func (j *Journal) UUID() [16]byte { return j.sw.uuid() }
@@ -522,11 +515,15 @@ func (j *Journal) UUID() [16]byte { return j.sw.uuid() }
 // with vfs.AlignedBuffer, at least two blocks) and returns them: records
 // exactly as the ring holds them, never past the durable position or the
 // end of the ring's lap (a pad always ends a lap). pos must not be before
-// the checkpoint: the caller holds the ring there (see Checkpoint).
+// the checkpoint: the caller holds the ring there (see Checkpoint). A
+// failed journal returns its error.
 func (j *Journal) ReadDurable(buf []byte, pos uint64) ([]byte, error) {
 	j.mu.Lock()
-	durable, tail := j.durablePos, j.tail
+	durable, tail, err := j.durablePos, j.tail, j.err
 	j.mu.Unlock()
+	if err != nil && !errors.Is(err, ErrClosed) {
+		return nil, err
+	}
 	if pos < tail&^(blk-1) {
 		return nil, fmt.Errorf("journal: position %d is before the checkpoint %d: its space may be reused", pos, tail)
 	}

@@ -39,22 +39,14 @@ func BenchmarkStream(b *testing.B) {
 
 // spooled makes a volume whose journal holds n bytes of 1 MiB writes that
 // a receiver has not had, after its baseline.
-func spooled(b *testing.B, dir string, full bool, n int) (*volume.Dir, *Receiver, net.Listener, uint64) {
+func spooled(b *testing.B, dir string, full bool, n int) (*volume.Dir, *testReceiver, uint64) {
 	os.RemoveAll(dir)
-	rc, err := NewReceiver(ReceiverConfig{Dir: filepath.Join(dir, "sink")})
-	if err != nil {
-		b.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	go rc.Serve(l)
+	rc := startReceiver(b, ReceiverConfig{Dir: filepath.Join(dir, "sink")}, nil)
 	v, err := volume.OpenDir(filepath.Join(dir, "vol"), volume.Options{Size: 64 << 20, JournalSize: 256 << 20, Hold: true})
 	if err != nil {
 		b.Fatal(err)
 	}
-	s, err := StartSender(v.Volume, SenderConfig{URL: "tcp://" + l.Addr().String(), Volume: "bench", Full: full})
+	s, err := StartSender(v.Volume, SenderConfig{URL: "tcp://" + rc.addr(), Volume: "bench", Full: full})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -76,14 +68,14 @@ func spooled(b *testing.B, dir string, full bool, n int) (*volume.Dir, *Receiver
 		b.Fatal(err)
 	}
 	s.Close() // the hold stays: what follows is spooled
-	return v, rc, l, write(n >> 20)
+	return v, rc, write(n >> 20)
 }
 
 func streamOnce(b *testing.B, dir string, full bool, n int) time.Duration {
-	v, rc, l, last := spooled(b, dir, full, n)
-	defer func() { v.Close(); l.Close(); rc.Close() }()
+	v, rc, last := spooled(b, dir, full, n)
+	defer func() { v.Close(); rc.stop() }()
 	start := time.Now()
-	s, err := StartSender(v.Volume, SenderConfig{URL: "tcp://" + l.Addr().String(), Volume: "bench", Full: full})
+	s, err := StartSender(v.Volume, SenderConfig{URL: "tcp://" + rc.addr(), Volume: "bench", Full: full})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -93,8 +85,7 @@ func streamOnce(b *testing.B, dir string, full bool, n int) time.Duration {
 	if !full {
 		// Sent is not received: the receiver has it all once it stored it.
 		s.Close()
-		l.Close()
-		rc.Close()
+		rc.stop()
 	}
 	d := time.Since(start)
 	if full {
@@ -106,8 +97,8 @@ func streamOnce(b *testing.B, dir string, full bool, n int) time.Duration {
 // plainCopy sends the same spooled ring bytes over TCP to a reader that
 // writes them to a file and syncs it.
 func plainCopy(b *testing.B, dir string, n int) time.Duration {
-	v, rc, l, _ := spooled(b, dir, true, n)
-	defer func() { v.Close(); l.Close(); rc.Close() }()
+	v, rc, _ := spooled(b, dir, true, n)
+	defer func() { v.Close(); rc.stop() }()
 	pl, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)

@@ -26,7 +26,7 @@ func newProxiedRig(t *testing.T, size int64, full bool) (*rig, *faultProxy) {
 	r := &rig{t: t, vdir: t.TempDir() + "/vol", rdir: t.TempDir(), size: size, timeout: time.Minute}
 	r.rng = newRand(t)
 	r.startReceiver()
-	p := newFaultProxy(t, r.l.Addr().String())
+	p := newFaultProxy(t, r.rc.addr())
 	r.openVolume(full, p.url())
 	t.Cleanup(r.close)
 	r.ready()
@@ -134,7 +134,7 @@ func TestReceiverDiskFull(t *testing.T) {
 	r := &rig{t: t, vdir: t.TempDir() + "/vol", rdir: vfstestSmallFS(t, 40<<20), size: 16 << 20, timeout: time.Minute}
 	r.rng = newRand(t)
 	r.startReceiver()
-	r.openVolume(true, "tcp://"+r.l.Addr().String())
+	r.openVolume(true, "tcp://"+r.rc.addr())
 	t.Cleanup(r.close)
 	r.ready()
 	type snap struct {

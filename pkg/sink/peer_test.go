@@ -67,25 +67,16 @@ func (ca *testCA) issue(t *testing.T, name string, server bool) tls.Certificate 
 func TestTLSRefusesAWrongCertificate(t *testing.T) {
 	ca, other := newCA(t, "jvol test CA"), newCA(t, "someone else")
 	rdir := t.TempDir()
-	rc, err := NewReceiver(ReceiverConfig{Dir: rdir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tl, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{
+	rc := startReceiver(t, ReceiverConfig{Dir: rdir}, &tls.Config{
 		Certificates: []tls.Certificate{ca.issue(t, "receiver", true)},
 		ClientCAs:    ca.pool, ClientAuth: tls.RequireAndVerifyClientCert})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go rc.Serve(tl)
-	defer func() { tl.Close(); rc.Close() }()
 
 	v, err := volume.OpenDir(filepath.Join(t.TempDir(), "vol"), volume.Options{Size: 8 << 20, JournalSize: volume.MinJournalSize, Hold: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer v.Close()
-	url := "tls://" + tl.Addr().String()
+	url := "tls://" + rc.addr()
 	start := func(cert tls.Certificate) *Sender {
 		s, err := StartSender(v.Volume, SenderConfig{URL: url, Volume: testVolume, Full: true, MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond,
 			TLS: &tls.Config{RootCAs: ca.pool, Certificates: []tls.Certificate{cert}}})
@@ -195,7 +186,7 @@ func dirDigest(t *testing.T, dir string) map[string]string {
 func TestBadPeersAreCutOff(t *testing.T) {
 	r := newRig(t, 8<<20, true)
 	r.rc.cfg.HandshakeTimeout = 2 * time.Second
-	addr := r.l.Addr().String()
+	addr := r.rc.addr()
 	r.waitAcked(r.write(2))
 
 	// A stored stream, then bad input on top of it.
@@ -294,23 +285,14 @@ func TestBadPeersAreCutOff(t *testing.T) {
 }
 
 func TestWrongTokenIsRefused(t *testing.T) {
-	rc, err := NewReceiver(ReceiverConfig{Dir: t.TempDir(), Token: []byte("right")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go rc.Serve(l)
-	defer func() { l.Close(); rc.Close() }()
-	p := dialRaw(t, l.Addr().String())
+	rc := startReceiver(t, ReceiverConfig{Dir: t.TempDir(), Token: []byte("right")}, nil)
+	p := dialRaw(t, rc.addr())
 	h := Hello{Size: 4096, Volume: "v", Token: []byte("wrong")}
 	p.record(StreamHello, 0, h.Encode())
 	if got := p.refusal(); !strings.Contains(got, "wrong token") {
 		t.Fatalf("refused with %q", got)
 	}
-	if w := dialRaw(t, l.Addr().String()).hello("v", "right"); w.Mode != ModeBaseline {
+	if w := dialRaw(t, rc.addr()).hello("v", "right"); w.Mode != ModeBaseline {
 		t.Fatalf("right token: %+v", w)
 	}
 }

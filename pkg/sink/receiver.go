@@ -236,14 +236,10 @@ const batchSize = 1 << 20
 func (rc *Receiver) stream(br *bufio.Reader, s *store, h Hello, w Welcome, out *ackWriter) error {
 	sy := newSyncer(s, h.Full, out)
 	defer sy.stop()
-	var (
-		batch   = make([]byte, 0, 2*batchSize)
-		resumed = w.Mode == ModeResume
-		fresh   = true // nothing new stored on this connection yet
-	)
-	if w.Mode == ModeBaseline {
-		fresh = false
-	}
+	batch := make([]byte, 0, 2*batchSize)
+	// A resumed sender may begin with records the receiver has: dropped,
+	// until the first new one.
+	repeats := w.Mode == ModeResume
 	flush := func() error {
 		if len(batch) == 0 {
 			return nil
@@ -288,10 +284,10 @@ func (rc *Receiver) stream(br *bufio.Reader, s *store, h Hello, w Welcome, out *
 			}
 			return err
 		}
-		if resumed && fresh && r.ID() >= journal.StreamFirstTx && r.Transid <= w.After {
+		if repeats && r.ID() >= journal.StreamFirstTx && r.Transid <= w.After {
 			continue // a repeat of what is stored: the sender resent from an earlier point
 		}
-		fresh = false
+		repeats = false
 		if err := accept(s, h, r); err != nil {
 			// Store the good records before the bad one.
 			if ferr := flush(); ferr != nil {

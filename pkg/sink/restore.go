@@ -151,9 +151,9 @@ func keptIntervals(vdir string, base baseState, seqs []uint64) ([]Interval, erro
 			return nil, err
 		}
 		sr.headersOnly = true
-		if r, ok, err := sr.next(); err != nil || !ok || r.ID() != StreamSegment {
+		if _, _, err := sr.header(); err != nil {
 			f.Close()
-			return nil, fmt.Errorf("%s: no segment header", segName(seq))
+			return nil, fmt.Errorf("%s: %w", segName(seq), err)
 		}
 		for {
 			r, ok, err := sr.next()

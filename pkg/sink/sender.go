@@ -201,10 +201,11 @@ func (s *Sender) set(f func()) {
 	s.mu.Unlock()
 }
 
-// advance records that the receiver has everything up to id, which ends
-// at ring position pos, and lets the journal free it.
-func (s *Sender) advance(pos, id uint64) {
-	s.v.MoveHold(pos, id)
+// advance records that the receiver has every record up to id, and lets
+// the journal free the ring before position pos, whose last record has id
+// posID.
+func (s *Sender) advance(pos, posID, id uint64) {
+	s.v.MoveHold(pos, posID)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if id > s.acked || pos > s.ackedPos {
@@ -336,8 +337,7 @@ func (s *Sender) session(ctx context.Context, oldest uint64) (bool, error) {
 		// and the journal every record after it.
 		after = w.After
 		s.set(func() { s.outOfSync, s.sentPos = false, pos })
-		s.advance(pos, posID)
-		s.set(func() { s.acked = max(s.acked, after) })
+		s.advance(pos, posID, after)
 	} else {
 		s.set(func() { s.inBaseline = true })
 		if pos, after, err = s.baseline(ctx, c); err != nil {
@@ -350,7 +350,7 @@ func (s *Sender) session(ctx context.Context, oldest uint64) (bool, error) {
 		if s.cfg.Full {
 			acks.sent(after, pos)
 		} else {
-			s.advance(pos, after)
+			s.advance(pos, after, after)
 		}
 	}
 	err = s.stream(ctx, c, pos, posID, after, w, acks, readDone)
@@ -382,9 +382,8 @@ func (s *Sender) readAcks(br *bufio.Reader, acks *ackTracker) error {
 			if err != nil {
 				return err
 			}
-			if pos, last, ok := acks.ack(id); ok {
-				s.advance(pos, last)
-			}
+			pos, last := acks.ack(id)
+			s.advance(pos, last, id)
 		default:
 			return fmt.Errorf("%w: receiver sent a record of stream %#x", ErrProto, r.ID())
 		}
@@ -409,17 +408,17 @@ func (a *ackTracker) sent(id, pos uint64) {
 	a.mu.Unlock()
 }
 
-// ack returns the furthest point that id covers.
-func (a *ackTracker) ack(id uint64) (pos, last uint64, ok bool) {
+// ack returns the furthest point that id covers (zeros if none).
+func (a *ackTracker) ack(id uint64) (pos, last uint64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	i := 0
 	for i < len(a.pending) && a.pending[i].id <= id {
-		pos, last, ok = a.pending[i].pos, a.pending[i].id, true
+		pos, last = a.pending[i].pos, a.pending[i].id
 		i++
 	}
 	a.pending = a.pending[i:]
-	return pos, last, ok
+	return pos, last
 }
 
 // baselineChunk is the piece of the data image one baseline record holds.
@@ -513,10 +512,7 @@ func (s *Sender) stream(ctx context.Context, c net.Conn, pos, posID, after uint6
 		}
 		if len(b) == 0 {
 			select {
-			case <-changed:
-				if err := s.j.Err(); err != nil {
-					return err
-				}
+			case <-changed: // more, or the journal failed: the read says
 			case <-readDone:
 				return nil // the reader's error says why
 			case <-ctx.Done():
@@ -570,7 +566,7 @@ func (s *Sender) stream(ctx context.Context, c net.Conn, pos, posID, after uint6
 		}
 		s.set(func() { s.sentPos = pos })
 		if !s.cfg.Full {
-			s.advance(pos, posID)
+			s.advance(pos, posID, after)
 		}
 	}
 }

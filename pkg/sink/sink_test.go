@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,8 +24,7 @@ type rig struct {
 	rdir    string // the receiver's
 	v       *volume.Dir
 	s       *Sender
-	rc      *Receiver
-	l       net.Listener
+	rc      *testReceiver
 	rng     *rand.Rand
 	size    int64
 	timeout time.Duration
@@ -35,7 +36,7 @@ func newRig(t *testing.T, size int64, full bool) *rig {
 	t.Helper()
 	r := &rig{t: t, vdir: filepath.Join(t.TempDir(), "vol"), rdir: t.TempDir(), size: size, rng: newRand(t), timeout: time.Minute}
 	r.startReceiver()
-	r.openVolume(full, "tcp://"+r.l.Addr().String())
+	r.openVolume(full, "tcp://"+r.rc.addr())
 	t.Cleanup(r.close)
 	r.ready()
 	return r
@@ -56,24 +57,53 @@ func newRand(t *testing.T) *rand.Rand {
 
 func vfstestSmallFS(t *testing.T, size int) string { return vfstest.SmallFS(t, size) }
 
-func (r *rig) startReceiver() {
-	r.t.Helper()
-	rc, err := NewReceiver(ReceiverConfig{Dir: r.rdir, SegmentSize: 4 << 20})
+// testReceiver is a receiver serving on a loopback port.
+type testReceiver struct {
+	*Receiver
+	l    net.Listener
+	once sync.Once
+}
+
+// startReceiver starts a receiver with cfg, serving TLS with tc if set; it
+// stops when the test ends, if not before.
+func startReceiver(tb testing.TB, cfg ReceiverConfig, tc *tls.Config) *testReceiver {
+	tb.Helper()
+	rc, err := NewReceiver(cfg)
 	if err != nil {
-		r.t.Fatal(err)
+		tb.Fatal(err)
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		r.t.Fatal(err)
+		rc.Close()
+		tb.Fatal(err)
+	}
+	if tc != nil {
+		l = tls.NewListener(l, tc)
 	}
 	go rc.Serve(l)
-	r.rc, r.l = rc, l
+	r := &testReceiver{Receiver: rc, l: l}
+	tb.Cleanup(r.stop)
+	return r
+}
+
+func (r *testReceiver) addr() string { return r.l.Addr().String() }
+
+// stop stops the receiver: it stores what it was sent, then lets go.
+func (r *testReceiver) stop() {
+	r.once.Do(func() {
+		r.l.Close()
+		r.Close()
+	})
+}
+
+func (r *rig) startReceiver() {
+	r.t.Helper()
+	r.rc = startReceiver(r.t, ReceiverConfig{Dir: r.rdir, SegmentSize: 4 << 20}, nil)
 }
 
 func (r *rig) stopReceiver() {
 	if r.rc != nil {
-		r.l.Close()
-		r.rc.Close()
+		r.rc.stop()
 		r.rc = nil
 	}
 }

@@ -117,9 +117,7 @@ func (s *store) syncMirror() {
 	var err error
 	for mp := range s.mirrorWant {
 		if err == nil {
-			if err = s.mirror.sync(); err == nil {
-				err = writeJSON(filepath.Join(s.dir, mirrorMeta), mp)
-			}
+			err = s.syncMirrorAt(mp)
 		}
 	}
 	s.mirrorDone <- err
@@ -155,7 +153,7 @@ func (s *store) open() error {
 	if len(seqs) == 0 {
 		s.st = base.state()
 		// The mirror equals the base: start over from it.
-		if err := copyImage(filepath.Join(s.dir, baseImage), s.mirror); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := s.mirrorFromBase(); err != nil {
 			return err
 		}
 		if err := s.mirror.sync(); err != nil {
@@ -170,7 +168,7 @@ func (s *store) open() error {
 	if mp.Seq < seqs[0] {
 		// The mirror is older than every segment kept: it was never
 		// synced. Rebuild it from the base.
-		if err := copyImage(filepath.Join(s.dir, baseImage), s.mirror); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := s.mirrorFromBase(); err != nil {
 			return err
 		}
 		mp = mirrorPoint{Seq: seqs[0]}
@@ -215,11 +213,7 @@ func (s *store) replay(f *os.File, seq uint64, mp mirrorPoint) (int64, state, er
 	if err != nil {
 		return 0, state{}, err
 	}
-	r, ok, err := sr.next()
-	if err != nil || !ok {
-		return 0, state{}, fmt.Errorf("no segment header: %v", err)
-	}
-	st, hseq, err := decodeState(r)
+	st, hseq, err := sr.header()
 	if err != nil || hseq != seq {
 		return 0, state{}, fmt.Errorf("bad segment header (sequence %d): %v", hseq, err)
 	}
@@ -322,10 +316,25 @@ func syncDir(dir string) error {
 // checkpointMirror syncs the mirror and records that it holds every record
 // up to the current end of the stream.
 func (s *store) checkpointMirror() error {
+	return s.syncMirrorAt(mirrorPoint{Seq: s.seq, Offset: s.segOff})
+}
+
+// syncMirrorAt syncs the mirror and records that it holds every record up
+// to mp.
+func (s *store) syncMirrorAt(mp mirrorPoint) error {
 	if err := s.mirror.sync(); err != nil {
 		return err
 	}
-	return writeJSON(filepath.Join(s.dir, mirrorMeta), mirrorPoint{Seq: s.seq, Offset: s.segOff})
+	return writeJSON(filepath.Join(s.dir, mirrorMeta), mp)
+}
+
+// mirrorFromBase makes the mirror a copy of the base image (empty if
+// there is none yet).
+func (s *store) mirrorFromBase() error {
+	if err := copyImage(filepath.Join(s.dir, baseImage), s.mirror); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
 }
 
 // append stores the records in b (whole, checked, in order) at the end of
@@ -439,12 +448,11 @@ func readSegHeader(path string) (state, error) {
 	if err != nil {
 		return state{}, err
 	}
-	r, ok, err := sr.next()
-	if err != nil || !ok {
-		return state{}, fmt.Errorf("%s: no segment header: %v", path, err)
+	st, _, err := sr.header()
+	if err != nil {
+		return state{}, fmt.Errorf("%s: %w", path, err)
 	}
-	st, _, err := decodeState(r)
-	return st, err
+	return st, nil
 }
 
 // walkSegment applies the records of the segment at path to img and
@@ -460,11 +468,7 @@ func walkSegment(path string, img *image, stop func(st *state, r journal.Record)
 	if err != nil {
 		return state{}, false, err
 	}
-	r, ok, err := sr.next()
-	if err != nil || !ok {
-		return state{}, false, fmt.Errorf("%s: no segment header: %v", path, err)
-	}
-	st, _, err := decodeState(r)
+	st, _, err := sr.header()
 	if err != nil {
 		return state{}, false, fmt.Errorf("%s: %w", path, err)
 	}

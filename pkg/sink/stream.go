@@ -2,6 +2,7 @@ package sink
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"sort"
@@ -318,6 +319,19 @@ type segReader struct {
 	hdr  [journal.HeaderSize]byte
 	// headersOnly skips the payload of journal records.
 	headersOnly bool
+}
+
+// header reads the segment's header record: the state at its start and
+// its sequence number.
+func (sr *segReader) header() (state, uint64, error) {
+	r, ok, err := sr.next()
+	if err != nil {
+		return state{}, 0, err
+	}
+	if !ok {
+		return state{}, 0, errors.New("no segment header")
+	}
+	return decodeState(r)
 }
 
 // next returns the record at the reader's offset, or ok false at the end.

@@ -63,8 +63,7 @@ func (v *Volume) held(pos uint64) (uint64, uint64, bool) {
 	if !v.hold.on || v.hold.pos >= pos {
 		return 0, 0, false
 	}
-	st := v.j.Stats()
-	if st.Head-v.hold.pos > st.RingSize/8*SpoolShare {
+	if pos-v.hold.pos > v.ring/8*SpoolShare {
 		v.hold.on = false
 		if v.hold.onDrop != nil {
 			v.hold.onDrop()

@@ -68,6 +68,7 @@ type Volume struct {
 	commitMu sync.Mutex // one commit at a time
 	commits  uint64
 	lastCkpt uint64
+	ring     uint64 // the journal's ring size
 	hold     hold
 	quit     chan struct{}
 	done     chan struct{}
@@ -105,7 +106,7 @@ func Open(data Data, jf vfs.File, size int64, cfg Config) (*Volume, journal.Reco
 	v.j = j
 	// Commit what was replayed, if anything was: nothing to sync otherwise.
 	st := j.Stats()
-	v.lastCkpt = st.Checkpoint
+	v.lastCkpt, v.ring = st.Checkpoint, st.RingSize
 	if cfg.Hold {
 		v.hold = hold{on: true, pos: st.Checkpoint, transid: st.CheckpointTransid}
 	}
@@ -357,7 +358,7 @@ func (v *Volume) commitHeld(force bool) error {
 	pos, id := v.j.Durable()
 	if hp, hid, held := v.held(pos); held {
 		pos, id = hp, hid
-		if !force && pos-v.lastCkpt < v.j.Stats().RingSize/16 {
+		if !force && pos-v.lastCkpt < v.ring/16 {
 			return nil
 		}
 	}
