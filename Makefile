@@ -76,7 +76,8 @@ lint: ## go vet and staticcheck.
 	GO=$(GO) hack/helm.sh lint --strict charts/jvol
 
 .PHONY: verify
-verify: generate manifests ## Fail if formatting, go.mod, generated files or deploy/ would change.
+verify: generate manifests ## Fail if formatting, go.mod, generated files or deploy/ would change, or a binary is tracked.
+	hack/verify-no-binaries.sh
 	@test -z "$$(gofmt -l cmd pkg test)" || { gofmt -l cmd pkg test; echo "gofmt: files above need formatting"; exit 1; }
 	$(GO) mod tidy -diff
 	@test -z "$$(git status --porcelain -- pkg/apis charts/jvol/crds deploy)" || { git status --short -- pkg/apis charts/jvol/crds deploy; echo "generated files differ from what is committed: run make generate manifests and commit"; exit 1; }
