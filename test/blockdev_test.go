@@ -21,9 +21,9 @@ import (
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 
-	"github.com/jvol-io/jvol/pkg/loop"
-	"github.com/jvol-io/jvol/pkg/vfs"
-	"github.com/jvol-io/jvol/pkg/vfs/faultfs"
+	"github.com/jvol-io/jvol/internal/loop"
+	"github.com/jvol-io/jvol/internal/vfs"
+	"github.com/jvol-io/jvol/internal/vfs/faultfs"
 )
 
 var jvolBin string

@@ -16,7 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
-	"github.com/jvol-io/jvol/pkg/catalog"
+	"github.com/jvol-io/jvol/internal/catalog"
 )
 
 // TestDeployManifestsAreAcceptedByAnAPIServer creates every object of

@@ -20,7 +20,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/jvol-io/jvol/pkg/vfs"
+	"github.com/jvol-io/jvol/internal/vfs"
 )
 
 // receiver is a running `jvol sink`.

@@ -15,8 +15,8 @@ import (
 
 	"k8s.io/klog/v2"
 
-	"github.com/jvol-io/jvol/pkg/attach"
-	"github.com/jvol-io/jvol/pkg/sizes"
+	"github.com/jvol-io/jvol/internal/attach"
+	"github.com/jvol-io/jvol/internal/sizes"
 )
 
 // servingThreads is the least GOMAXPROCS the FUSE server gets: go-fuse

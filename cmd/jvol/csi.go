@@ -18,10 +18,11 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/jvol-io/jvol/pkg/catalog"
-	"github.com/jvol-io/jvol/pkg/csi"
-	"github.com/jvol-io/jvol/pkg/node"
-	"github.com/jvol-io/jvol/pkg/registration"
+	"github.com/jvol-io/jvol/internal/catalog"
+	"github.com/jvol-io/jvol/internal/driver"
+	"github.com/jvol-io/jvol/internal/host"
+	"github.com/jvol-io/jvol/internal/reconciler"
+	"github.com/jvol-io/jvol/internal/registration"
 )
 
 func newFlags(name string) *flag.FlagSet {
@@ -67,7 +68,7 @@ func serveHealth(ctx context.Context, addr string, ready *atomic.Bool) {
 
 func controllerCmd(ctx context.Context, args []string) error {
 	fs := newFlags("controller")
-	endpoint := fs.String("endpoint", "unix:///csi/csi.sock", "CSI endpoint")
+	endpoint := fs.String("endpoint", "unix:///csi/driver.sock", "CSI endpoint")
 	healthAddr := fs.String("health-addr", "", "serve /healthz and /readyz here (host:port)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -84,13 +85,13 @@ func controllerCmd(ctx context.Context, args []string) error {
 		return err
 	}
 	kube := catalog.Kube{Client: c}
-	cs := &csi.Controller{Store: kube, Capacity: kube.Available, NodeGone: kube.NodeGone}
-	l, err := csi.Listen(*endpoint)
+	cs := &driver.Controller{Store: kube, Capacity: kube.Available, NodeGone: kube.NodeGone}
+	l, err := driver.Listen(*endpoint)
 	if err != nil {
 		return err
 	}
 	ready.Store(true)
-	return csi.Serve(ctx, l, csi.NewServer(&csi.Identity{Controller: true, Ready: &ready}, cs, nil))
+	return driver.Serve(ctx, l, driver.NewServer(&driver.Identity{Controller: true, Ready: &ready}, cs, nil))
 }
 
 type nodeFlags struct {
@@ -99,7 +100,7 @@ type nodeFlags struct {
 
 func addNodeFlags(fs *flag.FlagSet) nodeFlags {
 	return nodeFlags{
-		endpoint:   fs.String("endpoint", "unix:///csi/csi.sock", "CSI endpoint"),
+		endpoint:   fs.String("endpoint", "unix:///csi/driver.sock", "CSI endpoint"),
 		nodeID:     fs.String("node-id", "", "this node's name (required)"),
 		stateDir:   fs.String("state-dir", "/var/lib/jvol", "where volumes and their state are kept"),
 		healthAddr: fs.String("health-addr", "", "serve /healthz and /readyz here (host:port)"),
@@ -108,7 +109,7 @@ func addNodeFlags(fs *flag.FlagSet) nodeFlags {
 
 // start parses args, serves the health endpoint and opens the node's
 // volumes; ready turns true once the caller serves CSI.
-func (f nodeFlags) start(ctx context.Context, fs *flag.FlagSet, args []string) (volumes *node.Node, ready *atomic.Bool, err error) {
+func (f nodeFlags) start(ctx context.Context, fs *flag.FlagSet, args []string) (volumes *host.Volumes, ready *atomic.Bool, err error) {
 	if err := fs.Parse(args); err != nil {
 		return nil, nil, err
 	}
@@ -118,7 +119,7 @@ func (f nodeFlags) start(ctx context.Context, fs *flag.FlagSet, args []string) (
 	runtime.GOMAXPROCS(max(runtime.GOMAXPROCS(0), servingThreads)) // volumes are served through FUSE here
 	ready = new(atomic.Bool)
 	serveHealth(ctx, *f.healthAddr, ready)
-	volumes, err = node.New(*f.stateDir)
+	volumes, err = host.New(*f.stateDir)
 	return volumes, ready, err
 }
 
@@ -129,7 +130,7 @@ func nodeCmd(ctx context.Context, args []string) error {
 	f := addNodeFlags(fs)
 	kubeletDir := fs.String("kubelet-dir", "/var/lib/kubelet", "the kubelet's root directory")
 	register := fs.Bool("register", true, "register with the kubelet")
-	regPath := fs.String("kubelet-registration-path", "", "the CSI socket's path as the kubelet sees it (default KUBELET-DIR/plugins/jvol.io/csi.sock)")
+	regPath := fs.String("kubelet-registration-path", "", "the CSI socket's path as the kubelet sees it (default KUBELET-DIR/plugins/jvol.io/driver.sock)")
 	volumes, ready, err := f.start(ctx, fs, args)
 	if err != nil {
 		return err
@@ -142,28 +143,28 @@ func nodeCmd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	r := &node.Reconciler{Volumes: volumes, NodeID: *f.nodeID}
-	mgr, err := node.NewManager(cfg, r)
+	r := &reconciler.Reconciler{Volumes: volumes, NodeID: *f.nodeID}
+	mgr, err := reconciler.NewManager(cfg, r)
 	if err != nil {
 		return err
 	}
 	errc := make(chan error, 3)
 	go func() { errc <- mgr.Start(ctx) }()
 	go publishAvailable(ctx, mgr.GetClient(), *f.nodeID, *f.stateDir)
-	l, err := csi.Listen(*f.endpoint)
+	l, err := driver.Listen(*f.endpoint)
 	if err != nil {
 		return err
 	}
-	s := csi.NewServer(&csi.Identity{Ready: ready}, nil, &csi.Node{Volumes: volumes, NodeID: *f.nodeID, Sync: r.Sync})
+	s := driver.NewServer(&driver.Identity{Ready: ready}, nil, &driver.Node{Volumes: volumes, NodeID: *f.nodeID, Sync: r.Sync})
 	served := make(chan struct{})
-	go func() { errc <- csi.Serve(ctx, l, s); close(served) }()
+	go func() { errc <- driver.Serve(ctx, l, s); close(served) }()
 	// Only once the CSI socket listens does the kubelet hear of it.
 	if *register {
 		sock := *regPath
 		if sock == "" {
-			sock = filepath.Join(*kubeletDir, "plugins", csi.DriverName, "csi.sock")
+			sock = filepath.Join(*kubeletDir, "plugins", driver.DriverName, "driver.sock")
 		}
-		go func() { errc <- registration.Serve(ctx, *kubeletDir, csi.DriverName, sock) }()
+		go func() { errc <- registration.Serve(ctx, *kubeletDir, driver.DriverName, sock) }()
 	}
 	ready.Store(true)
 	select {
@@ -206,7 +207,7 @@ func standaloneCmd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	l, err := csi.Listen(*f.endpoint)
+	l, err := driver.Listen(*f.endpoint)
 	if err != nil {
 		return err
 	}
@@ -217,17 +218,17 @@ func standaloneCmd(ctx context.Context, args []string) error {
 	if err := volumes.Restore(ctx); err != nil {
 		klog.ErrorS(err, "Some staged volumes could not be served again")
 	}
-	r := &node.Reconciler{Store: files, Volumes: volumes, NodeID: *f.nodeID}
-	loop := node.NewLoop(r)
+	r := &reconciler.Reconciler{Store: files, Volumes: volumes, NodeID: *f.nodeID}
+	loop := reconciler.NewLoop(r)
 	files.Changed, volumes.Changed = loop.Changed, loop.Changed
 	errc := make(chan error, 2)
 	go func() { errc <- loop.Run(ctx) }()
-	cs := &csi.Controller{Store: files, DefaultNode: *f.nodeID, Capacity: func(context.Context, string) (int64, error) {
+	cs := &driver.Controller{Store: files, DefaultNode: *f.nodeID, Capacity: func(context.Context, string) (int64, error) {
 		return available(*f.stateDir)
 	}}
-	s := csi.NewServer(&csi.Identity{Controller: true, Ready: ready}, cs, &csi.Node{Volumes: volumes, NodeID: *f.nodeID, Sync: r.Sync})
+	s := driver.NewServer(&driver.Identity{Controller: true, Ready: ready}, cs, &driver.Node{Volumes: volumes, NodeID: *f.nodeID, Sync: r.Sync})
 	served := make(chan struct{})
-	go func() { errc <- csi.Serve(ctx, l, s); close(served) }()
+	go func() { errc <- driver.Serve(ctx, l, s); close(served) }()
 	ready.Store(true)
 	select {
 	case <-ctx.Done():

@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/jvol-io/jvol/pkg/jtool"
-	"github.com/jvol-io/jvol/pkg/sizes"
+	"github.com/jvol-io/jvol/internal/jtool"
+	"github.com/jvol-io/jvol/internal/sizes"
 )
 
 func journalCmd(ctx context.Context, args []string) error {

@@ -15,7 +15,7 @@ import (
 
 	"k8s.io/klog/v2"
 
-	"github.com/jvol-io/jvol/pkg/sink"
+	"github.com/jvol-io/jvol/internal/sink"
 )
 
 func sinkCmd(ctx context.Context, args []string) error {

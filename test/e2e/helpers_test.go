@@ -28,8 +28,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/jvol-io/jvol/internal/catalog"
 	jvolv1 "github.com/jvol-io/jvol/pkg/apis/jvol/v1alpha1"
-	"github.com/jvol-io/jvol/pkg/catalog"
 )
 
 const (

@@ -34,6 +34,25 @@ const Finalizer = "jvol.io/backing-images"
 const (
 	// ConditionReady is true when the images exist at spec.capacity.
 	ConditionReady = "Ready"
+	// ConditionSinkInSync is true while the link to the sink is up (reason
+	// Connected or CatchingUp), false when it is down (Disconnected) or the
+	// sink has lost the stream (OutOfSync); absent without a sink.
+	ConditionSinkInSync = "SinkInSync"
+)
+
+// Reasons of the Ready condition; the controller turns them into gRPC codes.
+const (
+	ReasonCreated    = "Created"
+	ReasonOutOfSpace = "OutOfSpace" // ResourceExhausted
+	ReasonStaged     = "Staged"     // FailedPrecondition
+	ReasonError      = "Error"      // Internal
+)
+
+// Events recorded on Journals.
+const (
+	// EventSinkOutOfSync (Warning): the sink has lost the stream and needs
+	// a new baseline.
+	EventSinkOutOfSync = "SinkOutOfSync"
 )
 
 // Limits, in bytes, that the schema and Validate both enforce.

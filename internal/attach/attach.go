@@ -1,0 +1,159 @@
+// Package attach makes a volume directory a usable block device on this
+// machine: it opens (and recovers) the volume under its lock, exposes it
+// through a frontend (fuseloop: a FUSE file with a loop device on it, which
+// clears its own leftovers from a process that died), and optionally makes
+// and mounts a file system on it.
+package attach
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"k8s.io/klog/v2"
+	mount "k8s.io/mount-utils"
+	"k8s.io/utils/exec"
+
+	"github.com/jvol-io/jvol/internal/frontend"
+	"github.com/jvol-io/jvol/internal/frontend/fuseloop"
+	"github.com/jvol-io/jvol/internal/sink"
+	"github.com/jvol-io/jvol/internal/volume"
+)
+
+// FuseDir is where, inside the volume directory, the fuseloop frontend
+// mounts its FUSE file system; the served file is named after the volume.
+const FuseDir = "fuse"
+
+// Options for Attach.
+type Options struct {
+	Dir    string
+	Volume volume.Options
+	// FS, if set (ext4 or xfs), is made on the device unless it holds one,
+	// and mounted at Mount.
+	FS    string
+	Mount string
+	// Sink, if set, replaces the volume's sink settings (an empty URL
+	// removes them); if nil, the volume keeps the ones it has.
+	Sink *SinkOptions
+}
+
+// Attachment is an attached volume.
+type Attachment struct {
+	*volume.Dir
+	Device    string
+	MountPath string
+	fe        frontend.Frontend
+	sink      *SinkOptions
+	sender    *sink.Sender
+}
+
+// Attach attaches the volume in o.Dir, creating it if needed.
+func Attach(o Options) (*Attachment, error) {
+	if (o.FS == "") != (o.Mount == "") {
+		return nil, errors.New("attach: a file system and a mount point go together")
+	}
+	if o.FS != "" && o.FS != "ext4" && o.FS != "xfs" {
+		return nil, fmt.Errorf("attach: file system %q: want ext4 or xfs", o.FS)
+	}
+	dir, err := filepath.Abs(o.Dir)
+	if err != nil {
+		return nil, err
+	}
+	so, err := sinkSettings(dir, o.Sink)
+	if err != nil {
+		return nil, err
+	}
+	o.Volume.Hold = so != nil
+	d, err := volume.OpenDir(dir, o.Volume)
+	if err != nil {
+		return nil, err
+	}
+	if o.Sink != nil {
+		if err := saveSinkSettings(dir, so); err != nil {
+			d.Close()
+			return nil, err
+		}
+	}
+	// The kernel names loop backing files and mount points by their real
+	// path; so must we, to recognise our own leftovers.
+	if d.Path, err = filepath.EvalSymlinks(dir); err != nil {
+		d.Close()
+		return nil, err
+	}
+	a := &Attachment{Dir: d, sink: so}
+	if err := a.attach(o); err != nil {
+		a.Detach()
+		return nil, err
+	}
+	return a, nil
+}
+
+func (a *Attachment) attach(o Options) error {
+	fe, err := fuseloop.Open(filepath.Join(a.Path, FuseDir), a.Meta.Name, a.Volume)
+	if err != nil {
+		return err
+	}
+	a.fe, a.Device = fe, fe.Path()
+	klog.InfoS("Attached volume", "dir", a.Path, "device", a.Device, "size", a.Size())
+	if a.sink != nil {
+		cfg, err := a.sink.config(a.Meta.Name)
+		if err != nil {
+			return err
+		}
+		if a.sender, err = sink.StartSender(a.Volume, cfg); err != nil {
+			return err
+		}
+		klog.InfoS("Streaming the journal to a sink", "dir", a.Path, "url", cfg.URL, "full", cfg.Full)
+	}
+	if o.FS == "" {
+		return nil
+	}
+	if err := os.MkdirAll(o.Mount, 0o755); err != nil {
+		return err
+	}
+	m := mount.NewSafeFormatAndMount(mount.New(""), exec.New())
+	if err := m.FormatAndMount(a.Device, o.Mount, o.FS, nil); err != nil {
+		return fmt.Errorf("attach: %s on %s at %s: %w", o.FS, a.Device, o.Mount, err)
+	}
+	a.MountPath = o.Mount
+	return nil
+}
+
+// Grow grows the volume and the loop device online; a mounted file system
+// is the caller's to grow.
+func (a *Attachment) Grow(ctx context.Context, size int64) error {
+	if err := a.Dir.Grow(ctx, size); err != nil {
+		return err
+	}
+	return a.fe.Resized()
+}
+
+// Attached reports whether the block device is still there.
+func (a *Attachment) Attached() bool { return a.fe != nil }
+
+// Detach unmounts the file system (if Attach mounted one), removes the
+// block device and closes the volume (a final flush and commit). If the file
+// system or the device is still busy, it stops there and returns the error:
+// the volume stays attached and served, and Detach can be called again.
+func (a *Attachment) Detach() error {
+	if a.MountPath != "" {
+		if err := mount.New("").Unmount(a.MountPath); err != nil {
+			return fmt.Errorf("detach: %w; the volume stays attached", err)
+		}
+		a.MountPath = ""
+	}
+	if a.fe != nil {
+		if err := a.fe.Close(); err != nil {
+			return fmt.Errorf("detach: %w; the volume stays attached", err)
+		}
+		a.fe = nil
+	}
+	if a.sender != nil {
+		a.sender.Close() // what it has not sent stays in the journal
+		a.sender = nil
+	}
+	os.Remove(filepath.Join(a.Path, StatusFile)) // while the lock is ours
+	return a.Dir.Close()                         // flushes and commits
+}

@@ -1,0 +1,180 @@
+package attach
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/jvol-io/jvol/internal/journal"
+	"github.com/jvol-io/jvol/internal/vfs"
+	"github.com/jvol-io/jvol/internal/volume"
+)
+
+// StatusFile is where an attached volume's figures are published, inside
+// the volume directory, replaced atomically about once a second.
+const StatusFile = "status.json"
+
+// Status is what `jvol status` shows.
+type Status struct {
+	Volume   string `json:"volume"`
+	Attached bool   `json:"attached"`
+	PID      int    `json:"pid,omitempty"`
+	Device   string `json:"device,omitempty"`
+	Mount    string `json:"mount,omitempty"`
+	Size     int64  `json:"size"`
+
+	Transid           uint64 `json:"transid"`      // last assigned
+	AckedTransid      uint64 `json:"ackedTransid"` // last durable in the journal
+	CheckpointTransid uint64 `json:"checkpointTransid"`
+
+	BytesWritten uint64 `json:"bytesWritten"`
+	Flushes      uint64 `json:"flushes"`
+	Syncs        uint64 `json:"syncs"`
+	Commits      uint64 `json:"commits"`
+
+	FIFOSize   int    `json:"fifoSize"`
+	FIFOUsed   uint64 `json:"fifoUsed"`
+	FIFOStalls uint64 `json:"fifoStalls"`
+
+	JournalSize       uint64 `json:"journalSize"` // of the ring
+	JournalUsed       uint64 `json:"journalUsed"`
+	JournalStalls     uint64 `json:"journalStalls"`
+	CommittedPosition uint64 `json:"committedPosition"`
+
+	// The sink, if the volume streams to one.
+	Sink *SinkStatus `json:"sink,omitempty"`
+
+	Updated string `json:"updated"`
+}
+
+// SinkStatus is the link to the sink.
+type SinkStatus struct {
+	URL    string `json:"url"`
+	Duplex string `json:"duplex"`
+	// State is Connected, CatchingUp, OutOfSync or Disconnected.
+	State string `json:"state"`
+	// AckedTransid is the last id the receiver has (acknowledged in full
+	// duplex, sent in half).
+	AckedTransid uint64  `json:"ackedTransid"`
+	LagBytes     uint64  `json:"lagBytes"`
+	LagSeconds   float64 `json:"lagSeconds"`
+	LastAck      string  `json:"lastAck,omitempty"`
+	LastError    string  `json:"lastError,omitempty"`
+}
+
+// Status returns the attachment's figures.
+func (a *Attachment) Status() Status {
+	s := a.Stats()
+	j := s.Journal
+	st := Status{
+		Volume: a.Meta.Name, Attached: true, PID: os.Getpid(), Device: a.Device, Mount: a.MountPath, Size: s.Size,
+		Transid: j.LastTransid, AckedTransid: j.AckedTransid, CheckpointTransid: j.CheckpointTransid,
+		BytesWritten: j.BytesWritten, Flushes: j.Flushes, Syncs: j.Syncs, Commits: s.Commits,
+		FIFOSize: j.FIFO.Size, FIFOUsed: j.FIFO.Used, FIFOStalls: j.FIFO.Stalls,
+		JournalSize: j.RingSize, JournalUsed: j.Used, JournalStalls: j.RingStalls, CommittedPosition: j.Checkpoint,
+		Updated: time.Now().UTC().Format(time.RFC3339Nano),
+	}
+	if a.sender != nil {
+		ss := a.sender.Stats()
+		st.Sink = &SinkStatus{URL: a.sink.URL, Duplex: a.sink.Duplex, State: ss.State, AckedTransid: ss.AckedTransid,
+			LagBytes: ss.LagBytes, LagSeconds: ss.LagSeconds, LastError: ss.LastError}
+		if !ss.LastAck.IsZero() {
+			st.Sink.LastAck = ss.LastAck.UTC().Format(time.RFC3339Nano)
+		}
+		if a.sink.Duplex == "Full" {
+			st.AckedTransid = ss.AckedTransid // durable at the sink
+		}
+	}
+	return st
+}
+
+// PublishStatus writes the status file.
+func (a *Attachment) PublishStatus() error {
+	b, err := json.MarshalIndent(a.Status(), "", "  ")
+	if err != nil {
+		return err
+	}
+	// Once a second: readers need it whole, not durable.
+	return volume.ReplaceFile(filepath.Join(a.Path, StatusFile), append(b, '\n'))
+}
+
+// ReadStatus returns the status of the volume in dir: what its attach
+// process publishes if one holds it, otherwise what is on disk.
+func ReadStatus(dir string) (Status, error) {
+	meta, err := volume.ReadMeta(dir)
+	if err != nil {
+		return Status{}, err
+	}
+	if held, err := volume.IsLocked(dir); err != nil {
+		return Status{}, err
+	} else if held {
+		var s Status
+		b, err := os.ReadFile(filepath.Join(dir, StatusFile))
+		if err != nil {
+			return Status{}, fmt.Errorf("volume %s is attached but has published no status yet: %w", dir, err)
+		}
+		if err := json.Unmarshal(b, &s); err != nil {
+			return Status{}, fmt.Errorf("status of %s: %w", dir, err)
+		}
+		return s, nil
+	}
+	f, err := vfs.OpenReadOnly(filepath.Join(dir, volume.JournalFile))
+	if err != nil {
+		return Status{}, err
+	}
+	defer f.Close()
+	sb, rec, err := journal.Dump(f, func(uint64, journal.Record) error { return nil })
+	if err != nil {
+		return Status{}, err
+	}
+	return Status{
+		Volume: meta.Name, Size: meta.Size, Transid: rec.LastTransid, AckedTransid: rec.LastTransid,
+		CheckpointTransid: sb.CkptTransid, JournalSize: sb.RingSize, JournalUsed: rec.End - rec.Start,
+		CommittedPosition: sb.CkptPos, FIFOSize: meta.FIFOSize,
+	}, nil
+}
+
+// WriteText prints the status as aligned "key: value" lines.
+func (s Status) WriteText(w io.Writer) {
+	line := func(k string, v any) { fmt.Fprintf(w, "%-20s %v\n", k+":", v) }
+	line("volume", s.Volume)
+	line("attached", s.Attached)
+	if s.Attached {
+		line("device", s.Device)
+		if s.Mount != "" {
+			line("mount", s.Mount)
+		}
+		line("pid", s.PID)
+	}
+	line("size", s.Size)
+	line("transid", s.Transid)
+	line("acked transid", s.AckedTransid)
+	line("checkpoint transid", s.CheckpointTransid)
+	line("journal used", fmt.Sprintf("%d of %d", s.JournalUsed, s.JournalSize))
+	line("committed position", s.CommittedPosition)
+	if s.Attached {
+		line("fifo used", fmt.Sprintf("%d of %d", s.FIFOUsed, s.FIFOSize))
+		line("bytes written", s.BytesWritten)
+		line("flushes", s.Flushes)
+		line("syncs", s.Syncs)
+		line("commits", s.Commits)
+		line("fifo stalls", s.FIFOStalls)
+		line("journal stalls", s.JournalStalls)
+		if k := s.Sink; k != nil {
+			line("sink", fmt.Sprintf("%s (%s duplex)", k.URL, k.Duplex))
+			line("sink state", k.State)
+			line("sink acked transid", k.AckedTransid)
+			line("sink lag", fmt.Sprintf("%d bytes, %.1f s", k.LagBytes, k.LagSeconds))
+			if k.LastAck != "" {
+				line("sink last ack", k.LastAck)
+			}
+			if k.LastError != "" {
+				line("sink last error", k.LastError)
+			}
+		}
+		line("updated", s.Updated)
+	}
+}

@@ -1,0 +1,277 @@
+package driver
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+
+	csi "github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/jvol-io/jvol/internal/catalog"
+	"github.com/jvol-io/jvol/internal/host"
+	"github.com/jvol-io/jvol/internal/reconciler"
+	v1 "github.com/jvol-io/jvol/pkg/apis/jvol/v1alpha1"
+	"github.com/jvol-io/jvol/internal/vfs/vfstest"
+)
+
+// driver is a standalone driver on a temporary directory: Journals in
+// files, the reconciler running, no device ever attached (no root needed).
+type driver struct {
+	c   *Controller
+	n   *Node
+	dir string
+}
+
+func newDriver(t *testing.T) *driver { return newDriverIn(t, t.TempDir()) }
+
+func newDriverIn(t *testing.T, dir string) *driver {
+	t.Helper()
+	files, err := catalog.OpenFiles(filepath.Join(dir, "journals"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	volumes, err := host.New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	loop := reconciler.NewLoop(&reconciler.Reconciler{Store: files, Volumes: volumes, NodeID: "n1"})
+	files.Changed, volumes.Changed = loop.Changed, loop.Changed
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- loop.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	return &driver{c: &Controller{Store: files, DefaultNode: "n1"}, n: &Node{Volumes: volumes, NodeID: "n1"}, dir: dir}
+}
+
+var mountCap = &csi.VolumeCapability{
+	AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: "ext4"}},
+	AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
+}
+
+func createReq(name string, size int64, params map[string]string) *csi.CreateVolumeRequest {
+	return &csi.CreateVolumeRequest{
+		Name: name, VolumeCapabilities: []*csi.VolumeCapability{mountCap},
+		CapacityRange: &csi.CapacityRange{RequiredBytes: size}, Parameters: params,
+	}
+}
+
+func wantCode(t *testing.T, what string, err error, want codes.Code) {
+	t.Helper()
+	if status.Code(err) != want {
+		t.Errorf("%s: %v, want %s", what, err, want)
+	}
+}
+
+func TestCreateVolumeRefusesBadRequests(t *testing.T) {
+	d := newDriver(t)
+	ctx := context.Background()
+	r := createReq("v", 8<<20, nil)
+	r.Name = ""
+	_, err := d.c.CreateVolume(ctx, r)
+	wantCode(t, "no name", err, codes.InvalidArgument)
+
+	r = createReq("v", 8<<20, nil)
+	r.VolumeCapabilities = nil
+	_, err = d.c.CreateVolume(ctx, r)
+	wantCode(t, "no capabilities", err, codes.InvalidArgument)
+
+	r = createReq("v", 8<<20, nil)
+	r.VolumeCapabilities = []*csi.VolumeCapability{{AccessType: mountCap.AccessType,
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER}}}
+	_, err = d.c.CreateVolume(ctx, r)
+	wantCode(t, "multi-node", err, codes.InvalidArgument)
+
+	_, err = d.c.CreateVolume(ctx, createReq("v", 8<<20, map[string]string{"fifoSize": "3Mi"}))
+	wantCode(t, "fifo not a power of two", err, codes.InvalidArgument)
+
+	_, err = d.c.CreateVolume(ctx, createReq("v", 8<<20, map[string]string{"color": "blue"}))
+	wantCode(t, "unknown parameter", err, codes.InvalidArgument)
+
+	_, err = d.c.CreateVolume(ctx, createReq("v", 8<<20, map[string]string{"duplex": "full"}))
+	wantCode(t, "full duplex without a sink", err, codes.InvalidArgument)
+
+	_, err = d.c.CreateVolume(ctx, createReq("v", 8<<20, map[string]string{"sinkURL": "udp://sink.example:7070"}))
+	wantCode(t, "bad sink URL", err, codes.InvalidArgument)
+
+	r = createReq("v", 8<<20, nil)
+	r.CapacityRange.LimitBytes = 4 << 20
+	_, err = d.c.CreateVolume(ctx, r)
+	wantCode(t, "limit under required", err, codes.OutOfRange)
+
+	r = createReq("v", 8<<20, nil)
+	r.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: "x"}}}
+	_, err = d.c.CreateVolume(ctx, r)
+	wantCode(t, "clone", err, codes.InvalidArgument)
+
+	cluster := &Controller{Store: d.c.Store}
+	_, err = cluster.CreateVolume(ctx, createReq("v", 8<<20, nil))
+	wantCode(t, "no node in a cluster", err, codes.InvalidArgument)
+
+	if js, _ := d.c.Store.List(ctx); len(js) != 0 {
+		t.Errorf("refused requests left journals: %v", js)
+	}
+}
+
+func TestCreateVolumeIsIdempotent(t *testing.T) {
+	d := newDriver(t)
+	ctx := context.Background()
+	params := map[string]string{"journalSize": "64Mi"}
+	a, err := d.c.CreateVolume(ctx, createReq("pvc-a", 8<<20, params))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := d.c.CreateVolume(ctx, createReq("pvc-a", 8<<20, params))
+	if err != nil || b.GetVolume().GetVolumeId() != a.GetVolume().GetVolumeId() {
+		t.Fatalf("again: %v %v", b, err)
+	}
+	_, err = d.c.CreateVolume(ctx, createReq("pvc-a", 16<<20, params))
+	wantCode(t, "same name, larger", err, codes.AlreadyExists)
+	_, err = d.c.CreateVolume(ctx, createReq("pvc-a", 8<<20, map[string]string{"journalSize": "128Mi"}))
+	wantCode(t, "same name, other parameters", err, codes.AlreadyExists)
+
+	// A second call on a volume while one is running is Aborted.
+	unlock, err := d.c.locks.try("pvc-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = d.c.CreateVolume(ctx, createReq("pvc-a", 8<<20, params))
+	wantCode(t, "concurrent create", err, codes.Aborted)
+	_, err = d.c.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: "pvc-a"})
+	wantCode(t, "concurrent delete", err, codes.Aborted)
+	unlock()
+
+	for range 2 {
+		if _, err := d.c.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: "pvc-a"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(d.dir, "volumes", "pvc-a")); !os.IsNotExist(err) {
+		t.Errorf("images after delete: %v", err)
+	}
+}
+
+// The sink parameters end up in the Journal, where the node reads them.
+func TestCreateVolumeWithASink(t *testing.T) {
+	d := newDriver(t)
+	ctx := context.Background()
+	params := map[string]string{"sinkURL": "tls://sink.example:7070", "duplex": "full",
+		"sinkSecretName": "creds", "sinkSecretNamespace": "backup"}
+	if _, err := d.c.CreateVolume(ctx, createReq("pvc-s", 8<<20, params)); err != nil {
+		t.Fatal(err)
+	}
+	j, err := d.c.Store.Get(ctx, "pvc-s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k := j.Spec.Sink; j.Spec.Duplex != v1.Full || k == nil || k.URL != "tls://sink.example:7070" ||
+		k.CredentialsSecretRef == nil || *k.CredentialsSecretRef != (v1.SecretReference{Name: "creds", Namespace: "backup"}) {
+		t.Errorf("spec %+v, sink %+v", j.Spec, j.Spec.Sink)
+	}
+	if _, err := d.c.CreateVolume(ctx, createReq("pvc-s", 8<<20, params)); err != nil {
+		t.Errorf("again: %v", err)
+	}
+	delete(params, "sinkSecretName")
+	delete(params, "sinkSecretNamespace")
+	_, err = d.c.CreateVolume(ctx, createReq("pvc-s", 8<<20, params))
+	wantCode(t, "same name, other sink credentials", err, codes.AlreadyExists)
+}
+
+func TestCreateVolumeOutOfSpace(t *testing.T) {
+	d := newDriverIn(t, vfstest.SmallFS(t, 32<<20))
+	_, err := d.c.CreateVolume(context.Background(), createReq("pvc-big", 8<<20, map[string]string{"journalSize": "64Mi"}))
+	wantCode(t, "journal larger than the disk", err, codes.ResourceExhausted)
+	// Nothing is left behind for a volume the CO never got.
+	if js, _ := d.c.Store.List(context.Background()); len(js) != 0 {
+		t.Errorf("journal left behind: %v", js[0].Name)
+	}
+}
+
+func TestVolumeIDsAreNeverPaths(t *testing.T) {
+	d := newDriver(t)
+	ctx := context.Background()
+	victim := filepath.Join(d.dir, "victim")
+	if err := os.Mkdir(victim, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"../victim", "..", "a/b", "/etc"} {
+		if _, err := d.c.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id}); err != nil {
+			t.Errorf("delete %q: %v (an id that cannot exist is deleted already)", id, err)
+		}
+		_, err := d.n.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: t.TempDir(), VolumeCapability: mountCap})
+		wantCode(t, "stage "+id, err, codes.NotFound)
+		_, err = d.n.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: t.TempDir()})
+		wantCode(t, "unpublish "+id, err, codes.NotFound)
+	}
+	if _, err := os.Stat(victim); err != nil {
+		t.Errorf("a path id reached the file system: %v", err)
+	}
+}
+
+func TestExpandAndValidate(t *testing.T) {
+	d := newDriver(t)
+	ctx := context.Background()
+	_, err := d.c.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{CapacityRange: &csi.CapacityRange{RequiredBytes: 1}})
+	wantCode(t, "expand without id", err, codes.InvalidArgument)
+	_, err = d.c.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: "pvc-x"})
+	wantCode(t, "expand without range", err, codes.InvalidArgument)
+	_, err = d.c.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: "pvc-x", CapacityRange: &csi.CapacityRange{RequiredBytes: 1}})
+	wantCode(t, "expand unknown", err, codes.NotFound)
+	_, err = d.c.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: "pvc-x", VolumeCapabilities: []*csi.VolumeCapability{mountCap}})
+	wantCode(t, "validate unknown", err, codes.NotFound)
+
+	if _, err := d.c.CreateVolume(ctx, createReq("pvc-x", 8<<20, nil)); err != nil {
+		t.Fatal(err)
+	}
+	r, err := d.c.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: "pvc-x", CapacityRange: &csi.CapacityRange{RequiredBytes: 20 << 20}})
+	if err != nil || r.GetCapacityBytes() != 20<<20 || !r.GetNodeExpansionRequired() {
+		t.Fatalf("expand: %v %v", r, err)
+	}
+	if fi, err := os.Stat(filepath.Join(d.dir, "volumes", "pvc-x", "data.img")); err != nil || fi.Size() != 20<<20 {
+		t.Errorf("data image: %v %v", fi, err)
+	}
+	// Asking for less never shrinks.
+	r, err = d.c.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: "pvc-x", CapacityRange: &csi.CapacityRange{RequiredBytes: 10 << 20}})
+	if err != nil || r.GetCapacityBytes() != 20<<20 {
+		t.Errorf("smaller expand: %v %v", r, err)
+	}
+	v, err := d.c.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: "pvc-x",
+		VolumeCapabilities: []*csi.VolumeCapability{{AccessType: mountCap.AccessType,
+			AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER}}}})
+	if err != nil || v.GetConfirmed() != nil || v.GetMessage() == "" {
+		t.Errorf("multi-node confirmed: %v %v", v, err)
+	}
+
+	// The node side: not staged yet.
+	_, err = d.n.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: "pvc-x", TargetPath: t.TempDir(), StagingTargetPath: t.TempDir(), VolumeCapability: mountCap})
+	wantCode(t, "publish before stage", err, codes.FailedPrecondition)
+	_, err = d.n.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: "pvc-x", VolumePath: t.TempDir()})
+	wantCode(t, "stats before stage", err, codes.NotFound)
+	if _, err := d.n.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: "pvc-x", StagingTargetPath: t.TempDir()}); err != nil {
+		t.Errorf("unstage of what is not staged: %v", err)
+	}
+	_, err = d.n.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: "pvc-x", VolumePath: t.TempDir()})
+	wantCode(t, "node expand before stage", err, codes.FailedPrecondition)
+}
+
+// A kubelet retrying an unpublish or unstage after the volume was deleted
+// must be told it is done, or it retries forever.
+func TestTeardownOfADeletedVolumeSucceeds(t *testing.T) {
+	d := newDriver(t)
+	ctx := context.Background()
+	if _, err := d.n.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "pvc-gone", TargetPath: filepath.Join(t.TempDir(), "target")}); err != nil {
+		t.Errorf("unpublish: %v", err)
+	}
+	if _, err := d.n.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: "pvc-gone", StagingTargetPath: t.TempDir()}); err != nil {
+		t.Errorf("unstage: %v", err)
+	}
+	_, err := d.n.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: "pvc-gone", StagingTargetPath: t.TempDir(), VolumeCapability: mountCap})
+	wantCode(t, "stage", err, codes.NotFound)
+}

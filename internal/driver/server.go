@@ -1,0 +1,125 @@
+// Package csi serves jvol's CSI services: Identity, Controller (volumes
+// are Journal objects in a catalog.Store) and Node (volumes are served by
+// pkg/node on this machine).
+package driver
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+
+	csi "github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/kubernetes-csi/csi-lib-utils/protosanitizer"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+	"k8s.io/klog/v2"
+)
+
+// DriverName is the CSI driver's name.
+const DriverName = "jvol.io"
+
+// TopologyKey is the topology segment naming the node that holds a volume.
+const TopologyKey = "topology.jvol.io/node"
+
+// Version is set at build time.
+var Version = "dev"
+
+// Listen opens a CSI endpoint: unix:///path (an old socket file is
+// removed) or tcp://host:port.
+func Listen(endpoint string) (net.Listener, error) {
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		return nil, fmt.Errorf("endpoint %q: %w", endpoint, err)
+	}
+	switch u.Scheme {
+	case "unix":
+		path := u.Path
+		if path == "" {
+			path = u.Opaque
+		}
+		if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+			return nil, err
+		}
+		if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
+			return nil, err
+		}
+		return net.Listen("unix", path)
+	case "tcp":
+		return net.Listen("tcp", u.Host)
+	}
+	return nil, fmt.Errorf("endpoint %q: want unix:///path or tcp://host:port", endpoint)
+}
+
+// NewServer returns a gRPC server with the given services registered, every
+// call logged with its secrets stripped.
+func NewServer(ids *Identity, cs csi.ControllerServer, ns csi.NodeServer) *grpc.Server {
+	s := grpc.NewServer(grpc.UnaryInterceptor(logCalls))
+	csi.RegisterIdentityServer(s, ids)
+	if cs != nil {
+		csi.RegisterControllerServer(s, cs)
+	}
+	if ns != nil {
+		csi.RegisterNodeServer(s, ns)
+	}
+	return s
+}
+
+func logCalls(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	klog.V(4).InfoS("CSI call", "method", info.FullMethod, "request", protosanitizer.StripSecrets(req))
+	resp, err := h(ctx, req)
+	if err != nil {
+		klog.ErrorS(err, "CSI call failed", "method", info.FullMethod, "request", protosanitizer.StripSecrets(req))
+	} else {
+		klog.V(4).InfoS("CSI call done", "method", info.FullMethod, "response", protosanitizer.StripSecrets(resp))
+	}
+	return resp, err
+}
+
+// Identity is the CSI Identity service. Ready reports whether the plugin
+// is ready (a node plugin is not until it has served its staged volumes
+// again).
+type Identity struct {
+	csi.UnimplementedIdentityServer
+	Controller bool
+	Ready      *atomic.Bool
+}
+
+func (i *Identity) GetPluginInfo(context.Context, *csi.GetPluginInfoRequest) (*csi.GetPluginInfoResponse, error) {
+	return &csi.GetPluginInfoResponse{Name: DriverName, VendorVersion: Version}, nil
+}
+
+func (i *Identity) GetPluginCapabilities(context.Context, *csi.GetPluginCapabilitiesRequest) (*csi.GetPluginCapabilitiesResponse, error) {
+	caps := []*csi.PluginCapability{{Type: &csi.PluginCapability_Service_{Service: &csi.PluginCapability_Service{
+		Type: csi.PluginCapability_Service_VOLUME_ACCESSIBILITY_CONSTRAINTS}}}}
+	if i.Controller {
+		caps = append(caps,
+			&csi.PluginCapability{Type: &csi.PluginCapability_Service_{Service: &csi.PluginCapability_Service{
+				Type: csi.PluginCapability_Service_CONTROLLER_SERVICE}}},
+			&csi.PluginCapability{Type: &csi.PluginCapability_VolumeExpansion_{VolumeExpansion: &csi.PluginCapability_VolumeExpansion{
+				Type: csi.PluginCapability_VolumeExpansion_ONLINE}}})
+	}
+	return &csi.GetPluginCapabilitiesResponse{Capabilities: caps}, nil
+}
+
+func (i *Identity) Probe(context.Context, *csi.ProbeRequest) (*csi.ProbeResponse, error) {
+	ready := i.Ready == nil || i.Ready.Load()
+	return &csi.ProbeResponse{Ready: wrapperspb.Bool(ready)}, nil
+}
+
+func errorf(c codes.Code, format string, a ...any) error { return status.Errorf(c, format, a...) }
+
+// Serve serves s on l until ctx ends, then stops it gracefully.
+func Serve(ctx context.Context, l net.Listener, s *grpc.Server) error {
+	klog.InfoS("Serving CSI", "endpoint", l.Addr().String(), "driver", DriverName, "version", Version)
+	go func() {
+		<-ctx.Done()
+		s.GracefulStop()
+	}()
+	return s.Serve(l)
+}

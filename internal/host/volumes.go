@@ -1,0 +1,636 @@
+// Package node keeps the volumes of one node: it makes, grows and removes
+// their directories, stages them (a block device, and for file system
+// volumes a mounted file system), publishes them (bind mounts), and records
+// what is staged so that a restarted node plugin serves it again.
+//
+// Callers serialise the operations on one volume with Lock.
+package host
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+
+	"golang.org/x/sys/unix"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/klog/v2"
+	mount "k8s.io/mount-utils"
+	"k8s.io/utils/exec"
+
+	"github.com/jvol-io/jvol/internal/attach"
+	"github.com/jvol-io/jvol/internal/volume"
+)
+
+var (
+	ErrBadName   = errors.New("not a valid volume id")
+	ErrNotFound  = errors.New("volume not found")
+	ErrStaged    = errors.New("volume is staged")
+	ErrNotStaged = errors.New("volume is not staged")
+	ErrPublished = errors.New("volume is still published")
+	// ErrConflict: staged or published already, with other parameters.
+	ErrConflict = errors.New("volume already staged or published differently")
+)
+
+// StageFile records, inside a volume directory, how the volume is staged
+// and published: JSON, replaced atomically.
+const StageFile = "csi.json"
+
+// Stage is how a volume is staged and published.
+type Stage struct {
+	Version     int                `json:"version"`
+	StagingPath string             `json:"stagingPath"`
+	Block       bool               `json:"block"`
+	FSType      string             `json:"fsType,omitempty"`
+	MountFlags  []string           `json:"mountFlags,omitempty"`
+	Publishes   map[string]Publish `json:"publishes,omitempty"` // by target path
+}
+
+// Publish is one published target.
+type Publish struct {
+	ReadOnly bool `json:"readOnly"`
+}
+
+// Volumes are the volumes of this node.
+type Volumes struct {
+	// Changed, if set before use, is called with a volume's name when it is
+	// staged or unstaged, so that its Journal's status can follow.
+	Changed func(name string)
+	// Sink, if set before use, returns the sink settings a volume is staged
+	// with (an empty URL: none). Without it a volume keeps the ones it has,
+	// as it does when Restore serves it again.
+	Sink func(ctx context.Context, name string) (*attach.SinkOptions, error)
+
+	dir     string
+	mounter *mount.SafeFormatAndMount
+
+	mu    sync.Mutex
+	locks map[string]*sync.Mutex
+	att   map[string]*attach.Attachment // staged volumes
+}
+
+// New keeps volumes in stateDir/volumes.
+func New(stateDir string) (*Volumes, error) {
+	dir := filepath.Join(stateDir, "volumes")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	return &Volumes{
+		dir:     dir,
+		mounter: mount.NewSafeFormatAndMount(mount.New(""), exec.New()),
+		locks:   map[string]*sync.Mutex{},
+		att:     map[string]*attach.Attachment{},
+	}, nil
+}
+
+// CheckName reports whether name may name a volume: a DNS subdomain, so
+// never a path (no separators, no "..").
+func CheckName(name string) error {
+	if len(validation.IsDNS1123Subdomain(name)) > 0 {
+		return fmt.Errorf("%w: %q", ErrBadName, name)
+	}
+	return nil
+}
+
+func (n *Volumes) lock(name string) *sync.Mutex {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	l := n.locks[name]
+	if l == nil {
+		l = new(sync.Mutex)
+		n.locks[name] = l
+	}
+	return l
+}
+
+// Lock waits for the volume's lock and returns its release.
+func (n *Volumes) Lock(name string) func() {
+	l := n.lock(name)
+	l.Lock()
+	return l.Unlock
+}
+
+// Path is the volume's directory.
+func (n *Volumes) Path(name string) string { return filepath.Join(n.dir, name) }
+
+// Exists reports whether the volume has been made.
+func (n *Volumes) Exists(name string) bool {
+	if CheckName(name) != nil {
+		return false
+	}
+	_, err := volume.ReadMeta(n.Path(name))
+	return err == nil
+}
+
+// ErrMissing: a volume that was made is not on the node any more.
+var ErrMissing = errors.New("volume images are missing")
+
+// Ensure makes the volume if it does not exist (and create allows: a
+// volume that was made once must not come back empty because its disk is
+// not mounted), grows it to o.Size if it is smaller, records o's FIFO size
+// and commit interval for the next attach, and returns its size. A create
+// that died half way (images without the metadata file, which is written
+// last) is started over.
+func (n *Volumes) Ensure(ctx context.Context, name string, o volume.Options, create bool) (int64, error) {
+	if err := CheckName(name); err != nil {
+		return 0, err
+	}
+	if a := n.attached(name); a != nil {
+		if o.Size > a.Size() {
+			if err := a.Grow(ctx, o.Size); err != nil {
+				return 0, err
+			}
+		}
+		return a.Size(), nil
+	}
+	path := n.Path(name)
+	m, err := volume.ReadMeta(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		if !create {
+			return 0, fmt.Errorf("%w: no %s", ErrMissing, filepath.Join(path, volume.MetaFile))
+		}
+		for _, f := range []string{volume.DataFile, volume.JournalFile} {
+			if err := os.Remove(filepath.Join(path, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return 0, err
+			}
+		}
+	case err != nil:
+		return 0, err
+	case m.Size >= o.Size && withSettings(m, o) == m:
+		return m.Size, nil // nothing to change: no need to open and recover it
+	}
+	o.Name = name
+	d, err := volume.OpenDir(path, o)
+	if err != nil {
+		return 0, err
+	}
+	var err2 error
+	if m := withSettings(d.Meta, o); m != d.Meta { // while the directory's lock is still ours
+		err2 = volume.WriteMeta(path, m)
+	}
+	return d.Size(), errors.Join(err2, d.Close())
+}
+
+// withSettings is m with o's FIFO size and commit interval, where set.
+func withSettings(m volume.Meta, o volume.Options) volume.Meta {
+	if o.FIFOSize != 0 {
+		m.FIFOSize = o.FIFOSize
+	}
+	if o.CommitInterval != 0 {
+		m.CommitInterval = o.CommitInterval.String()
+	}
+	return m
+}
+
+// Remove removes a volume that is not staged. Removing one that does not
+// exist succeeds.
+func (n *Volumes) Remove(name string) error {
+	if err := CheckName(name); err != nil {
+		return err
+	}
+	if n.attached(name) != nil {
+		return fmt.Errorf("%w: %s", ErrStaged, name)
+	}
+	if st, err := n.readStage(name); err == nil && st.StagingPath != "" {
+		return fmt.Errorf("%w at %s: %s", ErrStaged, st.StagingPath, name)
+	}
+	return os.RemoveAll(n.Path(name))
+}
+
+func (n *Volumes) changed(name string) {
+	if n.Changed != nil {
+		n.Changed(name)
+	}
+}
+
+func (n *Volumes) attached(name string) *attach.Attachment {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.att[name]
+}
+
+// Status returns the figures of a staged volume.
+func (n *Volumes) Status(name string) (attach.Status, bool) {
+	a := n.attached(name)
+	if a == nil {
+		return attach.Status{}, false
+	}
+	return a.Status(), true
+}
+
+// Allocated returns the bytes the volume's data image holds on disk.
+func (n *Volumes) Allocated(name string) int64 {
+	var st unix.Stat_t
+	if err := unix.Stat(filepath.Join(n.Path(name), volume.DataFile), &st); err != nil {
+		return 0
+	}
+	return st.Blocks * 512
+}
+
+// Size returns the volume's size.
+func (n *Volumes) Size(name string) (int64, error) {
+	if a := n.attached(name); a != nil {
+		return a.Size(), nil
+	}
+	m, err := volume.ReadMeta(n.Path(name))
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, fmt.Errorf("%w: %s", ErrNotFound, name)
+	}
+	return m.Size, err
+}
+
+func (n *Volumes) readStage(name string) (Stage, error) {
+	var st Stage
+	b, err := os.ReadFile(filepath.Join(n.Path(name), StageFile))
+	if err != nil {
+		return st, err
+	}
+	return st, json.Unmarshal(b, &st)
+}
+
+func (n *Volumes) writeStage(name string, st Stage) error {
+	if st.StagingPath == "" {
+		err := os.Remove(filepath.Join(n.Path(name), StageFile))
+		if errors.Is(err, os.ErrNotExist) {
+			err = nil
+		}
+		return err
+	}
+	st.Version = 1
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	return volume.WriteFileAtomic(filepath.Join(n.Path(name), StageFile), b)
+}
+
+// Recorded reports whether the volume is recorded as staged, served or
+// not (it may have failed to be served again after a restart).
+func (n *Volumes) Recorded(name string) bool {
+	st, err := n.readStage(name)
+	return err == nil && st.StagingPath != ""
+}
+
+// Staged returns how the volume is staged, if it is.
+func (n *Volumes) Staged(name string) (Stage, bool) {
+	if n.attached(name) == nil {
+		return Stage{}, false
+	}
+	st, err := n.readStage(name)
+	return st, err == nil
+}
+
+// Device returns the block device of a staged volume.
+func (n *Volumes) Device(name string) (string, bool) {
+	a := n.attached(name)
+	if a == nil {
+		return "", false
+	}
+	return a.Device, true
+}
+
+// StageVolume attaches the volume and, unless want.Block, makes its file
+// system (once) and mounts it at want.StagingPath. Staging again the same
+// way succeeds; any other way is ErrConflict.
+func (n *Volumes) StageVolume(ctx context.Context, name string, want Stage) error {
+	if !n.Exists(name) {
+		return fmt.Errorf("%w: %s", ErrNotFound, name)
+	}
+	st, err := n.readStage(name)
+	switch {
+	case err == nil && st.StagingPath != "":
+		if st.StagingPath != want.StagingPath || st.Block != want.Block || st.FSType != want.FSType {
+			return fmt.Errorf("%w: staged at %s", ErrConflict, st.StagingPath)
+		}
+		if n.attached(name) != nil {
+			return nil
+		}
+		// Recorded but not served (serving it again after a restart
+		// failed): serve it again now, its publishes with it.
+		so, err := n.sinkOptions(ctx, name)
+		if err != nil {
+			return err
+		}
+		return n.serveAgain(name, st, so)
+	case err != nil && !errors.Is(err, os.ErrNotExist):
+		return err
+	}
+	want.Publishes = nil
+	so, err := n.sinkOptions(ctx, name)
+	if err != nil {
+		return err
+	}
+	if err := n.stage(name, want, so); err != nil {
+		return err
+	}
+	if err := n.writeStage(name, want); err != nil {
+		// Unrecorded, it could not be unstaged or served again: undo it.
+		return errors.Join(err, n.unstage(name, want))
+	}
+	return nil
+}
+
+func (n *Volumes) sinkOptions(ctx context.Context, name string) (*attach.SinkOptions, error) {
+	if n.Sink == nil {
+		return nil, nil
+	}
+	so, err := n.Sink(ctx, name)
+	if err != nil {
+		return nil, fmt.Errorf("sink settings of volume %s: %w", name, err)
+	}
+	return so, nil
+}
+
+// stage attaches the volume with sink settings so (nil: the ones it has)
+// and mounts its file system.
+func (n *Volumes) stage(name string, st Stage, so *attach.SinkOptions) error {
+	a, err := attach.Attach(attach.Options{Dir: n.Path(name), Sink: so})
+	if err != nil {
+		return err
+	}
+	if !st.Block {
+		if err := n.mounter.FormatAndMount(a.Device, st.StagingPath, st.FSType, st.MountFlags); err != nil {
+			return errors.Join(fmt.Errorf("%s on %s at %s: %w", st.FSType, a.Device, st.StagingPath, err), a.Detach())
+		}
+	}
+	n.mu.Lock()
+	n.att[name] = a
+	n.mu.Unlock()
+	n.changed(name)
+	return nil
+}
+
+// UnstageVolume undoes StageVolume. Unstaging a volume that is not staged
+// succeeds; one that was staged before a restart and could not be served
+// again loses its record and any stale mount at stagingPath.
+func (n *Volumes) UnstageVolume(name, stagingPath string) error {
+	st, err := n.readStage(name)
+	if errors.Is(err, os.ErrNotExist) {
+		// Not staged (any more): whatever is still mounted there for this
+		// volume is stale.
+		return unmountStale(n.mounter, stagingPath)
+	}
+	if err != nil {
+		return err
+	}
+	if st.StagingPath != stagingPath {
+		return fmt.Errorf("%w: staged at %s, not %s", ErrConflict, st.StagingPath, stagingPath)
+	}
+	if len(st.Publishes) > 0 {
+		return fmt.Errorf("%w at %v", ErrPublished, keys(st.Publishes))
+	}
+	if err := n.unstage(name, st); err != nil {
+		return err
+	}
+	return n.writeStage(name, Stage{})
+}
+
+// Release stops serving a staged volume (unmounts its file system and
+// removes its device) but keeps its record, as the death of the node plugin
+// does: Restore or a repeated StageVolume serves it again, publishes and
+// all. Releasing a volume that is not served succeeds.
+func (n *Volumes) Release(name string) error {
+	st, err := n.readStage(name)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return n.unstage(name, st)
+}
+
+// unstage unmounts and detaches what stage made.
+func (n *Volumes) unstage(name string, st Stage) error {
+	if !st.Block {
+		if err := unmountStale(n.mounter, st.StagingPath); err != nil {
+			return err
+		}
+	}
+	if a := n.attached(name); a != nil {
+		err := a.Detach()
+		if a.Attached() {
+			return err // busy: still attached and served
+		}
+		// The device is gone, even if the final commit failed: an entry
+		// for it would block every later stage, unstage and delete.
+		n.mu.Lock()
+		delete(n.att, name)
+		n.mu.Unlock()
+		n.changed(name)
+		return err
+	}
+	return nil
+}
+
+func keys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
+
+// PublishVolume bind-mounts a staged volume at target: its file system,
+// or for block volumes the device onto a file.
+func (n *Volumes) PublishVolume(name, target string, readOnly bool) error {
+	a := n.attached(name)
+	if a == nil {
+		return fmt.Errorf("%w: %s", ErrNotStaged, name)
+	}
+	st, err := n.readStage(name)
+	if err != nil {
+		return err
+	}
+	if p, ok := st.Publishes[target]; ok {
+		if p.ReadOnly != readOnly {
+			return fmt.Errorf("%w: %s is published read-only=%v", ErrConflict, target, p.ReadOnly)
+		}
+		if mounted, err := n.mounter.IsMountPoint(target); err == nil && mounted {
+			return nil
+		}
+	}
+	if err := n.bind(a.Device, st, target, readOnly); err != nil {
+		return err
+	}
+	if st.Publishes == nil {
+		st.Publishes = map[string]Publish{}
+	}
+	st.Publishes[target] = Publish{ReadOnly: readOnly}
+	if err := n.writeStage(name, st); err != nil {
+		// Unrecorded, the bind mount would keep the device busy for good.
+		return errors.Join(err, mount.CleanupMountPoint(target, n.mounter, true))
+	}
+	return nil
+}
+
+func (n *Volumes) bind(device string, st Stage, target string, readOnly bool) error {
+	src := st.StagingPath
+	if st.Block {
+		src = device
+		if err := os.MkdirAll(filepath.Dir(target), 0o750); err != nil {
+			return err
+		}
+		f, err := os.OpenFile(target, os.O_CREATE, 0o660)
+		if err != nil {
+			return err
+		}
+		f.Close()
+	} else if err := os.MkdirAll(target, 0o750); err != nil {
+		return err
+	}
+	opts := []string{"bind"}
+	if readOnly {
+		opts = append(opts, "ro")
+	}
+	return n.mounter.Mount(src, target, "", opts)
+}
+
+// UnpublishVolume unmounts target and removes it. Unpublishing what is not
+// published succeeds.
+func (n *Volumes) UnpublishVolume(name, target string) error {
+	if err := mount.CleanupMountPoint(target, n.mounter, true); err != nil {
+		return err
+	}
+	st, err := n.readStage(name)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if _, ok := st.Publishes[target]; !ok {
+		return nil
+	}
+	delete(st.Publishes, target)
+	return n.writeStage(name, st)
+}
+
+// ExpandVolume grows a staged volume's device to size (if the volume is
+// not that large yet) and its file system to the device.
+func (n *Volumes) ExpandVolume(ctx context.Context, name string, size int64) (int64, error) {
+	a := n.attached(name)
+	if a == nil {
+		return 0, fmt.Errorf("%w: %s", ErrNotStaged, name)
+	}
+	if size > a.Size() {
+		if err := a.Grow(ctx, size); err != nil {
+			return 0, err
+		}
+	}
+	st, err := n.readStage(name)
+	if err != nil {
+		return 0, err
+	}
+	if !st.Block {
+		if _, err := mount.NewResizeFs(exec.New()).Resize(a.Device, st.StagingPath); err != nil {
+			return 0, fmt.Errorf("resize %s on %s: %w", st.FSType, a.Device, err)
+		}
+	}
+	n.changed(name)
+	return a.Size(), nil
+}
+
+// Restore serves again every volume that was staged when the node plugin
+// last stopped: stale mounts of the dead device are removed, the volume is
+// attached again (the frontend clears its own leftovers), and its file
+// system and bind mounts are mounted again. It goes on past a volume that
+// fails and returns every failure; it stops early if ctx ends.
+func (n *Volumes) Restore(ctx context.Context) error {
+	ents, err := os.ReadDir(n.dir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range ents {
+		name := e.Name()
+		st, err := n.readStage(name)
+		if errors.Is(err, os.ErrNotExist) || CheckName(name) != nil {
+			continue
+		}
+		if ctx.Err() != nil {
+			return errors.Join(append(errs, ctx.Err())...)
+		}
+		if err == nil {
+			err = n.restore(name, st)
+		}
+		if err != nil {
+			klog.ErrorS(err, "Could not serve a staged volume again", "volume", name)
+			errs = append(errs, fmt.Errorf("volume %s: %w", name, err))
+			continue
+		}
+		klog.InfoS("Served a staged volume again", "volume", name, "stagingPath", st.StagingPath, "publishes", len(st.Publishes))
+	}
+	return errors.Join(errs...)
+}
+
+func (n *Volumes) restore(name string, st Stage) error {
+	unlock := n.Lock(name)
+	defer unlock()
+	if n.attached(name) != nil {
+		return nil
+	}
+	// As it was served before the restart: with the sink it streamed to
+	// (and whose records its journal holds).
+	return n.serveAgain(name, st, nil)
+}
+
+// serveAgain stages a volume recorded as staged, with sink settings so,
+// and publishes it again, replacing stale mounts of a dead device. The
+// caller holds its lock.
+func (n *Volumes) serveAgain(name string, st Stage, so *attach.SinkOptions) error {
+	targets := keys(st.Publishes)
+	for _, t := range targets {
+		if err := unmountStale(n.mounter, t); err != nil {
+			return err
+		}
+	}
+	if !st.Block {
+		if err := unmountStale(n.mounter, st.StagingPath); err != nil {
+			return err
+		}
+	}
+	if err := n.stage(name, st, so); err != nil {
+		return err
+	}
+	a := n.attached(name)
+	for _, t := range targets {
+		if err := n.bind(a.Device, st, t, st.Publishes[t].ReadOnly); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// unmountStale unmounts every mount stacked at path.
+func unmountStale(m mount.Interface, path string) error {
+	for {
+		mounted, err := m.IsMountPoint(path)
+		if errors.Is(err, os.ErrNotExist) || err == nil && !mounted {
+			return nil
+		}
+		if err != nil && !mount.IsCorruptedMnt(err) {
+			return err
+		}
+		if err := m.Unmount(path); err != nil {
+			return err
+		}
+	}
+}
+
+// Sync commits every staged volume, for a stop of the node plugin: its
+// volumes stay staged (pods keep their mounts) and Restore serves them again
+// at the next start.
+func (n *Volumes) Sync(ctx context.Context) error {
+	n.mu.Lock()
+	atts := make([]*attach.Attachment, 0, len(n.att))
+	for _, a := range n.att {
+		atts = append(atts, a)
+	}
+	n.mu.Unlock()
+	var errs []error
+	for _, a := range atts {
+		errs = append(errs, a.Commit(ctx))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,164 @@
+package journal
+
+import (
+	"fmt"
+	"sync/atomic"
+
+	"github.com/jvol-io/jvol/internal/vfs"
+)
+
+const blk = vfs.BlockSize
+
+// ringWriter appends records to the ring with direct I/O, straight from the
+// FIFO's memory: a record's ring position and its FIFO index are congruent
+// modulo the block size, so whole blocks of a run of records are written from
+// the FIFO without a copy. Only the first and last partial blocks of a run go
+// through a one-block scratch buffer, which always holds the ring block that
+// the next byte lands in (bytes before that point valid, zeros after).
+//
+// A partial last block is written again, whole, when the next run extends
+// it. Its old and new contents agree on every byte written before, so a
+// rewrite torn sector by sector never damages a record that was durable.
+type ringWriter struct {
+	f    vfs.File
+	ring uint64 // ring size
+	fifo []byte // the FIFO's buffer, block aligned
+	mask uint64
+
+	head    uint64 // ring position after the last record placed
+	scratch []byte // the ring block holding runH (or head when no run)
+	dirty   bool   // scratch holds bytes not yet written
+
+	// The run: FIFO indices [runA, runB) placed at ring position runH, not
+	// yet written. It never crosses the end of the ring or of the FIFO.
+	runA, runB, runH uint64
+
+	bytes atomic.Uint64 // record bytes written (not the rewrites of partial blocks)
+}
+
+func (w *ringWriter) fileOff(pos uint64) int64 { return int64(RingOffset + pos%w.ring) }
+
+// record places the complete FIFO record at FIFO index pos at the head.
+// The caller ensured that pos ≡ head (mod blk) and that the record fits
+// before the end of the ring.
+func (w *ringWriter) record(pos uint64, n uint64) error {
+	if w.runA != w.runB {
+		if pos != w.runB {
+			panic(fmt.Sprintf("journal: FIFO record at %d does not follow the run ending at %d", pos, w.runB))
+		}
+		// A run is one piece of FIFO memory and of the ring: end it where
+		// either wraps (both are block boundaries, so nothing is rewritten).
+		if pos&w.mask == 0 || w.head%w.ring == 0 {
+			if err := w.flush(true); err != nil {
+				return err
+			}
+		}
+	}
+	if w.runA == w.runB {
+		w.runA, w.runB, w.runH = pos, pos, w.head
+	}
+	w.runB += n
+	w.head += n
+	return nil
+}
+
+// pad places a pad record of n bytes with id transid at the head. Only its
+// header and trailer are written: a pad's body is never read.
+func (w *ringWriter) pad(n, transid uint64) error {
+	if err := w.flush(true); err != nil {
+		return err
+	}
+	var hdr [HeaderSize]byte
+	putHeader(hdr[:], Header{Magic: BeginMagic, Stream: StreamPad | FlagBegin | FlagEnd, Size: uint32(n), Transid: transid})
+	off := w.head % blk
+	copy(w.scratch[off:], hdr[:])
+	w.dirty = true
+	end := w.head + n
+	if off+n > blk {
+		// The trailer lies in a later block: write this one, start that one.
+		if err := w.writeScratch(w.head); err != nil {
+			return err
+		}
+		clear(w.scratch)
+	}
+	if n > HeaderSize {
+		t := w.scratch[(end-TrailerSize)%blk:]
+		putTrailer(t, recordCRC(hdr[:], nil), uint32(n))
+		w.dirty = true
+	}
+	w.head = end
+	if end%blk == 0 {
+		if err := w.writeScratch(end - 1); err != nil {
+			return err
+		}
+		clear(w.scratch)
+	}
+	return nil
+}
+
+// writeScratch writes the scratch buffer as the ring block holding pos.
+func (w *ringWriter) writeScratch(pos uint64) error {
+	if !w.dirty {
+		return nil
+	}
+	if _, err := w.f.WriteAt(w.scratch, w.fileOff(pos&^(blk-1))); err != nil {
+		return fmt.Errorf("journal: write ring at %d: %w", pos, err)
+	}
+	w.dirty = false
+	return nil
+}
+
+// flush writes the run. With all set it writes everything, the last block
+// zero-filled; otherwise only whole blocks, and the rest stays as the run.
+func (w *ringWriter) flush(all bool) error {
+	if w.runA == w.runB {
+		if all {
+			return w.writeScratch(w.head)
+		}
+		return nil
+	}
+	a, b, h := w.runA, w.runB, w.runH
+	// The first block, if the run starts inside it: complete it in scratch.
+	if off := h % blk; off != 0 {
+		take := min(b-a, blk-off)
+		if off+take < blk && !all {
+			return nil // not a whole block yet
+		}
+		copy(w.scratch[off:], w.fifo[a&w.mask:(a&w.mask)+take])
+		w.dirty = true
+		if err := w.writeScratch(h); err != nil {
+			return err
+		}
+		w.bytes.Add(take)
+		a, h = a+take, h+take
+		if h%blk != 0 { // the run ended inside the block: scratch stays
+			w.runA = w.runB
+			return nil
+		}
+		clear(w.scratch)
+	}
+	// Whole blocks, straight from the FIFO.
+	if whole := (b - a) &^ (blk - 1); whole > 0 {
+		fa := a & w.mask
+		if _, err := w.f.WriteAt(w.fifo[fa:fa+whole], w.fileOff(h)); err != nil {
+			return fmt.Errorf("journal: write ring at %d: %w", h, err)
+		}
+		w.bytes.Add(whole)
+		a, h = a+whole, h+whole
+	}
+	if a == b {
+		w.runA = w.runB
+		return nil
+	}
+	if !all {
+		w.runA, w.runH = a, h
+		return nil
+	}
+	// The last, partial block.
+	n := b - a
+	copy(w.scratch, w.fifo[a&w.mask:(a&w.mask)+n])
+	w.dirty = true
+	w.bytes.Add(n)
+	w.runA = w.runB
+	return w.writeScratch(h)
+}

@@ -1,0 +1,350 @@
+package reconciler_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	csispec "github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/jvol-io/jvol/internal/catalog"
+	"github.com/jvol-io/jvol/internal/driver"
+	"github.com/jvol-io/jvol/internal/host"
+	"github.com/jvol-io/jvol/internal/reconciler"
+	"github.com/jvol-io/jvol/internal/volume"
+	v1 "github.com/jvol-io/jvol/pkg/apis/jvol/v1alpha1"
+)
+
+// startAPIServer runs a real kube-apiserver and etcd (envtest) with the
+// Journal CRD installed. KUBEBUILDER_ASSETS names their directory; `make
+// test` builds them once with hack/envtest-assets.sh.
+func startAPIServer(t *testing.T) (client.Client, *rest.Config) {
+	t.Helper()
+	assets := os.Getenv("KUBEBUILDER_ASSETS")
+	if assets == "" {
+		t.Fatal("KUBEBUILDER_ASSETS is not set: run `make test`, or export KUBEBUILDER_ASSETS=$(hack/envtest-assets.sh)")
+	}
+	env := &envtest.Environment{
+		CRDDirectoryPaths:     []string{filepath.Join("..", "..", "charts", "jvol", "crds")},
+		ErrorIfCRDPathMissing: true,
+		BinaryAssetsDirectory: assets,
+	}
+	cfg, err := env.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := env.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	c, err := client.New(cfg, client.Options{Scheme: catalog.Scheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, cfg
+}
+
+func journal(name, node string, capacity string) *v1.Journal {
+	return &v1.Journal{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{catalog.NodeLabel: node}},
+		Spec:       v1.JournalSpec{Node: node, Capacity: resource.MustParse(capacity)},
+	}
+}
+
+func q(s string) *resource.Quantity { x := resource.MustParse(s); return &x }
+
+func TestSchemaRefusesBadJournals(t *testing.T) {
+	c, _ := startAPIServer(t)
+	ctx := context.Background()
+	bad := []struct {
+		name   string
+		change func(*v1.JournalSpec)
+		want   string
+	}{
+		{"no-node", func(s *v1.JournalSpec) { s.Node = "" }, "spec.node"},
+		{"tiny", func(s *v1.JournalSpec) { s.Capacity = resource.MustParse("4Ki") }, "capacity must be at least 1Mi"},
+		{"unaligned", func(s *v1.JournalSpec) { s.Capacity = resource.MustParse("1000001") }, "capacity must be a multiple of 4Ki"},
+		{"small-journal", func(s *v1.JournalSpec) { s.JournalSize = q("1Mi") }, "journalSize must be at least 64Mi"},
+		{"fifo-not-pow2", func(s *v1.JournalSpec) { s.FIFOSize = q("3Mi") }, "fifoSize must be a power of two from 1Mi to 1Gi"},
+		{"fifo-too-big", func(s *v1.JournalSpec) { s.FIFOSize = q("2Gi") }, "fifoSize must be a power of two"},
+		{"duplex", func(s *v1.JournalSpec) { s.Duplex = "Quarter" }, "spec.duplex"},
+		{"sink-url", func(s *v1.JournalSpec) { s.Sink = &v1.SinkSpec{URL: "http://sink.example/x"} }, "spec.sink.url"},
+		{"commit-interval", func(s *v1.JournalSpec) { s.CommitInterval = &metav1.Duration{Duration: time.Millisecond} }, "commitInterval must be from 1s to 1h"},
+		{"fs", func(s *v1.JournalSpec) { s.FSType = "btrfs" }, "spec.fsType"},
+	}
+	for _, b := range bad {
+		j := journal(b.name, "node-a", "1Gi")
+		b.change(&j.Spec)
+		err := c.Create(ctx, j)
+		if !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), b.want) {
+			t.Errorf("%s: got %v, want Invalid mentioning %q", b.name, err, b.want)
+		}
+		if verr := j.Spec.Validate(); verr == nil {
+			t.Errorf("%s: the API server refuses it but Validate (standalone) accepts it", b.name)
+		}
+	}
+
+	j := journal("good", "node-a", "1Gi")
+	j.Spec.FIFOSize, j.Spec.JournalSize = q("16Mi"), q("128Mi")
+	j.Spec.Sink = &v1.SinkSpec{URL: "tls://sink.example:7070"}
+	if err := c.Create(ctx, j); err != nil {
+		t.Fatal(err)
+	}
+	if j.Spec.Duplex != v1.Half {
+		t.Errorf("duplex defaulted to %q, want Half", j.Spec.Duplex)
+	}
+	updates := []struct {
+		change func(*v1.JournalSpec)
+		want   string
+	}{
+		{func(s *v1.JournalSpec) { s.Capacity = resource.MustParse("512Mi") }, "capacity never shrinks"},
+		{func(s *v1.JournalSpec) { s.Node = "node-b" }, "node is immutable"},
+		{func(s *v1.JournalSpec) { s.JournalSize = q("256Mi") }, "journalSize is immutable"},
+	}
+	for _, u := range updates {
+		k := j.DeepCopy()
+		u.change(&k.Spec)
+		err := c.Update(ctx, k)
+		if !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), u.want) {
+			t.Errorf("update: got %v, want Invalid mentioning %q", err, u.want)
+		}
+		if verr := k.Spec.ValidateUpdate(&j.Spec); verr == nil {
+			t.Errorf("update %q: ValidateUpdate (standalone) accepts it", u.want)
+		}
+	}
+	k := j.DeepCopy()
+	k.Spec.Capacity = resource.MustParse("2Gi")
+	if err := c.Update(ctx, k); err != nil {
+		t.Errorf("growing: %v", err)
+	}
+
+	// Sizes compare as quantities, not strings: the Go client sends 65536Ki
+	// back as 64Mi, which is no change.
+	u := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "jvol.io/v1alpha1", "kind": "Journal",
+		"metadata": map[string]any{"name": "other-units"},
+		"spec":     map[string]any{"node": "node-a", "capacity": int64(1 << 30), "journalSize": "65536Ki"},
+	}}
+	if err := c.Create(ctx, u); err != nil {
+		t.Fatal(err)
+	}
+	var typed v1.Journal
+	if err := c.Get(ctx, client.ObjectKey{Name: "other-units"}, &typed); err != nil {
+		t.Fatal(err)
+	}
+	typed.Finalizers = []string{v1.Finalizer}
+	if err := c.Update(ctx, &typed); err != nil {
+		t.Errorf("update of a journal whose sizes were in other units: %v", err)
+	}
+}
+
+// waitJournal polls the Journal until ok says so (an API object: there is
+// nothing else to wait on).
+func waitJournal(t *testing.T, c client.Client, name string, ok func(*v1.Journal) bool) *v1.Journal {
+	t.Helper()
+	var j v1.Journal
+	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		err := c.Get(ctx, client.ObjectKey{Name: name}, &j)
+		return err == nil && ok(&j), nil
+	})
+	if err != nil {
+		t.Fatalf("journal %s: %v; last seen %+v", name, err, j.Status)
+	}
+	return &j
+}
+
+func TestNodeReconcilesItsJournals(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: stages a volume through FUSE and a loop device")
+	}
+	c, cfg := startAPIServer(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	volumes, err := host.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mgr, err := reconciler.NewManager(cfg, &reconciler.Reconciler{Volumes: volumes, NodeID: "node-a", Refresh: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	kube := catalog.Kube{Client: c}
+	ctrl := &driver.Controller{Store: kube, Capacity: kube.Available, NodeGone: kube.NodeGone}
+	nodeA := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a", Annotations: map[string]string{catalog.AvailableAnnotation: "123456789"}}}
+	if err := c.Create(ctx, nodeA); err != nil {
+		t.Fatal(err)
+	}
+	capResp, err := ctrl.GetCapacity(ctx, &csispec.GetCapacityRequest{AccessibleTopology: &csispec.Topology{Segments: map[string]string{driver.TopologyKey: "node-a"}}})
+	if err != nil || capResp.GetAvailableCapacity() != 123456789 {
+		t.Errorf("capacity of node-a: %v %v", capResp, err)
+	}
+	caps := []*csispec.VolumeCapability{{
+		AccessType: &csispec.VolumeCapability_Block{Block: &csispec.VolumeCapability_BlockVolume{}},
+		AccessMode: &csispec.VolumeCapability_AccessMode{Mode: csispec.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
+	}}
+	top := &csispec.TopologyRequirement{Preferred: []*csispec.Topology{{Segments: map[string]string{driver.TopologyKey: "node-a"}}}}
+
+	// Another node's Journal is not this node's business.
+	other := journal("other", "node-b", "1Gi")
+	if err := c.Create(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+
+	// Create: the images exist and the Journal is Ready.
+	resp, err := ctrl.CreateVolume(ctx, &csispec.CreateVolumeRequest{
+		Name: "pvc-1", VolumeCapabilities: caps, AccessibilityRequirements: top,
+		CapacityRange: &csispec.CapacityRange{RequiredBytes: 100 << 20},
+		Parameters:    map[string]string{"journalSize": "64Mi", "fifoSize": "2Mi"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := resp.GetVolume().GetVolumeId()
+	if id != "pvc-1" || resp.GetVolume().GetCapacityBytes() != 100<<20 {
+		t.Fatalf("created %v", resp.GetVolume())
+	}
+	dir := volumes.Path(id)
+	for _, f := range []string{volume.DataFile, volume.JournalFile, volume.MetaFile} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j := waitJournal(t, c, id, func(j *v1.Journal) bool { return j.Status.Phase == v1.PhaseReady })
+	if len(j.Finalizers) != 1 || j.Finalizers[0] != v1.Finalizer {
+		t.Errorf("finalizers %v", j.Finalizers)
+	}
+
+	// Expand: spec grows, then the node grows the data image.
+	exp, err := ctrl.ControllerExpandVolume(ctx, &csispec.ControllerExpandVolumeRequest{
+		VolumeId: id, CapacityRange: &csispec.CapacityRange{RequiredBytes: 200 << 20}, VolumeCapability: caps[0],
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if exp.GetCapacityBytes() != 200<<20 || exp.GetNodeExpansionRequired() {
+		t.Errorf("expanded: %v", exp)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, volume.DataFile)); err != nil || fi.Size() != 200<<20 {
+		t.Errorf("data image after expand: %v %v", fi, err)
+	}
+
+	// Staged: Attached, with live figures that follow the writes.
+	staging := t.TempDir()
+	if err := volumes.StageVolume(ctx, id, host.Stage{StagingPath: staging, Block: true}); err != nil {
+		t.Fatal(err)
+	}
+	defer volumes.UnstageVolume(id, staging) // if the test stops early
+	dev, _ := volumes.Device(id)
+	j = waitJournal(t, c, id, func(j *v1.Journal) bool { return j.Status.Phase == v1.PhaseAttached && j.Status.Device == dev })
+	before := j.Status.Transid
+	f, err := os.OpenFile(dev, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(make([]byte, 1<<20), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	waitJournal(t, c, id, func(j *v1.Journal) bool {
+		return j.Status.Transid > before && j.Status.AckedTransid >= j.Status.Transid && j.Status.LastAckTime != nil
+	})
+
+	// Delete while staged: refused with the reason; after unstaging it goes.
+	if _, err := ctrl.DeleteVolume(ctx, &csispec.DeleteVolumeRequest{VolumeId: id}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("delete of a staged volume: %v, want FailedPrecondition", err)
+	}
+	if err := volumes.UnstageVolume(id, staging); err != nil {
+		t.Fatal(err)
+	}
+	waitJournal(t, c, id, func(j *v1.Journal) bool { return j.Status.Phase == v1.PhaseReady })
+	if _, err := ctrl.DeleteVolume(ctx, &csispec.DeleteVolumeRequest{VolumeId: id}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("volume directory after delete: %v", err)
+	}
+	if err := c.Get(ctx, client.ObjectKey{Name: id}, &v1.Journal{}); !apierrors.IsNotFound(err) {
+		t.Errorf("journal after delete: %v", err)
+	}
+
+	// A volume with a sink: the node writes its credentials Secret's keys
+	// into the volume directory, and the status shows the link (down:
+	// nothing listens there).
+	creds := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "sink-creds", Namespace: "default"}, Data: map[string][]byte{"token": []byte("s3cret")}}
+	if err := c.Create(ctx, creds); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ctrl.CreateVolume(ctx, &csispec.CreateVolumeRequest{
+		Name: "pvc-2", VolumeCapabilities: caps, AccessibilityRequirements: top,
+		CapacityRange: &csispec.CapacityRange{RequiredBytes: 8 << 20},
+		Parameters:    map[string]string{"sinkURL": "tcp://127.0.0.1:1", "sinkSecretName": "sink-creds", "sinkSecretNamespace": "default"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	staging = t.TempDir()
+	if err := volumes.StageVolume(ctx, "pvc-2", host.Stage{StagingPath: staging, Block: true}); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(volumes.Path("pvc-2"), reconciler.SinkCredentialsDir, "token")); err != nil || string(b) != "s3cret" {
+		t.Errorf("sink token: %q %v", b, err)
+	}
+	waitJournal(t, c, "pvc-2", func(j *v1.Journal) bool {
+		c := meta.FindStatusCondition(j.Status.Conditions, v1.ConditionSinkInSync)
+		return j.Status.SinkState == "Disconnected" && c != nil && c.Status == metav1.ConditionFalse
+	})
+	if err := volumes.UnstageVolume("pvc-2", staging); err != nil {
+		t.Fatal(err)
+	}
+
+	// A Journal whose node is gone for good does not hang in deletion.
+	ghost := journal("ghost-volume", "ghost", "1Gi")
+	ghost.Finalizers = []string{v1.Finalizer}
+	if err := c.Create(ctx, ghost); err != nil {
+		t.Fatal(err)
+	}
+	ghost.Status.Phase, ghost.Status.Device = v1.PhaseAttached, "/dev/loop99" // last word from a node that crashed
+	if err := c.Status().Update(ctx, ghost); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ctrl.DeleteVolume(ctx, &csispec.DeleteVolumeRequest{VolumeId: "ghost-volume"}); err != nil {
+		t.Fatalf("delete of a gone node's volume: %v", err)
+	}
+
+	// Still nobody touched the other node's Journal.
+	if err := c.Get(ctx, client.ObjectKey{Name: "other"}, other); err != nil {
+		t.Fatal(err)
+	}
+	if len(other.Finalizers) != 0 || other.Status.Phase != "" {
+		t.Errorf("another node's journal was touched: %v %+v", other.Finalizers, other.Status)
+	}
+	if _, err := os.Stat(volumes.Path("other")); !os.IsNotExist(err) {
+		t.Errorf("another node's volume was made here: %v", err)
+	}
+}

@@ -1,0 +1,308 @@
+package reconciler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/retry"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+
+	"github.com/jvol-io/jvol/internal/attach"
+	"github.com/jvol-io/jvol/internal/catalog"
+	"github.com/jvol-io/jvol/internal/host"
+	"github.com/jvol-io/jvol/internal/sink"
+	"github.com/jvol-io/jvol/internal/volume"
+	v1 "github.com/jvol-io/jvol/pkg/apis/jvol/v1alpha1"
+)
+
+// SinkCredentialsDir is where, inside a volume directory, the keys of the
+// sink's credentials Secret are written for the attach to read.
+const SinkCredentialsDir = "sink-credentials"
+
+// DefaultRefresh is how often the figures of a staged volume are refreshed.
+const DefaultRefresh = 5 * time.Second
+
+// Reconciler brings the Journals of one node to their spec: it makes,
+// grows and removes their images, and reports their state and figures.
+type Reconciler struct {
+	Store   catalog.Store
+	Volumes *host.Volumes
+	NodeID  string
+	Refresh time.Duration
+	// Fresh, if set, is Store reading from the API server itself rather
+	// than a cache: Sync uses it.
+	Fresh catalog.Store
+	// Secrets, if set, reads the sinks' credentials Secrets (standalone has
+	// none: a Journal naming one cannot be staged there).
+	Secrets client.Reader
+	// Recorder, if set, records events on Journals.
+	Recorder record.EventRecorder
+}
+
+// Reconcile acts on the Journal called name and returns when it wants to
+// look again (0: when it changes).
+func (r *Reconciler) Reconcile(ctx context.Context, name string) (time.Duration, error) {
+	j, err := r.Store.Get(ctx, name)
+	if apierrors.IsNotFound(err) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	if j.Spec.Node != r.NodeID {
+		return 0, nil // another node's
+	}
+	// The volume's lock is held only around the work on this machine, never
+	// across a call to the API server: CSI calls wait on it.
+	if j.DeletionTimestamp != nil {
+		return r.remove(ctx, j)
+	}
+	if controllerutil.AddFinalizer(j, v1.Finalizer) {
+		if err := r.Store.Update(ctx, j); err != nil {
+			return 0, err
+		}
+	}
+	o := volume.Options{Size: j.Spec.Capacity.Value()}
+	if q := j.Spec.JournalSize; q != nil {
+		o.JournalSize = q.Value()
+	}
+	if q := j.Spec.FIFOSize; q != nil {
+		o.FIFOSize = int(q.Value())
+	}
+	if d := j.Spec.CommitInterval; d != nil {
+		o.CommitInterval = d.Duration
+	}
+	start := time.Now()
+	// Only a Journal never made may be made: one that was made and is gone
+	// is an error to report, not an empty volume to serve.
+	made := j.Status.Capacity != nil
+	unlock := r.Volumes.Lock(name)
+	size, err := r.Volumes.Ensure(ctx, name, o, !made)
+	s, attached := r.Volumes.Status(name)
+	recorded := r.Volumes.Recorded(name)
+	unlock()
+	klog.V(4).InfoS("Ensured volume", "volume", name, "size", size, "took", time.Since(start), "err", err)
+	next := j.Status.DeepCopy()
+	next.ObservedGeneration = j.Generation
+	if err != nil {
+		reason := v1.ReasonError
+		if errors.Is(err, syscall.ENOSPC) {
+			reason = v1.ReasonOutOfSpace
+		}
+		next.Phase = v1.PhaseFailed
+		setReady(next, metav1.ConditionFalse, reason, err.Error())
+		if uerr := r.setStatus(ctx, j, next); uerr != nil {
+			return 0, uerr
+		}
+		return 0, fmt.Errorf("volume %s: %w", name, err)
+	}
+	next.Capacity = resource.NewQuantity(size, resource.BinarySI)
+	setReady(next, metav1.ConditionTrue, v1.ReasonCreated, fmt.Sprintf("images of %d bytes on node %s", size, r.NodeID))
+	next.Phase, next.Device = v1.PhaseReady, ""
+	again := time.Duration(0)
+	if recorded && !attached {
+		// Staged for the CO, but not served: it could not be served again
+		// after a restart. Deleting it must wait for an unstage.
+		next.Phase = v1.PhaseDegraded
+	}
+	if attached {
+		next.Phase, next.Device = v1.PhaseAttached, s.Device
+		setFigures(next, s)
+		if next.SinkState == sink.OutOfSync {
+			next.Phase = v1.PhaseDegraded
+			if j.Status.SinkState != sink.OutOfSync {
+				r.sinkOutOfSync(j, next)
+			}
+		}
+		again = r.Refresh
+		if again == 0 {
+			again = DefaultRefresh
+		}
+	} else {
+		next.FIFOSize, next.FIFOUsed, next.JournalUsed, next.BytesUnacked, next.Lag = 0, 0, 0, 0, ""
+		noSink(next)
+	}
+	return again, r.setStatus(ctx, j, next)
+}
+
+// setFigures sets next, a copy of the Journal's status, to the figures of
+// the attached volume: with a sink, what is not at the sink yet is the lag.
+func setFigures(next *v1.JournalStatus, s attach.Status) {
+	if int64(s.AckedTransid) != next.AckedTransid {
+		now := metav1.Now()
+		next.LastAckTime = &now
+	}
+	next.FIFOSize, next.FIFOUsed, next.FIFOStalls = int64(s.FIFOSize), int64(s.FIFOUsed), int64(s.FIFOStalls)
+	next.JournalUsed = int64(s.JournalUsed)
+	next.Transid, next.AckedTransid = int64(s.Transid), int64(s.AckedTransid)
+	next.BytesUnacked = int64(s.FIFOUsed)
+	if k := s.Sink; k != nil {
+		next.SinkState = k.State
+		next.BytesUnacked = int64(k.LagBytes)
+		if t, err := time.Parse(time.RFC3339Nano, k.LastAck); err == nil {
+			// Whole seconds, as the API keeps it: the same ack is no change.
+			at := metav1.NewTime(t.Truncate(time.Second))
+			next.LastAckTime = &at
+		}
+		c := metav1.Condition{Type: v1.ConditionSinkInSync, Status: metav1.ConditionTrue, Reason: k.State,
+			Message: fmt.Sprintf("%s duplex to %s", k.Duplex, k.URL)}
+		if k.State != sink.Connected && k.State != sink.CatchingUp {
+			c.Status = metav1.ConditionFalse
+			if k.LastError != "" {
+				c.Message = fmt.Sprintf("%s: %s", k.URL, k.LastError)
+			}
+		}
+		meta.SetStatusCondition(&next.Conditions, c)
+	} else {
+		noSink(next)
+	}
+	next.Lag = resource.NewQuantity(next.BytesUnacked, resource.BinarySI).String()
+}
+
+// noSink clears the sink's state: there is no link to report.
+func noSink(s *v1.JournalStatus) {
+	s.SinkState = ""
+	meta.RemoveStatusCondition(&s.Conditions, v1.ConditionSinkInSync)
+}
+
+// sinkOutOfSync reports a sink that has just lost the stream: it needs a
+// new baseline, and until then the volume is not protected off site.
+func (r *Reconciler) sinkOutOfSync(j *v1.Journal, next *v1.JournalStatus) {
+	msg := "the sink is out of sync"
+	if c := meta.FindStatusCondition(next.Conditions, v1.ConditionSinkInSync); c != nil {
+		msg = "the sink is out of sync: " + c.Message
+	}
+	klog.InfoS("Sink out of sync", "journal", j.Name, "message", msg)
+	if r.Recorder != nil {
+		r.Recorder.Event(j, corev1.EventTypeWarning, v1.EventSinkOutOfSync, msg)
+	}
+}
+
+// sinkOptions returns the sink settings the Journal called name is staged
+// with (Node.Sink): its spec's sink and duplex, and the keys of its
+// credentials Secret written into the volume directory. The caller holds
+// the volume's lock.
+func (r *Reconciler) sinkOptions(ctx context.Context, name string) (*attach.SinkOptions, error) {
+	j, err := r.Store.Get(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(r.Volumes.Path(name), SinkCredentialsDir)
+	k := j.Spec.Sink
+	if k == nil {
+		// No sink (any more): the volume stops streaming and holding its
+		// journal for one, and keeps no credentials.
+		return &attach.SinkOptions{}, os.RemoveAll(dir)
+	}
+	so := &attach.SinkOptions{URL: k.URL, Duplex: string(j.Spec.Duplex)}
+	if so.Duplex == "" {
+		so.Duplex = string(v1.Half)
+	}
+	ref := k.CredentialsSecretRef
+	if ref == nil {
+		return so, os.RemoveAll(dir)
+	}
+	if r.Secrets == nil {
+		return nil, fmt.Errorf("sink credentials Secret %s/%s: no API server to read it from", ref.Namespace, ref.Name)
+	}
+	var sec corev1.Secret
+	if err := r.Secrets.Get(ctx, client.ObjectKey{Namespace: ref.Namespace, Name: ref.Name}, &sec); err != nil {
+		return nil, fmt.Errorf("sink credentials Secret %s/%s: %w", ref.Namespace, ref.Name, err)
+	}
+	return so, writeSinkCredentials(dir, sec.Data, so)
+}
+
+// writeSinkCredentials writes the keys of a sink's credentials Secret into
+// dir, one file each (mode 0600), and points so at those it has.
+func writeSinkCredentials(dir string, data map[string][]byte, so *attach.SinkOptions) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for key, file := range map[string]*string{"token": &so.TokenFile, "ca.crt": &so.CAFile, "tls.crt": &so.CertFile, "tls.key": &so.KeyFile} {
+		path := filepath.Join(dir, key)
+		b, ok := data[key]
+		if !ok {
+			// A key taken out of the Secret is not used from an old file.
+			if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+			continue
+		}
+		if err := volume.WriteFileAtomic(path, b); err != nil {
+			return err
+		}
+		*file = path
+	}
+	return nil
+}
+
+func setReady(s *v1.JournalStatus, st metav1.ConditionStatus, reason, msg string) {
+	meta.SetStatusCondition(&s.Conditions, metav1.Condition{Type: v1.ConditionReady, Status: st, Reason: reason, Message: msg})
+}
+
+// setStatus stores next unless nothing but the time would change.
+func (r *Reconciler) setStatus(ctx context.Context, j *v1.Journal, next *v1.JournalStatus) error {
+	next.Updated = j.Status.Updated
+	if equality.Semantic.DeepEqual(&j.Status, next) {
+		return nil
+	}
+	now := metav1.Now()
+	next.Updated = &now
+	j.Status = *next
+	return r.Store.UpdateStatus(ctx, j)
+}
+
+func (r *Reconciler) remove(ctx context.Context, j *v1.Journal) (time.Duration, error) {
+	if !controllerutil.ContainsFinalizer(j, v1.Finalizer) {
+		return 0, nil
+	}
+	next := j.Status.DeepCopy()
+	next.Phase = v1.PhaseDeleting
+	unlock := r.Volumes.Lock(j.Name)
+	err := r.Volumes.Remove(j.Name)
+	unlock()
+	if err != nil {
+		reason := v1.ReasonError
+		if errors.Is(err, host.ErrStaged) {
+			reason = v1.ReasonStaged
+		}
+		setReady(next, metav1.ConditionFalse, reason, err.Error())
+		if uerr := r.setStatus(ctx, j, next); uerr != nil {
+			return 0, uerr
+		}
+		return 0, fmt.Errorf("remove volume %s: %w", j.Name, err)
+	}
+	klog.InfoS("Removed volume", "volume", j.Name)
+	controllerutil.RemoveFinalizer(j, v1.Finalizer)
+	return 0, r.Store.Update(ctx, j)
+}
+
+// Sync reconciles the Journal called name now, retrying while its copy is
+// behind (a conflict), for callers that must not return before its status
+// says what they did.
+func (r *Reconciler) Sync(ctx context.Context, name string) error {
+	fresh := *r
+	if r.Fresh != nil {
+		fresh.Store = r.Fresh
+	}
+	b := wait.Backoff{Duration: 10 * time.Millisecond, Factor: 2, Cap: time.Second, Steps: 10}
+	return retry.OnError(b, apierrors.IsConflict, func() error {
+		_, err := fresh.Reconcile(ctx, name)
+		return err
+	})
+}

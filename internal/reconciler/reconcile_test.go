@@ -1,0 +1,259 @@
+package reconciler
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/jvol-io/jvol/internal/attach"
+	"github.com/jvol-io/jvol/internal/catalog"
+	"github.com/jvol-io/jvol/internal/host"
+	"github.com/jvol-io/jvol/internal/sink"
+	"github.com/jvol-io/jvol/internal/volume"
+	v1 "github.com/jvol-io/jvol/pkg/apis/jvol/v1alpha1"
+)
+
+// secrets is a client.Reader of Secrets only.
+type secrets map[client.ObjectKey]*corev1.Secret
+
+func (s secrets) Get(_ context.Context, k client.ObjectKey, o client.Object, _ ...client.GetOption) error {
+	sec, ok := s[k]
+	if !ok {
+		return apierrors.NewNotFound(corev1.Resource("secrets"), k.Name)
+	}
+	sec.DeepCopyInto(o.(*corev1.Secret))
+	return nil
+}
+
+func (s secrets) List(context.Context, client.ObjectList, ...client.ListOption) error {
+	return errors.New("secrets are not listed")
+}
+
+// newReconciler is a standalone reconciler on a temporary directory whose
+// node stages volumes with their Journals' sinks.
+func newReconciler(t *testing.T) (*Reconciler, *catalog.Files) {
+	t.Helper()
+	files, err := catalog.OpenFiles(filepath.Join(t.TempDir(), "journals"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &Reconciler{Store: files, Volumes: newVolumes(t), NodeID: "n1"}
+	NewLoop(r)
+	return r, files
+}
+
+func createJournal(t *testing.T, files *catalog.Files, name string, change func(*v1.JournalSpec)) *v1.Journal {
+	t.Helper()
+	j := &v1.Journal{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: v1.JournalSpec{Node: "n1", Capacity: resource.MustParse("8Mi")}}
+	change(&j.Spec)
+	if err := files.Create(context.Background(), j); err != nil {
+		t.Fatal(err)
+	}
+	return j
+}
+
+func TestSinkOptionsFromTheJournal(t *testing.T) {
+	r, files := newReconciler(t)
+	ctx := context.Background()
+	creds := filepath.Join(r.Volumes.Path("v"), SinkCredentialsDir)
+	secret := &corev1.Secret{Data: map[string][]byte{"token": []byte("s3cret\n"), "ca.crt": []byte("CA")}}
+	r.Secrets = secrets{{Namespace: "backup", Name: "creds"}: secret}
+	j := createJournal(t, files, "v", func(s *v1.JournalSpec) {
+		s.Duplex = v1.Full
+		s.Sink = &v1.SinkSpec{URL: "tls://sink.example:7070", CredentialsSecretRef: &v1.SecretReference{Name: "creds", Namespace: "backup"}}
+	})
+	so, err := r.Volumes.Sink(ctx, "v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := attach.SinkOptions{URL: "tls://sink.example:7070", Duplex: "Full",
+		TokenFile: filepath.Join(creds, "token"), CAFile: filepath.Join(creds, "ca.crt")}
+	if so == nil || *so != want {
+		t.Fatalf("got %+v, want %+v", so, want)
+	}
+	for f, content := range map[string]string{so.TokenFile: "s3cret\n", so.CAFile: "CA"} {
+		b, err := os.ReadFile(f)
+		fi, serr := os.Stat(f)
+		if err != nil || serr != nil || string(b) != content || fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: %q %v %v %v", f, b, fi.Mode(), err, serr)
+		}
+	}
+
+	// A key taken out of the Secret is not used from the old file.
+	secret.Data = map[string][]byte{"token": []byte("t2"), "tls.crt": []byte("C"), "tls.key": []byte("K")}
+	if so, err = r.Volumes.Sink(ctx, "v"); err != nil {
+		t.Fatal(err)
+	}
+	if so.CAFile != "" || so.CertFile == "" || so.KeyFile == "" {
+		t.Errorf("after the Secret changed: %+v", so)
+	}
+	if _, err := os.Stat(filepath.Join(creds, "ca.crt")); !os.IsNotExist(err) {
+		t.Errorf("ca.crt left behind: %v", err)
+	}
+
+	// Without credentials, and then without a sink: no files are kept, and
+	// the empty URL removes the volume's sink.
+	j.Spec.Sink.CredentialsSecretRef = nil
+	if err := files.Update(ctx, j); err != nil {
+		t.Fatal(err)
+	}
+	if so, err = r.Volumes.Sink(ctx, "v"); err != nil || so.URL != "tls://sink.example:7070" || so.TokenFile != "" {
+		t.Errorf("without credentials: %+v %v", so, err)
+	}
+	if _, err := os.Stat(creds); !os.IsNotExist(err) {
+		t.Errorf("credentials kept: %v", err)
+	}
+	j.Spec.Sink, j.Spec.Duplex = nil, v1.Half
+	if err := files.Update(ctx, j); err != nil {
+		t.Fatal(err)
+	}
+	if so, err = r.Volumes.Sink(ctx, "v"); err != nil || so == nil || *so != (attach.SinkOptions{}) {
+		t.Errorf("without a sink: %+v %v", so, err)
+	}
+
+	// A Secret that is not there, or no API server to read it from.
+	createJournal(t, files, "w", func(s *v1.JournalSpec) {
+		s.Sink = &v1.SinkSpec{URL: "tcp://sink.example:7070", CredentialsSecretRef: &v1.SecretReference{Name: "gone", Namespace: "backup"}}
+	})
+	if _, err := r.Volumes.Sink(ctx, "w"); !apierrors.IsNotFound(err) {
+		t.Errorf("missing Secret: %v", err)
+	}
+	r.Secrets = nil
+	if _, err := r.Volumes.Sink(ctx, "w"); err == nil || !strings.Contains(err.Error(), "no API server") {
+		t.Errorf("standalone: %v", err)
+	}
+}
+
+func TestFiguresWithAndWithoutASink(t *testing.T) {
+	var st v1.JournalStatus
+	setFigures(&st, attach.Status{Transid: 9, AckedTransid: 7, FIFOUsed: 3 << 20})
+	if st.BytesUnacked != 3<<20 || st.Lag != "3Mi" || st.SinkState != "" || st.LastAckTime == nil || len(st.Conditions) != 0 {
+		t.Errorf("without a sink: %+v", st)
+	}
+
+	k := &attach.SinkStatus{URL: "tcp://sink:7070", Duplex: "Full", State: sink.CatchingUp, AckedTransid: 5,
+		LagBytes: 2 << 20, LastAck: "2025-01-02T03:04:05.678Z"}
+	setFigures(&st, attach.Status{Transid: 9, AckedTransid: 5, FIFOUsed: 3 << 20, Sink: k})
+	c := meta.FindStatusCondition(st.Conditions, v1.ConditionSinkInSync)
+	if st.SinkState != sink.CatchingUp || st.AckedTransid != 5 || st.BytesUnacked != 2<<20 || st.Lag != "2Mi" ||
+		!st.LastAckTime.Equal(&metav1.Time{Time: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)}) ||
+		c == nil || c.Status != metav1.ConditionTrue || c.Reason != sink.CatchingUp {
+		t.Errorf("catching up: %+v, condition %+v", st, c)
+	}
+
+	k.State, k.LastError = sink.OutOfSync, "the receiver lost transid 4"
+	setFigures(&st, attach.Status{Transid: 9, AckedTransid: 5, Sink: k})
+	c = meta.FindStatusCondition(st.Conditions, v1.ConditionSinkInSync)
+	if st.SinkState != sink.OutOfSync || c == nil || c.Status != metav1.ConditionFalse || c.Reason != sink.OutOfSync ||
+		!strings.Contains(c.Message, "the receiver lost transid 4") {
+		t.Errorf("out of sync: %+v, condition %+v", st, c)
+	}
+
+	setFigures(&st, attach.Status{Transid: 9, AckedTransid: 5})
+	if st.SinkState != "" || meta.FindStatusCondition(st.Conditions, v1.ConditionSinkInSync) != nil {
+		t.Errorf("sink removed: %+v", st)
+	}
+}
+
+// A volume is staged with its Journal's sink, and a sink taken out of the
+// Journal is taken off the volume at the next stage; a restart serves it
+// again with the sink it had, whatever the Journal says meanwhile.
+func TestStageWithTheJournalsSink(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: attaches through FUSE and a loop device")
+	}
+	r, files := newReconciler(t)
+	n, ctx := r.Volumes, context.Background()
+	// Nothing listens there: the sender keeps trying, the volume is served.
+	createJournal(t, files, "v", func(s *v1.JournalSpec) { s.Sink = &v1.SinkSpec{URL: "tcp://127.0.0.1:1"} })
+	if _, err := n.Ensure(ctx, "v", volume.Options{Size: 8 << 20, JournalSize: volume.MinJournalSize}, true); err != nil {
+		t.Fatal(err)
+	}
+	staging := t.TempDir()
+	stage := host.Stage{StagingPath: staging, Block: true}
+	sinkOf := func() *attach.SinkStatus {
+		s, ok := n.Status("v")
+		if !ok {
+			t.Fatal("not attached")
+		}
+		return s.Sink
+	}
+	if err := n.StageVolume(ctx, "v", stage); err != nil {
+		t.Fatal(err)
+	}
+	defer n.UnstageVolume("v", staging) // if the test stops early
+	if k := sinkOf(); k == nil || k.URL != "tcp://127.0.0.1:1" || k.Duplex != "Half" {
+		t.Fatalf("staged with sink %+v", k)
+	}
+	// The Journal's status shows the link.
+	sinkInSync := func() (*v1.Journal, *metav1.Condition) {
+		t.Helper()
+		if _, err := r.Reconcile(ctx, "v"); err != nil {
+			t.Fatal(err)
+		}
+		j, err := files.Get(ctx, "v")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return j, meta.FindStatusCondition(j.Status.Conditions, v1.ConditionSinkInSync)
+	}
+	j, c := sinkInSync()
+	if j.Status.SinkState != sink.Disconnected || c == nil || c.Status != metav1.ConditionFalse || c.Reason != sink.Disconnected {
+		t.Errorf("status %+v, condition %+v", j.Status, c)
+	}
+
+	// A restart: the record stays, the attachment goes; the Journal loses
+	// its sink meanwhile, which applies at the next stage, not here.
+	if err := n.Release("v"); err != nil {
+		t.Fatal(err)
+	}
+	j.Spec.Sink = nil
+	if err := files.Update(ctx, j); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Restore(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if k := sinkOf(); k == nil || k.URL != "tcp://127.0.0.1:1" {
+		t.Fatalf("served again with sink %+v", k)
+	}
+
+	if err := n.UnstageVolume("v", staging); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.StageVolume(ctx, "v", stage); err != nil {
+		t.Fatal(err)
+	}
+	if k := sinkOf(); k != nil {
+		t.Errorf("staged again with sink %+v after the Journal lost it", k)
+	}
+	if _, err := os.Stat(filepath.Join(n.Path("v"), attach.SinkFile)); !os.IsNotExist(err) {
+		t.Errorf("sink settings kept: %v", err)
+	}
+	if err := n.UnstageVolume("v", staging); err != nil {
+		t.Fatal(err)
+	}
+	if j, c := sinkInSync(); j.Status.SinkState != "" || c != nil {
+		t.Errorf("unstaged: status %+v, condition %+v", j.Status, c)
+	}
+}
+
+func newVolumes(t *testing.T) *host.Volumes {
+	t.Helper()
+	v, err := host.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}

@@ -1,0 +1,189 @@
+package sink
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/jvol-io/jvol/internal/journal"
+)
+
+// ErrNotKept says that a receiver cannot rebuild the point asked for.
+var ErrNotKept = errors.New("sink: point not kept")
+
+// Point is what to restore: the newest point, or the image after every
+// record up to Transid.
+type Point struct {
+	Latest  bool
+	Transid uint64
+}
+
+// AtTime is the point of time t: the image after every write handed an id
+// before t.
+func AtTime(t time.Time) Point { return Point{Transid: journal.ClockTransid(t)} }
+
+// Restored says what a restore wrote.
+type Restored struct {
+	Transid uint64 // the image is the volume's after this id
+	Size    int64
+	Kept    []Interval
+}
+
+// Restore writes the image of volume vol, as the receiver directory dir
+// keeps it, at point p into the file out (created or replaced). It fails
+// with ErrNotKept, naming the intervals kept, for a point outside them.
+// It may run beside the receiver: it sees the stream as stored when it
+// began.
+func Restore(dir, vol string, p Point, out string) (Restored, error) {
+	if !ValidVolumeID(vol) {
+		return Restored{}, fmt.Errorf("sink: volume id %q", vol)
+	}
+	vdir := filepath.Join(dir, vol)
+	if _, err := os.Stat(vdir); err != nil {
+		return Restored{}, fmt.Errorf("sink: no volume %s in %s: %w", vol, dir, err)
+	}
+	lock, err := lockFile(vdir, unix.LOCK_SH) // no folding meanwhile
+	if err != nil {
+		return Restored{}, err
+	}
+	defer lock.Close()
+	var base baseState
+	if err := readJSON(filepath.Join(vdir, baseMeta), &base); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return Restored{}, err
+	}
+	if base.Folding != 0 {
+		return Restored{}, fmt.Errorf("sink: folding segment %d into the base of %s was interrupted: start the receiver to complete it", base.Folding, vol)
+	}
+	seqs, err := segments(vdir)
+	if err != nil {
+		return Restored{}, err
+	}
+	kept, err := keptIntervals(vdir, base, seqs)
+	if err != nil {
+		return Restored{}, err
+	}
+	res := Restored{Kept: kept}
+	switch {
+	case len(kept) == 0:
+		return res, fmt.Errorf("%w: %s holds no consistent image of %s yet (a baseline copy has not completed)", ErrNotKept, dir, vol)
+	case p.Latest:
+		res.Transid = kept[len(kept)-1].To
+	default:
+		res.Transid = p.Transid
+		found := false
+		for _, iv := range kept {
+			found = found || iv.From <= p.Transid && p.Transid <= iv.To
+		}
+		if !found {
+			return res, fmt.Errorf("%w: id %d (%s) of %s; the receiver keeps %s", ErrNotKept, p.Transid,
+				TransidTime(p.Transid).Format(time.RFC3339Nano), vol, describe(kept))
+		}
+	}
+	t := res.Transid
+	img, err := openImage(out, true)
+	if err != nil {
+		return res, err
+	}
+	defer img.close()
+	if err := copyImage(filepath.Join(vdir, baseImage), img); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return res, err
+	}
+	// Stop before the first record that leaves the state asked for.
+	st := base.state()
+	stop := func(s *state, r journal.Record) bool {
+		iv, ok := s.interval()
+		return ok && iv.From <= t &&
+			(r.ID() == StreamBaselineBegin && t <= s.Last || r.ID() >= journal.StreamFirstTx && r.Transid > t)
+	}
+	stopped := false
+	for _, seq := range seqs {
+		if seq <= base.Through {
+			continue
+		}
+		if st, stopped, err = walkSegment(filepath.Join(vdir, segName(seq)), img, stop); err != nil {
+			return res, err
+		}
+		if stopped {
+			break
+		}
+	}
+	if iv, ok := st.interval(); !ok || t < iv.From || !stopped && t > iv.To {
+		return res, fmt.Errorf("sink: the stored stream ended before id %d could be rebuilt (state at %d)", t, st.Last)
+	}
+	if err := img.resize(int64(st.Size), true); err != nil {
+		return res, err
+	}
+	res.Size = img.size
+	return res, img.sync()
+}
+
+// keptIntervals walks the stored stream's headers and returns the ids it
+// can rebuild the image at.
+func keptIntervals(vdir string, base baseState, seqs []uint64) ([]Interval, error) {
+	st := base.state()
+	var kept []Interval
+	add := func() {
+		if iv, ok := st.interval(); ok {
+			if len(kept) == 0 && base.Through > 0 {
+				iv.From = max(iv.From, base.Last) // before it is folded away
+			}
+			if iv.From <= iv.To {
+				kept = append(kept, iv)
+			}
+		}
+	}
+	for _, seq := range seqs {
+		if seq <= base.Through {
+			continue
+		}
+		f, err := os.Open(filepath.Join(vdir, segName(seq)))
+		if err != nil {
+			return nil, err
+		}
+		sr, err := newSegReader(f)
+		if err != nil {
+			f.Close()
+			return nil, err
+		}
+		sr.headersOnly = true
+		if _, _, err := sr.header(); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("%s: %w", segName(seq), err)
+		}
+		for {
+			r, ok, err := sr.next()
+			if err != nil || !ok {
+				f.Close()
+				if err != nil {
+					return nil, err
+				}
+				break
+			}
+			if r.ID() == StreamBaselineBegin {
+				add()
+			}
+			if _, err := st.step(r); err != nil {
+				f.Close()
+				return nil, fmt.Errorf("%s: %w", segName(seq), err)
+			}
+		}
+	}
+	add()
+	return kept, nil
+}
+
+func describe(kept []Interval) string {
+	if len(kept) == 0 {
+		return "no point"
+	}
+	s := make([]string, len(kept))
+	for i, iv := range kept {
+		s[i] = iv.String()
+	}
+	return "ids " + strings.Join(s, ", ")
+}

@@ -1,0 +1,373 @@
+package sink
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/jvol-io/jvol/internal/journal"
+)
+
+// state is where a volume's stream stands after some prefix of it: the
+// same walk serves the receiver (live and after a restart), the folding of
+// old segments into the base image and restore.
+type state struct {
+	Epoch [16]byte
+	Size  uint64
+	// Last is the id of the last journal record applied (or, during a
+	// baseline, the id the copy starts from).
+	Last uint64
+	// The image is the volume's at every id from From to Last, when
+	// Consistent: a baseline copy makes it consistent from its end on.
+	From       uint64
+	Consistent bool
+	InBaseline bool
+}
+
+// Segment header payload, stream StreamSegment, its transid the state's Last:
+//
+//	0  16 epoch
+//	16  8 volume size
+//	24  8 last
+//	32  8 from
+//	40  8 flags: bit 0 consistent, bit 1 in a baseline
+//	48  8 segment sequence number
+const segHeaderSize = 56
+
+func (s *state) encode(seq uint64) []byte {
+	b := make([]byte, segHeaderSize)
+	copy(b, s.Epoch[:])
+	binary.LittleEndian.PutUint64(b[16:], s.Size)
+	binary.LittleEndian.PutUint64(b[24:], s.Last)
+	binary.LittleEndian.PutUint64(b[32:], s.From)
+	var flags uint64
+	if s.Consistent {
+		flags |= 1
+	}
+	if s.InBaseline {
+		flags |= 2
+	}
+	binary.LittleEndian.PutUint64(b[40:], flags)
+	binary.LittleEndian.PutUint64(b[48:], seq)
+	return b
+}
+
+func decodeState(r journal.Record) (state, uint64, error) {
+	b := r.Payload
+	if r.ID() != StreamSegment || len(b) != segHeaderSize {
+		return state{}, 0, fmt.Errorf("not a segment header (stream %#x, %d bytes)", r.ID(), len(b))
+	}
+	var s state
+	copy(s.Epoch[:], b)
+	s.Size = binary.LittleEndian.Uint64(b[16:])
+	s.Last = binary.LittleEndian.Uint64(b[24:])
+	s.From = binary.LittleEndian.Uint64(b[32:])
+	flags := binary.LittleEndian.Uint64(b[40:])
+	s.Consistent, s.InBaseline = flags&1 != 0, flags&2 != 0
+	if flags&^3 != 0 || s.Last != r.Transid {
+		return state{}, 0, fmt.Errorf("segment header: flags %#x, last %d, transid %d", flags, s.Last, r.Transid)
+	}
+	return s, binary.LittleEndian.Uint64(b[48:]), nil
+}
+
+// Interval is a range of ids at each of which the image is known.
+type Interval struct{ From, To uint64 }
+
+func (iv Interval) String() string {
+	return fmt.Sprintf("%d (%s) to %d (%s)", iv.From, TransidTime(iv.From).Format(time.RFC3339Nano), iv.To, TransidTime(iv.To).Format(time.RFC3339Nano))
+}
+
+// TransidTime is the time a clock transaction id was handed out.
+func TransidTime(id uint64) time.Time {
+	return time.Unix(int64(id>>30), int64(id&(1<<30-1))).UTC()
+}
+
+// interval returns the ids the state answers for, if any.
+func (s *state) interval() (Interval, bool) {
+	if !s.Consistent || s.InBaseline || s.Last < s.From {
+		return Interval{}, false
+	}
+	return Interval{s.From, s.Last}, true
+}
+
+// step moves the state over record r (not a segment header) and returns
+// whether r changes the image. A record that does not fit where it comes
+// is refused: its sender is broken or hostile.
+func (s *state) step(r journal.Record) (bool, error) {
+	switch r.ID() {
+	case StreamBaselineBegin:
+		b, err := DecodeBaselineBegin(r.Payload)
+		if err != nil {
+			return false, err
+		}
+		*s = state{Epoch: b.Epoch, Size: b.Size, Last: r.Transid, InBaseline: true}
+		return true, nil
+	case StreamBaselineData:
+		if !s.InBaseline || r.Transid != s.Last {
+			return false, fmt.Errorf("%w: baseline data outside a baseline", ErrProto)
+		}
+		return true, nil
+	case StreamBaselineEnd:
+		if !s.InBaseline || r.Transid < s.Last || len(r.Payload) != 0 {
+			return false, fmt.Errorf("%w: baseline end at %d outside a baseline from %d", ErrProto, r.Transid, s.Last)
+		}
+		s.InBaseline, s.Consistent, s.From = false, true, r.Transid
+		return false, nil
+	}
+	if r.ID() < journal.StreamFirstTx {
+		return false, fmt.Errorf("%w: unexpected record of stream %#x", ErrProto, r.ID())
+	}
+	switch {
+	case s.InBaseline:
+		return false, fmt.Errorf("%w: journal record %d inside a baseline", ErrProto, r.Transid)
+	case s.Size == 0:
+		return false, fmt.Errorf("%w: journal record %d before any baseline", ErrProto, r.Transid)
+	case r.Transid <= s.Last:
+		return false, fmt.Errorf("%w: transaction id %d goes backwards (last %d)", ErrProto, r.Transid, s.Last)
+	}
+	s.Last = r.Transid
+	return true, nil
+}
+
+// image is a volume image the stream is applied to: the mirror, the base
+// or a restore's output.
+type image struct {
+	f    *os.File
+	size int64
+}
+
+func openImage(path string, create bool) (*image, error) {
+	flags := os.O_RDWR
+	if create {
+		flags |= os.O_CREATE
+	}
+	f, err := os.OpenFile(path, flags, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &image{f: f, size: st.Size()}, nil
+}
+
+// check returns an error if record r would not apply cleanly: every
+// write and discard inside the image (as resizes in r grow it), every
+// sub-record well formed. A record it refuses changes nothing.
+func (m *image) check(r journal.Record) error {
+	if r.ID() < journal.StreamFirstTx && r.ID() != StreamBaselineData || r.Stream&journal.FlagAborted != 0 {
+		return nil
+	}
+	size := uint64(m.size)
+	return journal.ParseSubs(r.Payload, func(sub journal.Sub) error {
+		var off, n uint64
+		switch sub.Kind() {
+		case journal.SubBlockWrite:
+			o, data, err := sub.BlockWrite()
+			if err != nil {
+				return fmt.Errorf("%w: %v", ErrProto, err)
+			}
+			off, n = o, uint64(len(data))
+		case journal.SubDiscard:
+			u, err := sub.Uint64s(2)
+			if err != nil {
+				return fmt.Errorf("%w: %v", ErrProto, err)
+			}
+			off, n = u[0], u[1]
+		case journal.SubResize:
+			u, err := sub.Uint64s(1)
+			if err != nil || u[0]%4096 != 0 || u[0] > 1<<50 {
+				return fmt.Errorf("%w: bad resize", ErrProto)
+			}
+			size = max(size, u[0])
+			return nil
+		default:
+			return nil
+		}
+		if off > size || n > size-off {
+			return fmt.Errorf("%w: %d bytes at %d beyond the size %d", ErrProto, n, off, size)
+		}
+		return nil
+	})
+}
+
+// apply applies record r, which the state s (after stepping over r)
+// accepted and check passed, to the image.
+func (m *image) apply(r journal.Record, s *state) error {
+	switch r.ID() {
+	case StreamBaselineBegin:
+		return m.resize(int64(s.Size), true)
+	case StreamBaselineEnd:
+		return nil
+	}
+	if r.Stream&journal.FlagAborted != 0 {
+		return nil
+	}
+	if err := m.check(r); err != nil {
+		return err
+	}
+	return journal.ParseSubs(r.Payload, func(sub journal.Sub) error {
+		switch sub.Kind() {
+		case journal.SubBlockWrite:
+			off, data, _ := sub.BlockWrite()
+			_, err := m.f.WriteAt(data, int64(off))
+			return err
+		case journal.SubDiscard:
+			u, _ := sub.Uint64s(2)
+			if u[1] == 0 {
+				return nil
+			}
+			return unix.Fallocate(int(m.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, int64(u[0]), int64(u[1]))
+		case journal.SubResize:
+			u, _ := sub.Uint64s(1)
+			if err := m.resize(int64(u[0]), false); err != nil {
+				return err
+			}
+			s.Size = max(s.Size, u[0])
+		}
+		return nil
+	})
+}
+
+// trackResize moves the state's size over the resizes in record r.
+func trackResize(r journal.Record, s *state) {
+	if r.ID() < journal.StreamFirstTx || r.Stream&journal.FlagAborted != 0 {
+		return
+	}
+	journal.ParseSubs(r.Payload, func(sub journal.Sub) error {
+		if sub.Kind() == journal.SubResize {
+			if u, err := sub.Uint64s(1); err == nil {
+				s.Size = max(s.Size, u[0])
+			}
+		}
+		return nil
+	})
+}
+
+// resize grows the image to size, or sets it exactly when exact is set.
+func (m *image) resize(size int64, exact bool) error {
+	if size == m.size || !exact && size < m.size {
+		return nil
+	}
+	if err := m.f.Truncate(size); err != nil {
+		return err
+	}
+	m.size = size
+	return nil
+}
+
+func (m *image) sync() error  { return unix.Fdatasync(int(m.f.Fd())) }
+func (m *image) close() error { return m.f.Close() }
+
+// Files of a volume's directory at a receiver.
+const (
+	baseImage   = "base.img"
+	baseMeta    = "base.json"
+	mirrorImage = "mirror.img"
+	mirrorMeta  = "mirror.json"
+	lockName    = "lock"
+	segPrefix   = "seg-"
+	segSuffix   = ".jseg"
+)
+
+func segName(seq uint64) string { return fmt.Sprintf("%s%016d%s", segPrefix, seq, segSuffix) }
+
+// segments lists the segment sequence numbers in dir, in order.
+func segments(dir string) ([]uint64, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var seqs []uint64
+	for _, e := range ents {
+		n := e.Name()
+		if !strings.HasPrefix(n, segPrefix) || !strings.HasSuffix(n, segSuffix) {
+			continue
+		}
+		var seq uint64
+		if _, err := fmt.Sscanf(strings.TrimSuffix(strings.TrimPrefix(n, segPrefix), segSuffix), "%d", &seq); err == nil && n == segName(seq) {
+			seqs = append(seqs, seq)
+		}
+	}
+	sort.Slice(seqs, func(i, j int) bool { return seqs[i] < seqs[j] })
+	return seqs, nil
+}
+
+func newSegReader(f *os.File) (*segReader, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	return &segReader{f: f, size: st.Size()}, nil
+}
+
+// segReader walks the records of a segment file. A record that does not
+// decode ends it: the tail a crash left behind, never acknowledged.
+type segReader struct {
+	f    *os.File
+	off  int64
+	size int64 // of the file when the walk began: appends after it are not seen
+	buf  []byte
+	hdr  [journal.HeaderSize]byte
+	// headersOnly skips the payload of journal records.
+	headersOnly bool
+}
+
+// header reads the segment's header record: the state at its start and
+// its sequence number.
+func (sr *segReader) header() (state, uint64, error) {
+	r, ok, err := sr.next()
+	if err != nil {
+		return state{}, 0, err
+	}
+	if !ok {
+		return state{}, 0, errors.New("no segment header")
+	}
+	return decodeState(r)
+}
+
+// next returns the record at the reader's offset, or ok false at the end.
+func (sr *segReader) next() (r journal.Record, ok bool, err error) {
+	if sr.off+journal.HeaderSize > sr.size {
+		return journal.Record{}, false, nil
+	}
+	if _, err := sr.f.ReadAt(sr.hdr[:], sr.off); err != nil {
+		return journal.Record{}, false, err
+	}
+	size := binary.LittleEndian.Uint32(sr.hdr[4:])
+	if binary.LittleEndian.Uint16(sr.hdr[:]) != journal.BeginMagic || size < journal.Overhead || size > MaxWireRecord {
+		return journal.Record{}, false, nil
+	}
+	n := journal.Align(int(size))
+	if sr.off+int64(n) > sr.size {
+		return journal.Record{}, false, nil
+	}
+	stream := binary.LittleEndian.Uint16(sr.hdr[2:]) & journal.StreamMask
+	if sr.headersOnly && (stream >= journal.StreamFirstTx || stream == StreamBaselineData) {
+		// Trust the header: the receiver checked the record before it
+		// stored it; a torn tail is caught by the pass that applies.
+		sr.off += int64(n)
+		return journal.Record{Header: journal.Header{Magic: journal.BeginMagic, Stream: binary.LittleEndian.Uint16(sr.hdr[2:]), Size: size, Transid: binary.LittleEndian.Uint64(sr.hdr[8:])}}, true, nil
+	}
+	if cap(sr.buf) < n {
+		sr.buf = make([]byte, n)
+	}
+	b := sr.buf[:n]
+	if _, err := sr.f.ReadAt(b, sr.off); err != nil {
+		return journal.Record{}, false, err
+	}
+	r, err = journal.DecodeRecord(b)
+	if err != nil {
+		return journal.Record{}, false, nil
+	}
+	sr.off += int64(n)
+	return r, true, nil
+}

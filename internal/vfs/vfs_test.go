@@ -1,0 +1,74 @@
+package vfs
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/jvol-io/jvol/internal/vfs/vfstest"
+)
+
+func TestPreallocateRefusesToOverwrite(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "img")
+	if err := Preallocate(path, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(path); err != nil || st.Size() != 1<<20 {
+		t.Fatalf("size %v, %v", st, err)
+	}
+	if err := Preallocate(path, 2<<20); err == nil {
+		t.Fatal("an existing image was overwritten")
+	}
+}
+
+func TestDirectFileRoundTrip(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "img")
+	if err := Preallocate(path, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	f, err := OpenDirect(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := AlignedBuffer(BlockSize)
+	if !IsAligned(buf) || len(buf) != BlockSize || IsAligned(AlignedBuffer(2 * BlockSize)[1:BlockSize+1]) {
+		t.Fatal("alignment")
+	}
+	copy(buf, "jvol")
+	if _, err := f.WriteAt(buf, 8192); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	got := AlignedBuffer(BlockSize)
+	if _, err := f.ReadAt(got, 8192); err != nil || string(got[:4]) != "jvol" {
+		t.Fatalf("read back %q, %v", got[:4], err)
+	}
+}
+
+// Regression: a journal image that did not fit used to become a sparse file
+// holding every block it had got, leaving the disk full and the journal
+// not preallocated.
+func TestPreallocateOnAFullDiskLeavesNothing(t *testing.T) {
+	dir := vfstest.SmallFS(t, 4<<20)
+	path := filepath.Join(dir, "journal.img")
+	err := Preallocate(path, 64<<20)
+	if !errors.Is(err, unix.ENOSPC) {
+		t.Fatalf("got %v, want ENOSPC", err)
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Errorf("file left behind: %v", err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Bfree != st.Blocks {
+		t.Errorf("%d of %d blocks still used", st.Blocks-st.Bfree, st.Blocks)
+	}
+}

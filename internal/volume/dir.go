@@ -1,0 +1,336 @@
+package volume
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/jvol-io/jvol/internal/journal"
+	"github.com/jvol-io/jvol/internal/vfs"
+)
+
+// A volume directory holds these files.
+const (
+	MetaFile    = "volume.json"
+	DataFile    = "data.img"
+	JournalFile = "journal.img"
+	LockFile    = "lock"
+	MetaVersion = 1
+	// MinJournalSize is the smallest journal image a volume takes.
+	MinJournalSize = 64 << 20
+)
+
+// Meta is the metadata file, volume.json: written whole to a temporary
+// file, synced, renamed over the old one, and the directory synced.
+type Meta struct {
+	Version        int    `json:"version"`
+	Name           string `json:"name"`
+	Size           int64  `json:"size"`
+	JournalSize    int64  `json:"journalSize"`
+	FIFOSize       int    `json:"fifoSize"`
+	CommitInterval string `json:"commitInterval"`
+	Created        string `json:"created"`
+}
+
+// Options for OpenDir. Zero values mean: what the volume has (or the
+// default, for a new one).
+type Options struct {
+	Name           string
+	Size           int64 // required to create; larger than the volume's grows it
+	JournalSize    int64 // only when creating: default 10% of Size, at least MinJournalSize
+	FIFOSize       int
+	CommitInterval time.Duration
+	// Hold keeps the journal's records for a reader (see Config.Hold).
+	Hold bool
+}
+
+var (
+	ErrInUse       = errors.New("volume: in use by another process")
+	ErrNoSize      = errors.New("volume: a new volume needs a size")
+	ErrCorruptMeta = errors.New("volume: metadata file is corrupt")
+)
+
+// Dir is an open volume directory: the volume, its files and its lock.
+type Dir struct {
+	*Volume
+	Path string
+	Meta Meta
+
+	lock          *os.File
+	data, journal *vfs.OSFile
+}
+
+// OpenDir opens the volume in path, creating it first if path holds none,
+// and recovers it. It holds an exclusive lock on the directory until Close.
+func OpenDir(path string, o Options) (*Dir, error) {
+	if err := os.MkdirAll(path, 0o700); err != nil {
+		return nil, err
+	}
+	d := &Dir{Path: path}
+	lock, err := os.OpenFile(filepath.Join(path, LockFile), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := lockDir(lock); err != nil {
+		lock.Close()
+		if errors.Is(err, unix.EAGAIN) {
+			return nil, fmt.Errorf("%w: %s", ErrInUse, path)
+		}
+		return nil, err
+	}
+	d.lock = lock
+	if err := d.open(o); err != nil {
+		if d.Volume != nil {
+			d.Volume.Close()
+		}
+		d.release()
+		return nil, err
+	}
+	return d, nil
+}
+
+// lockDir takes the directory's lock without waiting for another attach:
+// an open-file-description write lock on the whole lock file, released
+// when the file is closed. Unlike flock, it can be tested without being
+// taken (IsLocked), so `jvol status` never makes an attach fail.
+func lockDir(f *os.File) error {
+	lk := wholeFileLock()
+	err := unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk)
+	if errors.Is(err, unix.EACCES) {
+		err = unix.EAGAIN
+	}
+	return err
+}
+
+// wholeFileLock is the lock lockDir takes and IsLocked tests: a write lock
+// on the whole file.
+func wholeFileLock() unix.Flock_t { return unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart} }
+
+// IsLocked reports whether a process holds the lock of the volume in dir.
+func IsLocked(dir string) (bool, error) {
+	f, err := os.Open(filepath.Join(dir, LockFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	lk := wholeFileLock()
+	if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_GETLK, &lk); err != nil {
+		return false, err
+	}
+	return lk.Type != unix.F_UNLCK, nil
+}
+
+func (d *Dir) open(o Options) error {
+	meta, err := ReadMeta(d.Path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		if meta, err = create(d.Path, o); err != nil {
+			return err
+		}
+	case err != nil:
+		return err
+	case o.JournalSize != 0 && o.JournalSize != meta.JournalSize:
+		return fmt.Errorf("volume: the journal size is fixed at creation (%d), not %d", meta.JournalSize, o.JournalSize)
+	case o.Size != 0 && o.Size < meta.Size:
+		return fmt.Errorf("%w: %d to %d", ErrShrink, meta.Size, o.Size)
+	}
+	cfg := Config{Journal: journal.Options{FIFOSize: meta.FIFOSize}, Hold: o.Hold}
+	if o.FIFOSize != 0 {
+		cfg.Journal.FIFOSize = o.FIFOSize
+	}
+	cfg.CommitInterval, _ = time.ParseDuration(meta.CommitInterval)
+	if o.CommitInterval != 0 {
+		cfg.CommitInterval = o.CommitInterval
+	}
+	if d.data, err = vfs.OpenDirect(filepath.Join(d.Path, DataFile)); err != nil {
+		return err
+	}
+	if d.journal, err = vfs.OpenDirect(filepath.Join(d.Path, JournalFile)); err != nil {
+		return err
+	}
+	if d.Volume, _, err = Open(d.data, d.journal, meta.Size, cfg); err != nil {
+		return fmt.Errorf("volume %s: %w", d.Path, err)
+	}
+	d.Meta = meta
+	if o.Size > d.Size() {
+		if err := d.Volume.Grow(context.Background(), o.Size); err != nil {
+			return err
+		}
+	}
+	if d.Size() != d.Meta.Size { // grown now, or by a replayed resize
+		return d.saveSize()
+	}
+	return nil
+}
+
+// Grow grows the volume online and records the new size.
+func (d *Dir) Grow(ctx context.Context, size int64) error {
+	if err := d.Volume.Grow(ctx, size); err != nil {
+		return err
+	}
+	return d.saveSize()
+}
+
+func (d *Dir) saveSize() error {
+	d.Meta.Size = d.Size()
+	return WriteMeta(d.Path, d.Meta)
+}
+
+// Close closes the volume cleanly (flush, commit), its files and the lock.
+func (d *Dir) Close() error {
+	var err error
+	if d.Volume != nil {
+		err = d.Volume.Close()
+	}
+	if rerr := d.release(); err == nil {
+		err = rerr
+	}
+	return err
+}
+
+func (d *Dir) release() error {
+	var err error
+	for _, f := range []*vfs.OSFile{d.data, d.journal} {
+		if f != nil {
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+		}
+	}
+	if d.lock != nil {
+		d.lock.Close() // closing drops the flock
+	}
+	return err
+}
+
+func create(path string, o Options) (Meta, error) {
+	if o.Size == 0 {
+		return Meta{}, ErrNoSize
+	}
+	if o.Size < 0 || o.Size%vfs.BlockSize != 0 {
+		return Meta{}, fmt.Errorf("%w: %d", ErrAlignment, o.Size)
+	}
+	js := o.JournalSize
+	if js == 0 {
+		js = max(o.Size/10&^(vfs.BlockSize-1), MinJournalSize)
+	}
+	switch {
+	case js < MinJournalSize:
+		return Meta{}, fmt.Errorf("volume: journal of %d bytes is smaller than the minimum %d", js, MinJournalSize)
+	case js%vfs.BlockSize != 0:
+		return Meta{}, fmt.Errorf("volume: journal size: %w", ErrAlignment)
+	}
+	for _, name := range []string{DataFile, JournalFile} {
+		if _, err := os.Stat(filepath.Join(path, name)); err == nil {
+			return Meta{}, fmt.Errorf("volume: %s holds %s but no %s (an interrupted create?): remove it to start over", path, name, MetaFile)
+		}
+	}
+	name := o.Name
+	if name == "" {
+		name = filepath.Base(filepath.Clean(path))
+	}
+	meta := Meta{
+		Version: MetaVersion, Name: name, Size: o.Size, JournalSize: js, FIFOSize: o.FIFOSize,
+		CommitInterval: DefaultCommitInterval.String(), Created: time.Now().UTC().Format(time.RFC3339),
+	}
+	if o.CommitInterval != 0 {
+		meta.CommitInterval = o.CommitInterval.String()
+	}
+	jpath := filepath.Join(path, JournalFile)
+	if err := vfs.Preallocate(jpath, js); err != nil {
+		return Meta{}, err
+	}
+	jf, err := vfs.OpenDirect(jpath)
+	if err != nil {
+		return Meta{}, err
+	}
+	_, err = journal.Format(jf)
+	jf.Close()
+	if err != nil {
+		return Meta{}, err
+	}
+	// The data image is sparse: blocks are allocated as they are written.
+	df, err := os.OpenFile(filepath.Join(path, DataFile), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return Meta{}, err
+	}
+	err = df.Truncate(o.Size)
+	if err == nil {
+		err = df.Sync()
+	}
+	df.Close()
+	if err != nil {
+		return Meta{}, err
+	}
+	// The metadata file last: a volume without it was never created.
+	return meta, WriteMeta(path, meta)
+}
+
+// ReadMeta reads and checks a volume directory's metadata.
+func ReadMeta(path string) (Meta, error) {
+	b, err := os.ReadFile(filepath.Join(path, MetaFile))
+	if err != nil {
+		return Meta{}, err
+	}
+	var m Meta
+	if err := json.Unmarshal(b, &m); err != nil {
+		return Meta{}, fmt.Errorf("%w: %s: %v", ErrCorruptMeta, path, err)
+	}
+	if m.Version != MetaVersion || m.Size <= 0 || m.Size%vfs.BlockSize != 0 || m.JournalSize < MinJournalSize {
+		return Meta{}, fmt.Errorf("%w: %s: version %d, size %d, journal size %d", ErrCorruptMeta, path, m.Version, m.Size, m.JournalSize)
+	}
+	return m, nil
+}
+
+// WriteMeta replaces the metadata file atomically.
+func WriteMeta(path string, m Meta) error {
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	return WriteFileAtomic(filepath.Join(path, MetaFile), append(b, '\n'))
+}
+
+// WriteFileAtomic writes b to a temporary file beside name, syncs it,
+// renames it over name and syncs the directory: after a crash, name holds
+// the old contents or the new, whole.
+func WriteFileAtomic(name string, b []byte) error {
+	if err := replaceFile(name, b, true); err != nil {
+		return err
+	}
+	return vfs.SyncDir(name)
+}
+
+// ReplaceFile replaces name with b so that readers see the old contents or
+// the new, whole; nothing is synced (for files that need not survive a
+// crash, such as published figures).
+func ReplaceFile(name string, b []byte) error { return replaceFile(name, b, false) }
+
+func replaceFile(name string, b []byte, sync bool) error {
+	tmp, err := os.CreateTemp(filepath.Dir(name), "."+filepath.Base(name)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	_, err = tmp.Write(b)
+	if err == nil && sync {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), name)
+}

@@ -1,0 +1,423 @@
+// Package volume turns the journal engine into a block device: a data image
+// and a journal image, written through the journal.
+//
+// A write becomes a block-write record: reserved in the FIFO, filled, then
+// applied to the data image (direct I/O, not yet flushed from the disk's
+// cache), and only then committed. So everything the journal has written is
+// already in the data image, which is therefore always the newest data:
+// reads go straight to it. Overlapping writes are serialised by range locks,
+// so journal order and data order agree.
+//
+// A flush waits until the journal has synced every earlier write. The
+// committer, gjournal style, switches journal areas when half the ring is in
+// use or the commit interval passes: it takes the journal's durable position,
+// fdatasyncs the data image (which holds every record before it: the sync
+// makes the disk's cache durable), and checkpoints there. After a crash, Open replays the records after the
+// checkpoint into the data image, newest last, before anything is served.
+package volume
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/jvol-io/jvol/internal/journal"
+	"github.com/jvol-io/jvol/internal/vfs"
+)
+
+// StreamIO is the journal stream id of block I/O.
+const StreamIO = journal.StreamFirstTx
+
+// DefaultCommitInterval is the longest the committer waits between commits.
+const DefaultCommitInterval = 5 * time.Second
+
+var (
+	ErrOutOfRange = errors.New("volume: I/O beyond the end of the volume")
+	ErrShrink     = errors.New("volume: a volume never shrinks")
+	ErrAlignment  = errors.New("volume: size must be a multiple of 4096")
+)
+
+// Data is what the volume needs of its data image.
+type Data interface {
+	vfs.File
+	vfs.Resizer
+}
+
+// Config tunes an open volume.
+type Config struct {
+	Journal        journal.Options
+	CommitInterval time.Duration
+	// Hold pins the journal's records from its checkpoint on, as Open
+	// finds them, until the holder (the sink's sender) moves or drops the
+	// hold: records not yet sent or acknowledged survive a restart.
+	Hold bool
+}
+
+// Volume is an open volume.
+type Volume struct {
+	data  Data
+	j     *journal.Journal
+	locks rangeLocks
+	cfg   Config
+
+	sizeMu sync.RWMutex // held shared by I/O, exclusively to grow
+	size   int64
+
+	commitMu sync.Mutex // one commit at a time
+	commits  uint64
+	lastCkpt uint64
+	ring     uint64 // the journal's ring size
+	hold     hold
+	quit     chan struct{}
+	done     chan struct{}
+	// ctx ends with the first commit failure: the volume is unusable then,
+	// and I/O, even I/O blocked on a full journal, fails with the cause.
+	ctx  context.Context
+	fail context.CancelCauseFunc
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Open opens a volume on its data and journal images (the journal already
+// formatted). size is the volume's size as its metadata records it; a
+// replayed resize may raise it (see Size). Records after the journal's
+// checkpoint are replayed into the data image and committed before Open
+// returns.
+func Open(data Data, jf vfs.File, size int64, cfg Config) (*Volume, journal.Recovery, error) {
+	if cfg.CommitInterval <= 0 {
+		cfg.CommitInterval = DefaultCommitInterval
+	}
+	v := &Volume{data: data, cfg: cfg, size: size, quit: make(chan struct{}), done: make(chan struct{})}
+	if cur, err := data.Size(); err != nil {
+		return nil, journal.Recovery{}, err
+	} else if cur < size {
+		if err := data.Truncate(size); err != nil {
+			return nil, journal.Recovery{}, err
+		}
+	}
+	v.ctx, v.fail = context.WithCancelCause(context.Background())
+	j, rec, err := journal.Open(jf, cfg.Journal, v.replay)
+	if err != nil {
+		return nil, rec, err
+	}
+	v.j = j
+	// Commit what was replayed, if anything was: nothing to sync otherwise.
+	st := j.Stats()
+	v.lastCkpt, v.ring = st.Checkpoint, st.RingSize
+	if cfg.Hold {
+		v.hold = hold{on: true, pos: st.Checkpoint, transid: st.CheckpointTransid}
+	}
+	if err := v.commit(); err != nil {
+		j.Close()
+		return nil, rec, err
+	}
+	go v.committer()
+	return v, rec, nil
+}
+
+// replay applies one record found after the checkpoint to the data image.
+func (v *Volume) replay(_ uint64, r journal.Record) error {
+	if r.ID() != StreamIO || r.Stream&journal.FlagAborted != 0 {
+		return nil
+	}
+	if r.Stream&(journal.FlagBegin|journal.FlagEnd) != journal.FlagBegin|journal.FlagEnd {
+		return fmt.Errorf("volume: record %d is part of a multi-record transaction, which volumes do not write", r.Transid)
+	}
+	return journal.ParseSubs(r.Payload, func(s journal.Sub) error {
+		switch s.Kind() {
+		case journal.SubBlockWrite:
+			off, data, err := s.BlockWrite()
+			if err != nil {
+				return err
+			}
+			if int64(off)+int64(len(data)) > v.size {
+				return fmt.Errorf("volume: replayed write at %d beyond the size %d", off, v.size)
+			}
+			return v.writeData(data, int64(off))
+		case journal.SubDiscard:
+			u, err := s.Uint64s(2)
+			if err != nil {
+				return err
+			}
+			return v.data.Punch(int64(u[0]), int64(u[1]))
+		case journal.SubResize:
+			u, err := s.Uint64s(1)
+			if err != nil {
+				return err
+			}
+			if int64(u[0]) > v.size {
+				v.size = int64(u[0])
+				return v.data.Truncate(v.size)
+			}
+		}
+		return nil
+	})
+}
+
+// Size returns the volume's size in bytes.
+func (v *Volume) Size() int64 {
+	v.sizeMu.RLock()
+	defer v.sizeMu.RUnlock()
+	return v.size
+}
+
+func (v *Volume) check(off, n int64) error {
+	if off < 0 || n < 0 || off > v.size || n > v.size-off {
+		return fmt.Errorf("%w: [%d, %d) of %d", ErrOutOfRange, off, off+n, v.size)
+	}
+	return nil
+}
+
+// ReadAt reads the newest data of [off, off+len(p)).
+func (v *Volume) ReadAt(p []byte, off int64) (int, error) {
+	v.sizeMu.RLock()
+	defer v.sizeMu.RUnlock()
+	if err := v.check(off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	if err := v.readData(p, off); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// maxChunk is the largest write one record carries; larger ones are split
+// (a block device promises no atomicity for a write anyway).
+func (v *Volume) maxChunk() int {
+	fifo := v.cfg.Journal.FIFOSize
+	if fifo == 0 {
+		fifo = journal.DefaultFIFOSize
+	}
+	return min(fifo/4, MaxRecordData)
+}
+
+// MaxRecordData is the most data one write record carries: a sink takes
+// records of up to 8 MiB.
+const MaxRecordData = 4 << 20
+
+// WriteAt writes p at off. It returns once the write is in the FIFO and
+// the data image's page cache; Flush makes it durable.
+func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
+	v.sizeMu.RLock()
+	defer v.sizeMu.RUnlock()
+	if err := v.check(off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	done := 0
+	for done < len(p) {
+		n := min(len(p)-done, v.maxChunk())
+		if err := v.writeChunk(p[done:done+n], off+int64(done)); err != nil {
+			return done, err
+		}
+		done += n
+	}
+	return done, nil
+}
+
+func (v *Volume) writeChunk(p []byte, off int64) error {
+	defer v.locks.unlock(v.locks.lock(off, int64(len(p))))
+	r, err := v.j.Reserve(v.ctx, StreamIO, journal.BlockWriteSize(len(p)))
+	if err != nil {
+		return v.cause(err)
+	}
+	journal.PutBlockWrite(r.Payload, uint64(off), p)
+	// Into the data image before the commit: whatever the journal has
+	// written, the data image's page cache already holds.
+	if err := v.writeData(p, off); err != nil {
+		r.Abort()
+		return err
+	}
+	r.Commit(len(r.Payload))
+	return nil
+}
+
+// Discard deallocates [off, off+n): it reads as zeros afterwards.
+func (v *Volume) Discard(off, n int64) error {
+	v.sizeMu.RLock()
+	defer v.sizeMu.RUnlock()
+	if err := v.check(off, n); err != nil {
+		return err
+	}
+	if n == 0 {
+		return nil
+	}
+	defer v.locks.unlock(v.locks.lock(off, n))
+	r, err := v.j.Reserve(v.ctx, StreamIO, journal.DiscardSize)
+	if err != nil {
+		return v.cause(err)
+	}
+	journal.PutDiscard(r.Payload, uint64(off), uint64(n))
+	if err := v.data.Punch(off, n); err != nil {
+		r.Abort()
+		return err
+	}
+	r.Commit(len(r.Payload))
+	return nil
+}
+
+// Grow raises the size to size (a multiple of 4096), durably, before it
+// returns. Growing to the current size is a no-op; shrinking is refused.
+func (v *Volume) Grow(ctx context.Context, size int64) error {
+	if size%vfs.BlockSize != 0 {
+		return ErrAlignment
+	}
+	if err := v.failed(); err != nil {
+		return err
+	}
+	ctx, done := v.bind(ctx)
+	defer done()
+	v.sizeMu.Lock()
+	defer v.sizeMu.Unlock()
+	switch {
+	case size == v.size:
+		return nil
+	case size < v.size:
+		return fmt.Errorf("%w: %d to %d", ErrShrink, v.size, size)
+	}
+	r, err := v.j.Reserve(ctx, StreamIO, journal.ResizeSize)
+	if err != nil {
+		return v.cause(err)
+	}
+	journal.PutResize(r.Payload, uint64(size))
+	if err := v.data.Truncate(size); err != nil {
+		r.Abort()
+		return err
+	}
+	r.Commit(len(r.Payload))
+	if err := v.j.Flush(ctx); err != nil {
+		return v.cause(err)
+	}
+	v.size = size
+	return nil
+}
+
+// Flush returns once every write that returned before it is durable.
+func (v *Volume) Flush(ctx context.Context) error {
+	if err := v.failed(); err != nil {
+		return err
+	}
+	ctx, done := v.bind(ctx)
+	defer done()
+	return v.cause(v.j.Flush(ctx))
+}
+
+// bind returns ctx, also ended when the volume fails.
+func (v *Volume) bind(ctx context.Context) (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	stop := context.AfterFunc(v.ctx, func() { cancel(context.Cause(v.ctx)) })
+	return ctx, func() { stop(); cancel(nil) }
+}
+
+func (v *Volume) failed() error { return context.Cause(v.ctx) }
+
+// cause returns why the volume failed if it did, else err.
+func (v *Volume) cause(err error) error {
+	if c := v.failed(); c != nil {
+		return c
+	}
+	return err
+}
+
+// committer commits when half the ring is in use or the interval passes.
+func (v *Volume) committer() {
+	defer close(v.done)
+	t := time.NewTicker(v.cfg.CommitInterval)
+	defer t.Stop()
+	for {
+		force := false
+		select {
+		case <-v.quit:
+			return
+		case <-t.C:
+			force = true
+		case <-v.j.CheckpointWanted():
+		}
+		if err := v.commitHeld(force); err != nil {
+			return
+		}
+	}
+}
+
+// commit makes the data image durable up to what the journal has synced and
+// checkpoints the journal there, freeing its space.
+func (v *Volume) commit() error { return v.commitHeld(true) }
+
+// commitHeld commits up to what the journal has synced, or only up to the
+// hold if one is set. Unless force is set, a commit that the hold keeps
+// from freeing much is skipped: acknowledgements arrive often, and each
+// commit costs two syncs.
+func (v *Volume) commitHeld(force bool) error {
+	v.commitMu.Lock()
+	defer v.commitMu.Unlock()
+	if err := v.failed(); err != nil {
+		return err
+	}
+	pos, id := v.j.Durable()
+	if hp, hid, held := v.held(pos); held {
+		pos, id = hp, hid
+		if !force && pos-v.lastCkpt < v.ring/16 {
+			return nil
+		}
+	}
+	if pos <= v.lastCkpt {
+		return nil
+	}
+	// A failed fdatasync is final: the kernel may have dropped the pages
+	// and tells only one caller, so no later commit may checkpoint.
+	if err := v.data.Sync(); err != nil {
+		err = fmt.Errorf("volume: sync data image: %w", err)
+		v.fail(err)
+		return err
+	}
+	if err := v.j.Checkpoint(pos, id); err != nil {
+		v.fail(err)
+		return err
+	}
+	v.lastCkpt = pos
+	v.commits++
+	return nil
+}
+
+// Commit flushes and commits now: the journal is empty afterwards unless
+// writes go on meanwhile.
+func (v *Volume) Commit(ctx context.Context) error {
+	if err := v.Flush(ctx); err != nil {
+		return err
+	}
+	return v.commit()
+}
+
+// Close flushes, commits and closes the journal cleanly. It does not close
+// the files.
+func (v *Volume) Close() error {
+	v.closeOnce.Do(func() { v.closeErr = v.close() })
+	return v.closeErr
+}
+
+func (v *Volume) close() error {
+	close(v.quit)
+	<-v.done
+	err := v.Commit(context.Background())
+	if cerr := v.j.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// Stats are the volume's figures.
+type Stats struct {
+	Size    int64
+	Commits uint64
+	Journal journal.Stats
+}
+
+// Stats returns the volume's figures; cheap enough to call often.
+func (v *Volume) Stats() Stats {
+	v.commitMu.Lock()
+	c := v.commits
+	v.commitMu.Unlock()
+	return Stats{Size: v.Size(), Commits: c, Journal: v.j.Stats()}
+}
