@@ -83,20 +83,20 @@ func attachCmd(ctx context.Context, args []string) error {
 	defer t.Stop()
 	for {
 		if err := a.PublishStatus(); err != nil {
-			klog.ErrorS(err, "Publishing status", "dir", a.Path)
+			klog.ErrorS(err, "Publishing status", "dir", a.Dir())
 		}
 		select {
 		case <-t.C:
 			continue
 		case <-sigs:
 		}
-		klog.InfoS("Detaching", "dir", a.Path, "device", a.Device)
+		klog.InfoS("Detaching", "dir", a.Dir(), "device", a.Device)
 		err := a.Detach()
 		if err == nil {
 			return nil
 		}
 		if a.Attached() {
-			klog.ErrorS(err, "Detach failed; still attached: send the signal again to retry", "dir", a.Path)
+			klog.ErrorS(err, "Detach failed; still attached: send the signal again to retry", "dir", a.Dir())
 			continue
 		}
 		return err

@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/jvol-io/jvol/internal/driver"
 )
 
 const usage = `usage: jvol COMMAND [flags]
@@ -72,12 +74,8 @@ func run(ctx context.Context, args []string) error {
 		return restoreCmd(args[1:])
 	case "journal":
 		return journalCmd(ctx, args[1:])
-	case "controller":
-		return controllerCmd(ctx, args[1:])
-	case "node":
-		return nodeCmd(ctx, args[1:])
-	case "standalone":
-		return standaloneCmd(ctx, args[1:])
+	case "controller", "node", "standalone":
+		return driverCmd(ctx, driver.Mode(args[0]), args[1:])
 	}
 	return fmt.Errorf("unknown command %q: %w", args[0], errUsage)
 }

@@ -37,16 +37,20 @@ type Options struct {
 	// Sink, if set, replaces the volume's sink settings (an empty URL
 	// removes them); if nil, the volume keeps the ones it has.
 	Sink *SinkOptions
+	// Frontend makes the block device; nil: fuseloop (a FUSE file with a
+	// loop device on it).
+	Frontend frontend.Opener
 }
 
 // Attachment is an attached volume.
 type Attachment struct {
-	*volume.Dir
 	Device    string
 	MountPath string
-	fe        frontend.Frontend
-	sink      *SinkOptions
-	sender    *sink.Sender
+
+	dir    *volume.Dir
+	fe     frontend.Frontend
+	sink   *SinkOptions
+	sender *sink.Sender
 }
 
 // Attach attaches the volume in o.Dir, creating it if needed.
@@ -82,7 +86,10 @@ func Attach(o Options) (*Attachment, error) {
 		d.Close()
 		return nil, err
 	}
-	a := &Attachment{Dir: d, sink: so}
+	if o.Frontend == nil {
+		o.Frontend = fuseloop.Opener
+	}
+	a := &Attachment{dir: d, sink: so}
 	if err := a.attach(o); err != nil {
 		a.Detach()
 		return nil, err
@@ -91,21 +98,21 @@ func Attach(o Options) (*Attachment, error) {
 }
 
 func (a *Attachment) attach(o Options) error {
-	fe, err := fuseloop.Open(filepath.Join(a.Path, FuseDir), a.Meta.Name, a.Volume)
+	fe, err := o.Frontend(filepath.Join(a.dir.Path, FuseDir), a.Name(), a.dir.Volume)
 	if err != nil {
 		return err
 	}
 	a.fe, a.Device = fe, fe.Path()
-	klog.InfoS("Attached volume", "dir", a.Path, "device", a.Device, "size", a.Size())
+	klog.InfoS("Attached volume", "dir", a.dir.Path, "device", a.Device, "size", a.Size())
 	if a.sink != nil {
-		cfg, err := a.sink.config(a.Meta.Name)
+		cfg, err := a.sink.config(a.Name())
 		if err != nil {
 			return err
 		}
-		if a.sender, err = sink.StartSender(a.Volume, cfg); err != nil {
+		if a.sender, err = sink.StartSender(a.dir.Volume, cfg); err != nil {
 			return err
 		}
-		klog.InfoS("Streaming the journal to a sink", "dir", a.Path, "url", cfg.URL, "full", cfg.Full)
+		klog.InfoS("Streaming the journal to a sink", "dir", a.dir.Path, "url", cfg.URL, "full", cfg.Full)
 	}
 	if o.FS == "" {
 		return nil
@@ -121,10 +128,22 @@ func (a *Attachment) attach(o Options) error {
 	return nil
 }
 
-// Grow grows the volume and the loop device online; a mounted file system
-// is the caller's to grow.
+// Name is the volume's name.
+func (a *Attachment) Name() string { return a.dir.Meta.Name }
+
+// Dir is the volume's directory.
+func (a *Attachment) Dir() string { return a.dir.Path }
+
+// Size is the volume's size.
+func (a *Attachment) Size() int64 { return a.dir.Volume.Size() }
+
+// Commit commits the volume's journal to its data image.
+func (a *Attachment) Commit(ctx context.Context) error { return a.dir.Volume.Commit(ctx) }
+
+// Grow grows the volume (recording its new size) and then its block device,
+// online; a mounted file system is the caller's to grow.
 func (a *Attachment) Grow(ctx context.Context, size int64) error {
-	if err := a.Dir.Grow(ctx, size); err != nil {
+	if err := a.dir.Grow(ctx, size); err != nil {
 		return err
 	}
 	return a.fe.Resized()
@@ -154,6 +173,6 @@ func (a *Attachment) Detach() error {
 		a.sender.Close() // what it has not sent stays in the journal
 		a.sender = nil
 	}
-	os.Remove(filepath.Join(a.Path, StatusFile)) // while the lock is ours
-	return a.Dir.Close()                         // flushes and commits
+	os.Remove(filepath.Join(a.dir.Path, StatusFile)) // while the lock is ours
+	return a.dir.Close()                             // flushes and commits
 }

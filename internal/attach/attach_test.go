@@ -106,7 +106,7 @@ func TestBlockDeviceMatchesAModel(t *testing.T) {
 			}
 		}
 	}
-	if s := a.Stats(); s.Commits < 3 || s.Journal.Head < s.Journal.RingSize {
+	if s := a.dir.Volume.Stats(); s.Commits < 3 || s.Journal.Head < s.Journal.RingSize {
 		t.Fatalf("commits %d, journal head %d of a %d ring: areas did not swap or the ring did not wrap", s.Commits, s.Journal.Head, s.Journal.RingSize)
 	}
 	// And after a detach and attach, from the data image.
@@ -114,7 +114,7 @@ func TestBlockDeviceMatchesAModel(t *testing.T) {
 	if err := a.Detach(); err != nil {
 		t.Fatal(err)
 	}
-	b := attachNew(t, a.Path, Options{})
+	b := attachNew(t, a.dir.Path, Options{})
 	g := openDevice(t, b.Device)
 	for off := int64(0); off < size; off += int64(len(buf)) {
 		if _, err := g.ReadAt(buf, off); err != nil {
@@ -130,7 +130,7 @@ func TestDetachLeavesNoLoopDeviceOrMount(t *testing.T) {
 	requireRoot(t)
 	dir := t.TempDir()
 	a := attachNew(t, dir, Options{Volume: volume.Options{Size: 16 << 20}})
-	file := filepath.Join(a.Path, FuseDir, filepath.Base(a.Path)) // as the kernel names it
+	file := filepath.Join(a.dir.Path, FuseDir, filepath.Base(a.dir.Path)) // as the kernel names it
 	if err := a.Detach(); err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +151,7 @@ func TestGrowReachesTheLoopDevice(t *testing.T) {
 	if n, err := loop.Size(a.Device); err != nil || n != 48<<20 {
 		t.Fatalf("loop device size %d, %v; want 48 MiB", n, err)
 	}
-	if m, err := volume.ReadMeta(a.Path); err != nil || m.Size != 48<<20 {
+	if m, err := volume.ReadMeta(a.dir.Path); err != nil || m.Size != 48<<20 {
 		t.Fatalf("metadata size %d, %v", m.Size, err)
 	}
 }

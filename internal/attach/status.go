@@ -67,10 +67,10 @@ type SinkStatus struct {
 
 // Status returns the attachment's figures.
 func (a *Attachment) Status() Status {
-	s := a.Stats()
+	s := a.dir.Volume.Stats()
 	j := s.Journal
 	st := Status{
-		Volume: a.Meta.Name, Attached: true, PID: os.Getpid(), Device: a.Device, Mount: a.MountPath, Size: s.Size,
+		Volume: a.Name(), Attached: true, PID: os.Getpid(), Device: a.Device, Mount: a.MountPath, Size: s.Size,
 		Transid: j.LastTransid, AckedTransid: j.AckedTransid, CheckpointTransid: j.CheckpointTransid,
 		BytesWritten: j.BytesWritten, Flushes: j.Flushes, Syncs: j.Syncs, Commits: s.Commits,
 		FIFOSize: j.FIFO.Size, FIFOUsed: j.FIFO.Used, FIFOStalls: j.FIFO.Stalls,
@@ -98,7 +98,7 @@ func (a *Attachment) PublishStatus() error {
 		return err
 	}
 	// Once a second: readers need it whole, not durable.
-	return volume.ReplaceFile(filepath.Join(a.Path, StatusFile), append(b, '\n'))
+	return volume.ReplaceFile(filepath.Join(a.dir.Path, StatusFile), append(b, '\n'))
 }
 
 // ReadStatus returns the status of the volume in dir: what its attach

@@ -3,7 +3,6 @@ package driver
 import (
 	"context"
 	"errors"
-	"sync"
 	"time"
 
 	csi "github.com/container-storage-interface/spec/lib/go/csi"
@@ -38,31 +37,7 @@ type Controller struct {
 	// ever remove their finalizer. Nil: nodes never go (standalone).
 	NodeGone func(ctx context.Context, node string) (bool, error)
 
-	locks keyedLock
-}
-
-// keyedLock serialises calls on one volume; a second call gets Aborted, as
-// the CSI spec asks, and the CO retries it.
-type keyedLock struct {
-	mu   sync.Mutex
-	busy map[string]bool
-}
-
-func (k *keyedLock) try(id string) (func(), error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if k.busy[id] {
-		return nil, errorf(codes.Aborted, "an operation on volume %s is in progress", id)
-	}
-	if k.busy == nil {
-		k.busy = map[string]bool{}
-	}
-	k.busy[id] = true
-	return func() {
-		k.mu.Lock()
-		delete(k.busy, id)
-		k.mu.Unlock()
-	}, nil
+	locks inflight
 }
 
 func (c *Controller) ControllerGetCapabilities(context.Context, *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {

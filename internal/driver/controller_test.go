@@ -13,8 +13,8 @@ import (
 	"github.com/jvol-io/jvol/internal/catalog"
 	"github.com/jvol-io/jvol/internal/host"
 	"github.com/jvol-io/jvol/internal/reconciler"
-	v1 "github.com/jvol-io/jvol/pkg/apis/jvol/v1alpha1"
 	"github.com/jvol-io/jvol/internal/vfs/vfstest"
+	v1 "github.com/jvol-io/jvol/pkg/apis/jvol/v1alpha1"
 )
 
 // driver is a standalone driver on a temporary directory: Journals in
@@ -33,22 +33,23 @@ func newDriverIn(t *testing.T, dir string) *driver {
 	if err != nil {
 		t.Fatal(err)
 	}
-	volumes, err := host.New(dir)
+	changes := reconciler.NewChanges()
+	files.Changed = changes.Add
+	volumes, err := host.New(host.Config{StateDir: dir, Changed: changes.Add})
 	if err != nil {
 		t.Fatal(err)
 	}
-	loop := reconciler.NewLoop(&reconciler.Reconciler{Store: files, Volumes: volumes, NodeID: "n1"})
-	files.Changed, volumes.Changed = loop.Changed, loop.Changed
+	r := &reconciler.Reconciler{Store: files, Volumes: volumes, NodeID: "n1"}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
-	go func() { done <- loop.Run(ctx) }()
+	go func() { done <- r.RunStandalone(ctx, changes) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Error(err)
 		}
 	})
-	return &driver{c: &Controller{Store: files, DefaultNode: "n1"}, n: &Node{Volumes: volumes, NodeID: "n1"}, dir: dir}
+	return &driver{c: &Controller{Store: files, DefaultNode: "n1"}, n: &Node{Volumes: volumes, NodeID: "n1", Journals: r}, dir: dir}
 }
 
 var mountCap = &csi.VolumeCapability{

@@ -3,6 +3,7 @@ package driver
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -12,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"k8s.io/klog/v2"
 
+	"github.com/jvol-io/jvol/internal/attach"
 	"github.com/jvol-io/jvol/internal/host"
 	"github.com/jvol-io/jvol/internal/volume"
 )
@@ -21,10 +23,21 @@ type Node struct {
 	csi.UnimplementedNodeServer
 	Volumes *host.Volumes
 	NodeID  string
-	// Sync, if set, brings a volume's Journal status up to date.
-	Sync func(ctx context.Context, id string) error
+	// Journals, if set, says how a volume streams to its sink and brings
+	// its Journal's status up to date; without it a volume keeps the sink
+	// settings it has.
+	Journals Journals
 
-	calls keyedLock
+	calls inflight
+}
+
+// Journals is what the Node service needs of the node's reconciler.
+type Journals interface {
+	// SinkOptions returns the sink settings the Journal called name is
+	// staged with.
+	SinkOptions(ctx context.Context, name string) (*attach.SinkOptions, error)
+	// Sync brings the Journal's status up to date.
+	Sync(ctx context.Context, name string) error
 }
 
 // nodeError turns an error of pkg/node into a gRPC status.
@@ -130,7 +143,15 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 			st.FSType = "ext4"
 		}
 	}
-	err = n.Volumes.StageVolume(ctx, req.GetVolumeId(), st)
+	var so *attach.SinkOptions
+	if n.Journals != nil {
+		if so, err = n.Journals.SinkOptions(ctx, req.GetVolumeId()); err != nil {
+			err = fmt.Errorf("sink settings of volume %s: %w", req.GetVolumeId(), err)
+		}
+	}
+	if err == nil {
+		err = n.Volumes.StageVolume(req.GetVolumeId(), st, so)
+	}
 	unlock()
 	if err != nil {
 		return nil, nodeError(err)
@@ -143,10 +164,10 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 // unstage returns, so that the controller never acts on a phase that is
 // behind (a DeleteVolume right after an unstage, say).
 func (n *Node) sync(ctx context.Context, id string) {
-	if n.Sync == nil {
+	if n.Journals == nil {
 		return
 	}
-	if err := n.Sync(ctx, id); err != nil {
+	if err := n.Journals.Sync(ctx, id); err != nil {
 		klog.ErrorS(err, "Could not update the volume's status; the reconciler will", "volume", id)
 	}
 }

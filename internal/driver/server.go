@@ -1,6 +1,3 @@
-// Package csi serves jvol's CSI services: Identity, Controller (volumes
-// are Journal objects in a catalog.Store) and Node (volumes are served by
-// pkg/node on this machine).
 package driver
 
 import (
@@ -10,14 +7,12 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"sync/atomic"
 
 	csi "github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/kubernetes-csi/csi-lib-utils/protosanitizer"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/wrapperspb"
 	"k8s.io/klog/v2"
 )
 
@@ -79,37 +74,6 @@ func logCalls(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.U
 		klog.V(4).InfoS("CSI call done", "method", info.FullMethod, "response", protosanitizer.StripSecrets(resp))
 	}
 	return resp, err
-}
-
-// Identity is the CSI Identity service. Ready reports whether the plugin
-// is ready (a node plugin is not until it has served its staged volumes
-// again).
-type Identity struct {
-	csi.UnimplementedIdentityServer
-	Controller bool
-	Ready      *atomic.Bool
-}
-
-func (i *Identity) GetPluginInfo(context.Context, *csi.GetPluginInfoRequest) (*csi.GetPluginInfoResponse, error) {
-	return &csi.GetPluginInfoResponse{Name: DriverName, VendorVersion: Version}, nil
-}
-
-func (i *Identity) GetPluginCapabilities(context.Context, *csi.GetPluginCapabilitiesRequest) (*csi.GetPluginCapabilitiesResponse, error) {
-	caps := []*csi.PluginCapability{{Type: &csi.PluginCapability_Service_{Service: &csi.PluginCapability_Service{
-		Type: csi.PluginCapability_Service_VOLUME_ACCESSIBILITY_CONSTRAINTS}}}}
-	if i.Controller {
-		caps = append(caps,
-			&csi.PluginCapability{Type: &csi.PluginCapability_Service_{Service: &csi.PluginCapability_Service{
-				Type: csi.PluginCapability_Service_CONTROLLER_SERVICE}}},
-			&csi.PluginCapability{Type: &csi.PluginCapability_VolumeExpansion_{VolumeExpansion: &csi.PluginCapability_VolumeExpansion{
-				Type: csi.PluginCapability_VolumeExpansion_ONLINE}}})
-	}
-	return &csi.GetPluginCapabilitiesResponse{Capabilities: caps}, nil
-}
-
-func (i *Identity) Probe(context.Context, *csi.ProbeRequest) (*csi.ProbeResponse, error) {
-	ready := i.Ready == nil || i.Ready.Load()
-	return &csi.ProbeResponse{Ready: wrapperspb.Bool(ready)}, nil
 }
 
 func errorf(c codes.Code, format string, a ...any) error { return status.Errorf(c, format, a...) }

@@ -26,3 +26,8 @@ type Frontend interface {
 	// Close removes the block device; the Device stays open.
 	Close() error
 }
+
+// Opener exposes dev as a block device named name. dir is the opener's
+// own (the caller holds the volume's lock): whatever it finds there was
+// left by a process that died, and is cleared first.
+type Opener func(dir, name string, dev Device) (Frontend, error)

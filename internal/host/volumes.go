@@ -21,7 +21,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/klog/v2"
 	mount "k8s.io/mount-utils"
-	"k8s.io/utils/exec"
 
 	"github.com/jvol-io/jvol/internal/attach"
 	"github.com/jvol-io/jvol/internal/volume"
@@ -56,36 +55,55 @@ type Publish struct {
 	ReadOnly bool `json:"readOnly"`
 }
 
+// Config says where a node keeps its volumes and how it serves them.
+type Config struct {
+	// StateDir holds the volumes, in StateDir/volumes.
+	StateDir string
+	// Changed, if set, is called with a volume's name when it is staged,
+	// unstaged or grown, so that its Journal's status can follow.
+	Changed func(name string)
+	// OS is the machine's side; zero fields are the real ones.
+	OS OS
+}
+
 // Volumes are the volumes of this node.
 type Volumes struct {
-	// Changed, if set before use, is called with a volume's name when it is
-	// staged or unstaged, so that its Journal's status can follow.
-	Changed func(name string)
-	// Sink, if set before use, returns the sink settings a volume is staged
-	// with (an empty URL: none). Without it a volume keeps the ones it has,
-	// as it does when Restore serves it again.
-	Sink func(ctx context.Context, name string) (*attach.SinkOptions, error)
-
 	dir     string
-	mounter *mount.SafeFormatAndMount
+	changed func(name string)
+	os      OS
 
 	mu    sync.Mutex
 	locks map[string]*sync.Mutex
 	att   map[string]*attach.Attachment // staged volumes
 }
 
-// New keeps volumes in stateDir/volumes.
-func New(stateDir string) (*Volumes, error) {
-	dir := filepath.Join(stateDir, "volumes")
+// New keeps volumes in cfg.StateDir/volumes.
+func New(cfg Config) (*Volumes, error) {
+	dir := filepath.Join(cfg.StateDir, "volumes")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
+	changed := cfg.Changed
+	if changed == nil {
+		changed = func(string) {}
+	}
 	return &Volumes{
 		dir:     dir,
-		mounter: mount.NewSafeFormatAndMount(mount.New(""), exec.New()),
+		changed: changed,
+		os:      cfg.OS.withDefaults(),
 		locks:   map[string]*sync.Mutex{},
 		att:     map[string]*attach.Attachment{},
 	}, nil
+}
+
+// Available returns the bytes free for volumes on the state directory's
+// file system.
+func (n *Volumes) Available() (int64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(n.dir, &st); err != nil {
+		return 0, err
+	}
+	return int64(st.Bavail) * st.Bsize, nil
 }
 
 // CheckName reports whether name may name a volume: a DNS subdomain, so
@@ -174,7 +192,7 @@ func (n *Volumes) Ensure(ctx context.Context, name string, o volume.Options, cre
 	if m := withSettings(d.Meta, o); m != d.Meta { // while the directory's lock is still ours
 		err2 = volume.WriteMeta(path, m)
 	}
-	return d.Size(), errors.Join(err2, d.Close())
+	return d.Volume.Size(), errors.Join(err2, d.Close())
 }
 
 // withSettings is m with o's FIFO size and commit interval, where set.
@@ -201,12 +219,6 @@ func (n *Volumes) Remove(name string) error {
 		return fmt.Errorf("%w at %s: %s", ErrStaged, st.StagingPath, name)
 	}
 	return os.RemoveAll(n.Path(name))
-}
-
-func (n *Volumes) changed(name string) {
-	if n.Changed != nil {
-		n.Changed(name)
-	}
 }
 
 func (n *Volumes) attached(name string) *attach.Attachment {
@@ -295,10 +307,11 @@ func (n *Volumes) Device(name string) (string, bool) {
 	return a.Device, true
 }
 
-// StageVolume attaches the volume and, unless want.Block, makes its file
-// system (once) and mounts it at want.StagingPath. Staging again the same
-// way succeeds; any other way is ErrConflict.
-func (n *Volumes) StageVolume(ctx context.Context, name string, want Stage) error {
+// StageVolume attaches the volume, streaming to the sink so says (nil: the
+// settings the volume has; an empty URL: none), and unless want.Block makes
+// its file system (once) and mounts it at want.StagingPath. Staging again
+// the same way succeeds; any other way is ErrConflict.
+func (n *Volumes) StageVolume(name string, want Stage, so *attach.SinkOptions) error {
 	if !n.Exists(name) {
 		return fmt.Errorf("%w: %s", ErrNotFound, name)
 	}
@@ -313,19 +326,11 @@ func (n *Volumes) StageVolume(ctx context.Context, name string, want Stage) erro
 		}
 		// Recorded but not served (serving it again after a restart
 		// failed): serve it again now, its publishes with it.
-		so, err := n.sinkOptions(ctx, name)
-		if err != nil {
-			return err
-		}
 		return n.serveAgain(name, st, so)
 	case err != nil && !errors.Is(err, os.ErrNotExist):
 		return err
 	}
 	want.Publishes = nil
-	so, err := n.sinkOptions(ctx, name)
-	if err != nil {
-		return err
-	}
 	if err := n.stage(name, want, so); err != nil {
 		return err
 	}
@@ -336,26 +341,15 @@ func (n *Volumes) StageVolume(ctx context.Context, name string, want Stage) erro
 	return nil
 }
 
-func (n *Volumes) sinkOptions(ctx context.Context, name string) (*attach.SinkOptions, error) {
-	if n.Sink == nil {
-		return nil, nil
-	}
-	so, err := n.Sink(ctx, name)
-	if err != nil {
-		return nil, fmt.Errorf("sink settings of volume %s: %w", name, err)
-	}
-	return so, nil
-}
-
 // stage attaches the volume with sink settings so (nil: the ones it has)
 // and mounts its file system.
 func (n *Volumes) stage(name string, st Stage, so *attach.SinkOptions) error {
-	a, err := attach.Attach(attach.Options{Dir: n.Path(name), Sink: so})
+	a, err := attach.Attach(attach.Options{Dir: n.Path(name), Sink: so, Frontend: n.os.Frontend})
 	if err != nil {
 		return err
 	}
 	if !st.Block {
-		if err := n.mounter.FormatAndMount(a.Device, st.StagingPath, st.FSType, st.MountFlags); err != nil {
+		if err := n.os.Mounter.FormatAndMount(a.Device, st.StagingPath, st.FSType, st.MountFlags); err != nil {
 			return errors.Join(fmt.Errorf("%s on %s at %s: %w", st.FSType, a.Device, st.StagingPath, err), a.Detach())
 		}
 	}
@@ -374,7 +368,7 @@ func (n *Volumes) UnstageVolume(name, stagingPath string) error {
 	if errors.Is(err, os.ErrNotExist) {
 		// Not staged (any more): whatever is still mounted there for this
 		// volume is stale.
-		return unmountStale(n.mounter, stagingPath)
+		return unmountStale(n.os.Mounter, stagingPath)
 	}
 	if err != nil {
 		return err
@@ -409,7 +403,7 @@ func (n *Volumes) Release(name string) error {
 // unstage unmounts and detaches what stage made.
 func (n *Volumes) unstage(name string, st Stage) error {
 	if !st.Block {
-		if err := unmountStale(n.mounter, st.StagingPath); err != nil {
+		if err := unmountStale(n.os.Mounter, st.StagingPath); err != nil {
 			return err
 		}
 	}
@@ -446,7 +440,7 @@ func (n *Volumes) PublishVolume(name, target string, readOnly bool) error {
 		if p.ReadOnly != readOnly {
 			return fmt.Errorf("%w: %s is published read-only=%v", ErrConflict, target, p.ReadOnly)
 		}
-		if mounted, err := n.mounter.IsMountPoint(target); err == nil && mounted {
+		if mounted, err := n.os.Mounter.IsMountPoint(target); err == nil && mounted {
 			return nil
 		}
 	}
@@ -459,7 +453,7 @@ func (n *Volumes) PublishVolume(name, target string, readOnly bool) error {
 	st.Publishes[target] = Publish{ReadOnly: readOnly}
 	if err := n.writeStage(name, st); err != nil {
 		// Unrecorded, the bind mount would keep the device busy for good.
-		return errors.Join(err, mount.CleanupMountPoint(target, n.mounter, true))
+		return errors.Join(err, mount.CleanupMountPoint(target, n.os.Mounter, true))
 	}
 	return nil
 }
@@ -483,13 +477,13 @@ func (n *Volumes) bind(device string, st Stage, target string, readOnly bool) er
 	if readOnly {
 		opts = append(opts, "ro")
 	}
-	return n.mounter.Mount(src, target, "", opts)
+	return n.os.Mounter.Mount(src, target, "", opts)
 }
 
 // UnpublishVolume unmounts target and removes it. Unpublishing what is not
 // published succeeds.
 func (n *Volumes) UnpublishVolume(name, target string) error {
-	if err := mount.CleanupMountPoint(target, n.mounter, true); err != nil {
+	if err := mount.CleanupMountPoint(target, n.os.Mounter, true); err != nil {
 		return err
 	}
 	st, err := n.readStage(name)
@@ -523,7 +517,7 @@ func (n *Volumes) ExpandVolume(ctx context.Context, name string, size int64) (in
 		return 0, err
 	}
 	if !st.Block {
-		if _, err := mount.NewResizeFs(exec.New()).Resize(a.Device, st.StagingPath); err != nil {
+		if _, err := n.os.Resizer.Resize(a.Device, st.StagingPath); err != nil {
 			return 0, fmt.Errorf("resize %s on %s: %w", st.FSType, a.Device, err)
 		}
 	}
@@ -581,12 +575,12 @@ func (n *Volumes) restore(name string, st Stage) error {
 func (n *Volumes) serveAgain(name string, st Stage, so *attach.SinkOptions) error {
 	targets := keys(st.Publishes)
 	for _, t := range targets {
-		if err := unmountStale(n.mounter, t); err != nil {
+		if err := unmountStale(n.os.Mounter, t); err != nil {
 			return err
 		}
 	}
 	if !st.Block {
-		if err := unmountStale(n.mounter, st.StagingPath); err != nil {
+		if err := unmountStale(n.os.Mounter, st.StagingPath); err != nil {
 			return err
 		}
 	}

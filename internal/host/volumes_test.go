@@ -13,7 +13,7 @@ import (
 
 func newNode(t *testing.T) *Volumes {
 	t.Helper()
-	n, err := New(t.TempDir())
+	n, err := New(Config{StateDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +119,7 @@ func TestStageServesARecordedVolumeAgain(t *testing.T) {
 	if err := n.writeStage("v", rec); err != nil {
 		t.Fatal(err)
 	}
-	if err := n.StageVolume(ctx, "v", Stage{StagingPath: staging, Block: true}); err != nil {
+	if err := n.StageVolume("v", Stage{StagingPath: staging, Block: true}, nil); err != nil {
 		t.Fatal(err)
 	}
 	defer func() {
@@ -134,7 +134,7 @@ func TestStageServesARecordedVolumeAgain(t *testing.T) {
 	if !ok || len(st.Publishes) != 1 {
 		t.Fatalf("staged %v: %+v", ok, st)
 	}
-	if mounted, err := n.mounter.IsMountPoint(target); err != nil || !mounted {
+	if mounted, err := n.os.Mounter.IsMountPoint(target); err != nil || !mounted {
 		t.Errorf("publish target not served again: %v %v", mounted, err)
 	}
 }

@@ -176,11 +176,12 @@ func TestNodeReconcilesItsJournals(t *testing.T) {
 	c, cfg := startAPIServer(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	volumes, err := host.New(t.TempDir())
+	changes := reconciler.NewChanges()
+	volumes, err := host.New(host.Config{StateDir: t.TempDir(), Changed: changes.Add})
 	if err != nil {
 		t.Fatal(err)
 	}
-	mgr, err := reconciler.NewManager(cfg, &reconciler.Reconciler{Volumes: volumes, NodeID: "node-a", Refresh: 100 * time.Millisecond})
+	mgr, r, err := reconciler.NewManager(cfg, reconciler.Options{NodeID: "node-a", Volumes: volumes, Changes: changes, Refresh: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,7 +255,7 @@ func TestNodeReconcilesItsJournals(t *testing.T) {
 
 	// Staged: Attached, with live figures that follow the writes.
 	staging := t.TempDir()
-	if err := volumes.StageVolume(ctx, id, host.Stage{StagingPath: staging, Block: true}); err != nil {
+	if err := volumes.StageVolume(id, host.Stage{StagingPath: staging, Block: true}, nil); err != nil {
 		t.Fatal(err)
 	}
 	defer volumes.UnstageVolume(id, staging) // if the test stops early
@@ -309,7 +310,11 @@ func TestNodeReconcilesItsJournals(t *testing.T) {
 		t.Fatal(err)
 	}
 	staging = t.TempDir()
-	if err := volumes.StageVolume(ctx, "pvc-2", host.Stage{StagingPath: staging, Block: true}); err != nil {
+	so, err := r.SinkOptions(ctx, "pvc-2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := volumes.StageVolume("pvc-2", host.Stage{StagingPath: staging, Block: true}, so); err != nil {
 		t.Fatal(err)
 	}
 	if b, err := os.ReadFile(filepath.Join(volumes.Path("pvc-2"), reconciler.SinkCredentialsDir, "token")); err != nil || string(b) != "s3cret" {

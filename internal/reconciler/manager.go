@@ -4,9 +4,10 @@ import (
 	"context"
 	"maps"
 	"slices"
+	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
@@ -17,78 +18,57 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
-	"sigs.k8s.io/controller-runtime/pkg/handler"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	"github.com/jvol-io/jvol/internal/catalog"
+	"github.com/jvol-io/jvol/internal/host"
 	v1 "github.com/jvol-io/jvol/pkg/apis/jvol/v1alpha1"
 )
 
-// Loop runs a Reconciler without an API server (standalone): Changed
-// queues a Journal, Run works the queue, with rate-limited retries.
-type Loop struct {
-	r *Reconciler
-	q workqueue.TypedRateLimitingInterface[string]
-}
-
-// NewLoop returns a loop over r; r.Volumes stages volumes with the sinks
-// their Journals name.
-func NewLoop(r *Reconciler) *Loop {
-	r.Volumes.Sink = r.sinkOptions
-	return &Loop{r: r, q: workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]())}
-}
-
-// Changed queues the Journal called name.
-func (l *Loop) Changed(name string) { l.q.Add(name) }
-
-// Run queues every Journal, then reconciles what is queued until ctx ends.
-func (l *Loop) Run(ctx context.Context) error {
-	js, err := l.r.Store.List(ctx)
+// RunStandalone reconciles without an API server: it queues every Journal
+// of r.Store, then reconciles what is queued (and what changes queues)
+// until ctx ends, with rate-limited retries.
+func (r *Reconciler) RunStandalone(ctx context.Context, changes *Changes) error {
+	q := workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]())
+	js, err := r.Store.List(ctx)
 	if err != nil {
 		return err
 	}
 	for _, j := range js {
-		l.q.Add(j.Name)
+		q.Add(j.Name)
 	}
+	go changes.drain(ctx, q.Add)
 	go func() {
 		<-ctx.Done()
-		l.q.ShutDown()
+		q.ShutDown()
 	}()
 	for {
-		name, quit := l.q.Get()
+		name, quit := q.Get()
 		if quit {
 			return nil
 		}
-		again, err := l.r.Reconcile(ctx, name)
+		again, err := r.Reconcile(ctx, name)
 		switch {
 		case err != nil:
 			klog.ErrorS(err, "Reconcile failed", "journal", name)
-			l.q.AddRateLimited(name)
+			q.AddRateLimited(name)
 		case again > 0:
-			l.q.Forget(name)
-			l.q.AddAfter(name, again)
+			q.Forget(name)
+			q.AddAfter(name, again)
 		default:
-			l.q.Forget(name)
+			q.Forget(name)
 		}
-		l.q.Done(name)
+		q.Done(name)
 	}
 }
 
-// SetupWithManager runs r in a controller-runtime manager whose cache
-// holds only this node's Journals (by their catalog.NodeLabel).
-// Changes of a volume on the node (staged, unstaged) come in as events too.
-// r.Volumes stages volumes with the sinks their Journals name.
-func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
-	ch := make(chan event.TypedGenericEvent[*v1.Journal])
-	r.Volumes.Sink = r.sinkOptions
-	r.Volumes.Changed = func(name string) {
-		go func() {
-			ch <- event.TypedGenericEvent[*v1.Journal]{Object: &v1.Journal{ObjectMeta: metav1.ObjectMeta{Name: name}}}
-		}()
-	}
+// setupWithManager runs r in a controller-runtime manager whose cache
+// holds only this node's Journals (by their catalog.NodeLabel); changes
+// come in as requests too.
+func (r *Reconciler) setupWithManager(mgr ctrl.Manager, changes *Changes) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("journal").
 		// One per manager; tests make more than one manager per process.
@@ -101,7 +81,10 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 			// RequeueAfter, not as fast as the API server answers.
 			predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool { return !statusOnly(e.ObjectOld, e.ObjectNew) }},
 		)).
-		WatchesRawSource(source.Channel(ch, &handler.TypedEnqueueRequestForObject[*v1.Journal]{})).
+		WatchesRawSource(source.Func(func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
+			go changes.drain(ctx, func(name string) { q.Add(reconcile.Request{NamespacedName: types.NamespacedName{Name: name}}) })
+			return nil
+		})).
 		Complete(reconcile.Func(func(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
 			again, err := r.Reconcile(ctx, req.Name)
 			return reconcile.Result{RequeueAfter: again}, err
@@ -117,26 +100,43 @@ func statusOnly(a, b client.Object) bool {
 		maps.Equal(a.GetLabels(), b.GetLabels())
 }
 
-// NewManager returns a controller-runtime manager that runs r (its Store
-// set to the manager's client) over the Journals of node r.NodeID, and
-// only those: its cache selects them by catalog.NodeLabel. Sinks'
-// credentials Secrets are read from the API server itself, not cached.
-// It logs through klog.
-func NewManager(cfg *rest.Config, r *Reconciler) (ctrl.Manager, error) {
+// Options of NewManager.
+type Options struct {
+	NodeID  string
+	Volumes *host.Volumes
+	// Changes are drained into the manager's queue.
+	Changes *Changes
+	// Refresh is how often an attached volume's figures are refreshed;
+	// default DefaultRefresh.
+	Refresh time.Duration
+}
+
+// NewManager returns a controller-runtime manager that reconciles the
+// Journals of node o.NodeID, and only those (its cache selects them by
+// catalog.NodeLabel), and the Reconciler it runs. Sinks' credentials
+// Secrets are read from the API server itself, not cached. It logs through
+// klog.
+func NewManager(cfg *rest.Config, o Options) (ctrl.Manager, *Reconciler, error) {
+	nodeID := o.NodeID
 	ctrl.SetLogger(klog.NewKlogr())
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:  catalog.Scheme(),
 		Metrics: metricsserver.Options{BindAddress: "0"},
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			&v1.Journal{}: {Label: labels.SelectorFromSet(labels.Set{catalog.NodeLabel: catalog.NodeLabelValue(r.NodeID)})},
+			&v1.Journal{}: {Label: labels.SelectorFromSet(labels.Set{catalog.NodeLabel: catalog.NodeLabelValue(nodeID)})},
 		}},
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	r.Store = catalog.Kube{Client: mgr.GetClient()}
-	r.Fresh = catalog.Kube{Client: mgr.GetClient(), Reader: mgr.GetAPIReader()}
-	r.Secrets = mgr.GetAPIReader()
-	r.Recorder = mgr.GetEventRecorderFor("jvol-node")
-	return mgr, r.SetupWithManager(mgr)
+	r := &Reconciler{
+		Store:    catalog.Kube{Client: mgr.GetClient()},
+		Fresh:    catalog.Kube{Client: mgr.GetClient(), Reader: mgr.GetAPIReader()},
+		Volumes:  o.Volumes,
+		NodeID:   nodeID,
+		Refresh:  o.Refresh,
+		Secrets:  mgr.GetAPIReader(),
+		Recorder: mgr.GetEventRecorderFor("jvol-node"),
+	}
+	return mgr, r, r.setupWithManager(mgr, o.Changes)
 }

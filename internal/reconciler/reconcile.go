@@ -193,11 +193,11 @@ func (r *Reconciler) sinkOutOfSync(j *v1.Journal, next *v1.JournalStatus) {
 	}
 }
 
-// sinkOptions returns the sink settings the Journal called name is staged
-// with (Node.Sink): its spec's sink and duplex, and the keys of its
+// SinkOptions returns the sink settings the Journal called name is staged
+// with: its spec's sink and duplex, and the keys of its
 // credentials Secret written into the volume directory. The caller holds
 // the volume's lock.
-func (r *Reconciler) sinkOptions(ctx context.Context, name string) (*attach.SinkOptions, error) {
+func (r *Reconciler) SinkOptions(ctx context.Context, name string) (*attach.SinkOptions, error) {
 	j, err := r.Store.Get(ctx, name)
 	if err != nil {
 		return nil, err

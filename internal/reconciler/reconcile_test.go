@@ -49,7 +49,6 @@ func newReconciler(t *testing.T) (*Reconciler, *catalog.Files) {
 		t.Fatal(err)
 	}
 	r := &Reconciler{Store: files, Volumes: newVolumes(t), NodeID: "n1"}
-	NewLoop(r)
 	return r, files
 }
 
@@ -73,7 +72,7 @@ func TestSinkOptionsFromTheJournal(t *testing.T) {
 		s.Duplex = v1.Full
 		s.Sink = &v1.SinkSpec{URL: "tls://sink.example:7070", CredentialsSecretRef: &v1.SecretReference{Name: "creds", Namespace: "backup"}}
 	})
-	so, err := r.Volumes.Sink(ctx, "v")
+	so, err := r.SinkOptions(ctx, "v")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +91,7 @@ func TestSinkOptionsFromTheJournal(t *testing.T) {
 
 	// A key taken out of the Secret is not used from the old file.
 	secret.Data = map[string][]byte{"token": []byte("t2"), "tls.crt": []byte("C"), "tls.key": []byte("K")}
-	if so, err = r.Volumes.Sink(ctx, "v"); err != nil {
+	if so, err = r.SinkOptions(ctx, "v"); err != nil {
 		t.Fatal(err)
 	}
 	if so.CAFile != "" || so.CertFile == "" || so.KeyFile == "" {
@@ -108,7 +107,7 @@ func TestSinkOptionsFromTheJournal(t *testing.T) {
 	if err := files.Update(ctx, j); err != nil {
 		t.Fatal(err)
 	}
-	if so, err = r.Volumes.Sink(ctx, "v"); err != nil || so.URL != "tls://sink.example:7070" || so.TokenFile != "" {
+	if so, err = r.SinkOptions(ctx, "v"); err != nil || so.URL != "tls://sink.example:7070" || so.TokenFile != "" {
 		t.Errorf("without credentials: %+v %v", so, err)
 	}
 	if _, err := os.Stat(creds); !os.IsNotExist(err) {
@@ -118,7 +117,7 @@ func TestSinkOptionsFromTheJournal(t *testing.T) {
 	if err := files.Update(ctx, j); err != nil {
 		t.Fatal(err)
 	}
-	if so, err = r.Volumes.Sink(ctx, "v"); err != nil || so == nil || *so != (attach.SinkOptions{}) {
+	if so, err = r.SinkOptions(ctx, "v"); err != nil || so == nil || *so != (attach.SinkOptions{}) {
 		t.Errorf("without a sink: %+v %v", so, err)
 	}
 
@@ -126,11 +125,11 @@ func TestSinkOptionsFromTheJournal(t *testing.T) {
 	createJournal(t, files, "w", func(s *v1.JournalSpec) {
 		s.Sink = &v1.SinkSpec{URL: "tcp://sink.example:7070", CredentialsSecretRef: &v1.SecretReference{Name: "gone", Namespace: "backup"}}
 	})
-	if _, err := r.Volumes.Sink(ctx, "w"); !apierrors.IsNotFound(err) {
+	if _, err := r.SinkOptions(ctx, "w"); !apierrors.IsNotFound(err) {
 		t.Errorf("missing Secret: %v", err)
 	}
 	r.Secrets = nil
-	if _, err := r.Volumes.Sink(ctx, "w"); err == nil || !strings.Contains(err.Error(), "no API server") {
+	if _, err := r.SinkOptions(ctx, "w"); err == nil || !strings.Contains(err.Error(), "no API server") {
 		t.Errorf("standalone: %v", err)
 	}
 }
@@ -189,7 +188,15 @@ func TestStageWithTheJournalsSink(t *testing.T) {
 		}
 		return s.Sink
 	}
-	if err := n.StageVolume(ctx, "v", stage); err != nil {
+	// Staged as the CSI node service stages it: with the Journal's sink.
+	stageWithSink := func() error {
+		so, err := r.SinkOptions(ctx, "v")
+		if err != nil {
+			return err
+		}
+		return n.StageVolume("v", stage, so)
+	}
+	if err := stageWithSink(); err != nil {
 		t.Fatal(err)
 	}
 	defer n.UnstageVolume("v", staging) // if the test stops early
@@ -232,7 +239,7 @@ func TestStageWithTheJournalsSink(t *testing.T) {
 	if err := n.UnstageVolume("v", staging); err != nil {
 		t.Fatal(err)
 	}
-	if err := n.StageVolume(ctx, "v", stage); err != nil {
+	if err := stageWithSink(); err != nil {
 		t.Fatal(err)
 	}
 	if k := sinkOf(); k != nil {
@@ -251,7 +258,7 @@ func TestStageWithTheJournalsSink(t *testing.T) {
 
 func newVolumes(t *testing.T) *host.Volumes {
 	t.Helper()
-	v, err := host.New(t.TempDir())
+	v, err := host.New(host.Config{StateDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

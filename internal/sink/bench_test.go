@@ -54,14 +54,14 @@ func spooled(b *testing.B, dir string, full bool, n int) (*volume.Dir, *testRece
 	write := func(k int) uint64 {
 		for i := range k {
 			data[0] = byte(i)
-			if _, err := v.WriteAt(data, int64(i%64)<<20); err != nil {
+			if _, err := v.Volume.WriteAt(data, int64(i%64)<<20); err != nil {
 				b.Fatal(err)
 			}
 		}
-		if err := v.Flush(context.Background()); err != nil {
+		if err := v.Volume.Flush(context.Background()); err != nil {
 			b.Fatal(err)
 		}
-		_, id := v.Journal().Durable()
+		_, id := v.Volume.Journal().Durable()
 		return id
 	}
 	if err := s.WaitAcked(context.Background(), write(1)); err != nil {
@@ -124,8 +124,8 @@ func plainCopy(b *testing.B, dir string, n int) time.Duration {
 		}
 		done <- unix.Fdatasync(int(f.Fd()))
 	}()
-	j := v.Journal()
-	pos, _ := v.Hold(nil)
+	j := v.Volume.Journal()
+	pos, _ := v.Volume.Hold(nil)
 	end, _ := j.Durable()
 	buf := vfs.AlignedBuffer(readChunk + vfs.BlockSize)
 	start := time.Now()

@@ -39,7 +39,7 @@ func TestCutMidRecord(t *testing.T) {
 	for i := range 6 {
 		if i == 1 {
 			// A resize the receiver must remember across reconnects.
-			if err := r.v.Grow(context.Background(), r.size+4<<20); err != nil {
+			if err := r.v.Volume.Grow(context.Background(), r.size+4<<20); err != nil {
 				t.Fatal(err)
 			}
 			r.size += 4 << 20
@@ -92,12 +92,12 @@ func TestSpoolExhaustedResyncs(t *testing.T) {
 	r.eventually("the link to drop", func() bool { return r.s.Stats().State == Disconnected })
 	for r.s.Stats().State != OutOfSync {
 		r.write(32) // must never block for good: the hold is dropped instead
-		if r.v.Stats().Journal.Used > r.v.Stats().Journal.RingSize {
+		if r.v.Volume.Stats().Journal.Used > r.v.Volume.Stats().Journal.RingSize {
 			t.Fatal("journal overfilled")
 		}
 	}
 	gap := r.write(1)
-	stalls := r.v.Stats().Journal.RingStalls
+	stalls := r.v.Volume.Stats().Journal.RingStalls
 	p.set(func(p *faultProxy) { p.down = false })
 	after := r.write(4)
 	r.waitAcked(after)

@@ -142,14 +142,14 @@ func (r *rig) write(n int) uint64 {
 		for i := range b {
 			b[i] = byte(r.rng.Uint32())
 		}
-		if _, err := r.v.WriteAt(b, off); err != nil {
+		if _, err := r.v.Volume.WriteAt(b, off); err != nil {
 			r.t.Fatal(err)
 		}
 	}
-	if err := r.v.Flush(context.Background()); err != nil {
+	if err := r.v.Volume.Flush(context.Background()); err != nil {
 		r.t.Fatal(err)
 	}
-	_, id := r.v.Journal().Durable()
+	_, id := r.v.Volume.Journal().Durable()
 	return id
 }
 
@@ -165,8 +165,8 @@ func (r *rig) waitAcked(id uint64) {
 // image returns the volume's current contents.
 func (r *rig) image() []byte {
 	r.t.Helper()
-	b := make([]byte, r.v.Size())
-	if _, err := r.v.ReadAt(b, 0); err != nil {
+	b := make([]byte, r.v.Volume.Size())
+	if _, err := r.v.Volume.ReadAt(b, 0); err != nil {
 		r.t.Fatal(err)
 	}
 	return b

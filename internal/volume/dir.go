@@ -59,9 +59,9 @@ var (
 
 // Dir is an open volume directory: the volume, its files and its lock.
 type Dir struct {
-	*Volume
-	Path string
-	Meta Meta
+	Volume *Volume
+	Path   string
+	Meta   Meta
 
 	lock          *os.File
 	data, journal *vfs.OSFile
@@ -162,12 +162,12 @@ func (d *Dir) open(o Options) error {
 		return fmt.Errorf("volume %s: %w", d.Path, err)
 	}
 	d.Meta = meta
-	if o.Size > d.Size() {
+	if o.Size > d.Volume.Size() {
 		if err := d.Volume.Grow(context.Background(), o.Size); err != nil {
 			return err
 		}
 	}
-	if d.Size() != d.Meta.Size { // grown now, or by a replayed resize
+	if d.Volume.Size() != d.Meta.Size { // grown now, or by a replayed resize
 		return d.saveSize()
 	}
 	return nil
@@ -182,7 +182,7 @@ func (d *Dir) Grow(ctx context.Context, size int64) error {
 }
 
 func (d *Dir) saveSize() error {
-	d.Meta.Size = d.Size()
+	d.Meta.Size = d.Volume.Size()
 	return WriteMeta(d.Path, d.Meta)
 }
 

@@ -77,7 +77,7 @@ func TestOpenDirCreatesReopensAndLocks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d.Meta.Name != "vol1" || d.Meta.JournalSize != MinJournalSize || d.Size() != 8<<20 {
+	if d.Meta.Name != "vol1" || d.Meta.JournalSize != MinJournalSize || d.Volume.Size() != 8<<20 {
 		t.Fatalf("meta %+v", d.Meta)
 	}
 	if _, err := OpenDir(dir, Options{}); !errors.Is(err, ErrInUse) {
@@ -86,7 +86,7 @@ func TestOpenDirCreatesReopensAndLocks(t *testing.T) {
 	if held, err := IsLocked(dir); err != nil || !held {
 		t.Fatalf("locked while open: %v %v", held, err)
 	}
-	if _, err := d.WriteAt([]byte("hello"), 4096); err != nil {
+	if _, err := d.Volume.WriteAt([]byte("hello"), 4096); err != nil {
 		t.Fatal(err)
 	}
 	if err := d.Close(); err != nil {
@@ -107,7 +107,7 @@ func TestOpenDirCreatesReopensAndLocks(t *testing.T) {
 	}
 	defer d.Close()
 	got := make([]byte, 5)
-	if _, err := d.ReadAt(got, 4096); err != nil || string(got) != "hello" {
+	if _, err := d.Volume.ReadAt(got, 4096); err != nil || string(got) != "hello" {
 		t.Fatalf("read back %q, %v", got, err)
 	}
 	if m, err := ReadMeta(dir); err != nil || m.Size != 16<<20 {

@@ -115,3 +115,12 @@ func clearLeftovers(mnt, file string) error {
 	}
 	return nil
 }
+
+// Opener is Open as a frontend.Opener.
+func Opener(mnt, name string, dev frontend.Device) (frontend.Frontend, error) {
+	fl, err := Open(mnt, name, dev)
+	if err != nil {
+		return nil, err
+	}
+	return fl, nil
+}

@@ -1,0 +1,210 @@
+// Package driver is jvol's CSI driver: the Identity, Controller and Node
+// services (one file each), and Run, which builds them for a Mode and owns
+// the order in which they start and stop. Controller volumes are Journal
+// objects in a catalog.Store; the node's volumes are internal/host's,
+// reconciled by internal/reconciler.
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/jvol-io/jvol/internal/catalog"
+	"github.com/jvol-io/jvol/internal/host"
+	"github.com/jvol-io/jvol/internal/reconciler"
+	"github.com/jvol-io/jvol/internal/registration"
+)
+
+// Mode is the role a driver process plays.
+type Mode string
+
+const (
+	// ModeController serves Identity and Controller; volumes are Journals
+	// in the Kubernetes API.
+	ModeController Mode = "controller"
+	// ModeNode serves Identity and Node, and reconciles this node's
+	// Journals.
+	ModeNode Mode = "node"
+	// ModeStandalone serves all three without Kubernetes: Journals are
+	// kept in StateDir/journals.
+	ModeStandalone Mode = "standalone"
+)
+
+// Config is what Run builds a driver from.
+type Config struct {
+	Mode     Mode
+	Endpoint string // unix:///path or tcp://host:port
+	// HealthAddr, if set, serves /healthz and /readyz (host:port).
+	HealthAddr string
+	// Kube is the API server's configuration (controller and node).
+	Kube *rest.Config
+
+	// Node and standalone.
+	NodeID   string
+	StateDir string
+	// OS is the machine's side of the node's volumes (fakes in tests).
+	OS host.OS
+	// Register with the kubelet at KubeletDir, telling it the CSI socket
+	// is at RegistrationPath (default KubeletDir/plugins/jvol.io/csi.sock).
+	Register         bool
+	KubeletDir       string
+	RegistrationPath string
+}
+
+// Run serves the driver cfg describes until ctx ends, then stops it: the
+// CSI server drains its calls before the node's volumes are committed. A
+// node's volumes stay staged across a stop (pods keep their mounts), and
+// are served again by the next Run.
+func Run(ctx context.Context, cfg Config) error {
+	switch cfg.Mode {
+	case ModeController, ModeNode, ModeStandalone:
+	default:
+		return fmt.Errorf("driver: mode %q: want controller, node or standalone", cfg.Mode)
+	}
+	if cfg.Mode != ModeController && cfg.NodeID == "" {
+		return errors.New("driver: a node id is required")
+	}
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	var ready atomic.Bool
+	serveHealth(ctx, cfg.HealthAddr, &ready)
+	var (
+		ids        = &Identity{Controller: cfg.Mode != ModeNode, Ready: &ready}
+		cs         *Controller
+		ns         *Node
+		volumes    *host.Volumes
+		err        error
+		errc       = make(chan error, 4)
+		background = func(f func() error) { go func() { errc <- f() }() }
+	)
+	if cfg.Mode != ModeController {
+		changes := reconciler.NewChanges()
+		if volumes, err = host.New(host.Config{StateDir: cfg.StateDir, Changed: changes.Add, OS: cfg.OS}); err != nil {
+			return err
+		}
+		// Pods' volumes first: nothing else is ready until they are served.
+		if err := volumes.Restore(ctx); err != nil {
+			klog.ErrorS(err, "Some staged volumes could not be served again")
+		}
+		var r *reconciler.Reconciler
+		if cfg.Mode == ModeNode {
+			mgr, rr, err := reconciler.NewManager(cfg.Kube, reconciler.Options{NodeID: cfg.NodeID, Volumes: volumes, Changes: changes})
+			if err != nil {
+				return err
+			}
+			r = rr
+			background(func() error { return mgr.Start(ctx) })
+			go publishAvailable(ctx, mgr.GetClient(), cfg.NodeID, volumes)
+		} else {
+			files, err := catalog.OpenFiles(filepath.Join(cfg.StateDir, "journals"))
+			if err != nil {
+				return err
+			}
+			files.Changed = changes.Add
+			r = &reconciler.Reconciler{Store: files, Volumes: volumes, NodeID: cfg.NodeID}
+			background(func() error { return r.RunStandalone(ctx, changes) })
+			cs = &Controller{Store: files, DefaultNode: cfg.NodeID, Capacity: func(context.Context, string) (int64, error) {
+				return volumes.Available()
+			}}
+		}
+		ns = &Node{Volumes: volumes, NodeID: cfg.NodeID, Journals: r}
+	}
+	if cfg.Mode == ModeController {
+		ctrl.SetLogger(klog.NewKlogr())
+		c, err := client.New(cfg.Kube, client.Options{Scheme: catalog.Scheme()})
+		if err != nil {
+			return err
+		}
+		kube := catalog.Kube{Client: c}
+		cs = &Controller{Store: kube, Capacity: kube.Available, NodeGone: kube.NodeGone}
+	}
+
+	l, err := Listen(cfg.Endpoint)
+	if err != nil {
+		return err
+	}
+	s := NewServer(ids, cs, ns)
+	served := make(chan struct{})
+	go func() { errc <- Serve(ctx, l, s); close(served) }()
+	// Only once the CSI socket listens does the kubelet hear of it.
+	if cfg.Mode == ModeNode && cfg.Register {
+		sock := cfg.RegistrationPath
+		if sock == "" {
+			sock = filepath.Join(cfg.KubeletDir, "plugins", DriverName, "csi.sock")
+		}
+		background(func() error { return registration.Serve(ctx, cfg.KubeletDir, DriverName, sock) })
+	}
+	ready.Store(true)
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	stop()
+	<-served // no CSI call is in flight when the volumes are committed
+	if volumes == nil {
+		return err
+	}
+	// Volumes stay staged across a restart: commit them, leave them mounted.
+	return errors.Join(err, volumes.Sync(context.Background()))
+}
+
+// serveHealth answers /healthz (the process is up) and /readyz (staged
+// volumes are served again and the CSI socket is open) at addr, if set.
+func serveHealth(ctx context.Context, addr string, ready *atomic.Bool) {
+	if addr == "" {
+		return
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !ready.Load() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	s := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		s.Close()
+	}()
+	go func() {
+		if err := s.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			klog.ErrorS(err, "Health endpoint failed", "addr", addr)
+		}
+	}()
+}
+
+// publishAvailable keeps the node's free bytes in an annotation of its
+// Node, where the controller's GetCapacity reads them.
+func publishAvailable(ctx context.Context, c client.Client, nodeName string, volumes *host.Volumes) {
+	t := time.NewTicker(30 * time.Second)
+	defer t.Stop()
+	for {
+		if n, err := volumes.Available(); err == nil {
+			patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, catalog.AvailableAnnotation, strconv.FormatInt(n, 10))
+			obj := &corev1.Node{}
+			obj.Name = nodeName
+			if err := c.Patch(ctx, obj, client.RawPatch("application/merge-patch+json", []byte(patch))); err != nil {
+				klog.ErrorS(err, "Could not publish free space", "node", nodeName)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
