@@ -16,6 +16,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/jvol-io/jvol/internal/attach"
+	"github.com/jvol-io/jvol/internal/journal"
 	"github.com/jvol-io/jvol/internal/sizes"
 )
 
@@ -53,7 +54,7 @@ func attachCmd(ctx context.Context, args []string) error {
 	fs.Visit(func(f *flag.Flag) { sinkSet = sinkSet || f.Name == "sink" })
 	if sinkSet {
 		var err error
-		if so.Duplex, err = attach.ParseDuplex(*duplex); err != nil {
+		if so.Duplex, err = journal.ParseDuplex(*duplex); err != nil {
 			return err
 		}
 		o.Sink = &so

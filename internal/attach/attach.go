@@ -112,7 +112,7 @@ func (a *Attachment) attach(o Options) error {
 		if a.sender, err = sink.StartSender(a.dir.Volume, cfg); err != nil {
 			return err
 		}
-		klog.InfoS("Streaming the journal to a sink", "dir", a.dir.Path, "url", cfg.URL, "full", cfg.Full)
+		klog.InfoS("Streaming the journal to a sink", "dir", a.dir.Path, "url", cfg.URL, "duplex", cfg.Duplex)
 	}
 	if o.FS == "" {
 		return nil

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/jvol-io/jvol/internal/journal"
 	"github.com/jvol-io/jvol/internal/sink"
 	"github.com/jvol-io/jvol/internal/volume"
 )
@@ -20,8 +21,8 @@ const SinkFile = "sink.json"
 
 // SinkOptions say where a volume's journal stream goes.
 type SinkOptions struct {
-	URL    string `json:"url"`
-	Duplex string `json:"duplex"` // Half or Full
+	URL    string         `json:"url"`
+	Duplex journal.Duplex `json:"duplex"` // Half or Full
 	// Files, read at each attach: the token, and for tls:// the receiver's
 	// CA and this client's certificate and key (all optional).
 	TokenFile string `json:"tokenFile,omitempty"`
@@ -35,26 +36,10 @@ func (o *SinkOptions) Check() error {
 	if _, _, err := sink.ParseURL(o.URL); err != nil {
 		return err
 	}
-	switch o.Duplex {
-	case "Half", "Full":
-	default:
-		return fmt.Errorf("sink duplex %q: want Half or Full", o.Duplex)
-	}
 	if (o.CertFile == "") != (o.KeyFile == "") {
 		return errors.New("sink: a client certificate and its key go together")
 	}
 	return nil
-}
-
-// ParseDuplex turns half or full (any case) into Half or Full.
-func ParseDuplex(s string) (string, error) {
-	switch strings.ToLower(s) {
-	case "half", "":
-		return "Half", nil
-	case "full":
-		return "Full", nil
-	}
-	return "", fmt.Errorf("duplex %q: want half or full", s)
 }
 
 // sinkSettings returns the settings to attach with: o if given (nil for an
@@ -113,7 +98,7 @@ func saveSinkSettings(dir string, o *SinkOptions) error {
 
 // config reads the files the settings name.
 func (o *SinkOptions) config(volumeID string) (sink.SenderConfig, error) {
-	cfg := sink.SenderConfig{URL: o.URL, Volume: volumeID, Full: o.Duplex == "Full"}
+	cfg := sink.SenderConfig{URL: o.URL, Volume: volumeID, Duplex: o.Duplex}
 	if o.TokenFile != "" {
 		b, err := os.ReadFile(o.TokenFile)
 		if err != nil {

@@ -52,8 +52,8 @@ type Status struct {
 
 // SinkStatus is the link to the sink.
 type SinkStatus struct {
-	URL    string `json:"url"`
-	Duplex string `json:"duplex"`
+	URL    string         `json:"url"`
+	Duplex journal.Duplex `json:"duplex"`
 	// State is Connected, CatchingUp, OutOfSync or Disconnected.
 	State string `json:"state"`
 	// AckedTransid is the last id the receiver has (acknowledged in full
@@ -84,7 +84,7 @@ func (a *Attachment) Status() Status {
 		if !ss.LastAck.IsZero() {
 			st.Sink.LastAck = ss.LastAck.UTC().Format(time.RFC3339Nano)
 		}
-		if a.sink.Duplex == "Full" {
+		if a.sink.Duplex == journal.Full {
 			st.AckedTransid = ss.AckedTransid // durable at the sink
 		}
 	}

@@ -61,14 +61,9 @@ func parseParams(p map[string]string) (v1.JournalSpec, error) {
 		case ParamFIFOSize:
 			s.FIFOSize, err = quantity(val)
 		case ParamDuplex:
-			switch strings.ToLower(val) {
-			case "half":
-				s.Duplex = v1.Half
-			case "full":
-				s.Duplex = v1.Full
-			default:
-				err = fmt.Errorf("want half or full")
-			}
+			var d journal.Duplex
+			d, err = journal.ParseDuplex(val)
+			s.Duplex = v1.Duplex(d.String())
 		case ParamSinkURL:
 			if val != "" {
 				_, _, err = sink.ParseURL(val)
@@ -105,7 +100,7 @@ func parseParams(p map[string]string) (v1.JournalSpec, error) {
 		s.Sink.CredentialsSecretRef = &secret
 	}
 	if s.Duplex == v1.Full && s.Sink == nil {
-		return s, fmt.Errorf("parameter %s=full: duplex full needs a %s: acknowledgements come from the sink", ParamDuplex, ParamSinkURL)
+		return s, fmt.Errorf("parameter %s=full needs a %s: %w", ParamDuplex, ParamSinkURL, v1.ErrFullDuplexWithoutSink)
 	}
 	return s, nil
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,6 +42,28 @@ func (d Duplex) String() string {
 		return "Full"
 	}
 	return "Half"
+}
+
+// ParseDuplex is the one parser of a duplex: "half" or "full" in any case;
+// empty is Half.
+func ParseDuplex(s string) (Duplex, error) {
+	switch strings.ToLower(s) {
+	case "", "half":
+		return Half, nil
+	case "full":
+		return Full, nil
+	}
+	return Half, fmt.Errorf("duplex %q: want half or full", s)
+}
+
+// MarshalText writes Half or Full.
+func (d Duplex) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// UnmarshalText reads what ParseDuplex takes.
+func (d *Duplex) UnmarshalText(b []byte) error {
+	v, err := ParseDuplex(string(b))
+	*d = v
+	return err
 }
 
 var (

@@ -84,6 +84,7 @@ func TestSchemaRefusesBadJournals(t *testing.T) {
 		{"fifo-not-pow2", func(s *v1.JournalSpec) { s.FIFOSize = q("3Mi") }, "fifoSize must be a power of two from 1Mi to 1Gi"},
 		{"fifo-too-big", func(s *v1.JournalSpec) { s.FIFOSize = q("2Gi") }, "fifoSize must be a power of two"},
 		{"duplex", func(s *v1.JournalSpec) { s.Duplex = "Quarter" }, "spec.duplex"},
+		{"full-duplex-without-sink", func(s *v1.JournalSpec) { s.Duplex = v1.Full }, "duplex Full needs a sink"},
 		{"sink-url", func(s *v1.JournalSpec) { s.Sink = &v1.SinkSpec{URL: "http://sink.example/x"} }, "spec.sink.url"},
 		{"commit-interval", func(s *v1.JournalSpec) { s.CommitInterval = &metav1.Duration{Duration: time.Millisecond} }, "commitInterval must be from 1s to 1h"},
 		{"fs", func(s *v1.JournalSpec) { s.FSType = "btrfs" }, "spec.fsType"},

@@ -25,6 +25,7 @@ import (
 	"github.com/jvol-io/jvol/internal/attach"
 	"github.com/jvol-io/jvol/internal/catalog"
 	"github.com/jvol-io/jvol/internal/host"
+	"github.com/jvol-io/jvol/internal/journal"
 	"github.com/jvol-io/jvol/internal/sink"
 	"github.com/jvol-io/jvol/internal/volume"
 	v1 "github.com/jvol-io/jvol/pkg/apis/jvol/v1alpha1"
@@ -209,10 +210,11 @@ func (r *Reconciler) SinkOptions(ctx context.Context, name string) (*attach.Sink
 		// journal for one, and keeps no credentials.
 		return &attach.SinkOptions{}, os.RemoveAll(dir)
 	}
-	so := &attach.SinkOptions{URL: k.URL, Duplex: string(j.Spec.Duplex)}
-	if so.Duplex == "" {
-		so.Duplex = string(v1.Half)
+	d, err := journal.ParseDuplex(string(j.Spec.Duplex))
+	if err != nil {
+		return nil, err
 	}
+	so := &attach.SinkOptions{URL: k.URL, Duplex: d}
 	ref := k.CredentialsSecretRef
 	if ref == nil {
 		return so, os.RemoveAll(dir)

@@ -19,6 +19,7 @@ import (
 	"github.com/jvol-io/jvol/internal/attach"
 	"github.com/jvol-io/jvol/internal/catalog"
 	"github.com/jvol-io/jvol/internal/host"
+	"github.com/jvol-io/jvol/internal/journal"
 	"github.com/jvol-io/jvol/internal/sink"
 	"github.com/jvol-io/jvol/internal/volume"
 	v1 "github.com/jvol-io/jvol/pkg/apis/jvol/v1alpha1"
@@ -76,7 +77,7 @@ func TestSinkOptionsFromTheJournal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := attach.SinkOptions{URL: "tls://sink.example:7070", Duplex: "Full",
+	want := attach.SinkOptions{URL: "tls://sink.example:7070", Duplex: journal.Full,
 		TokenFile: filepath.Join(creds, "token"), CAFile: filepath.Join(creds, "ca.crt")}
 	if so == nil || *so != want {
 		t.Fatalf("got %+v, want %+v", so, want)
@@ -141,7 +142,7 @@ func TestFiguresWithAndWithoutASink(t *testing.T) {
 		t.Errorf("without a sink: %+v", st)
 	}
 
-	k := &attach.SinkStatus{URL: "tcp://sink:7070", Duplex: "Full", State: sink.CatchingUp, AckedTransid: 5,
+	k := &attach.SinkStatus{URL: "tcp://sink:7070", Duplex: journal.Full, State: sink.CatchingUp, AckedTransid: 5,
 		LagBytes: 2 << 20, LastAck: "2025-01-02T03:04:05.678Z"}
 	setFigures(&st, attach.Status{Transid: 9, AckedTransid: 5, FIFOUsed: 3 << 20, Sink: k})
 	c := meta.FindStatusCondition(st.Conditions, v1.ConditionSinkInSync)
@@ -200,7 +201,7 @@ func TestStageWithTheJournalsSink(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer n.UnstageVolume("v", staging) // if the test stops early
-	if k := sinkOf(); k == nil || k.URL != "tcp://127.0.0.1:1" || k.Duplex != "Half" {
+	if k := sinkOf(); k == nil || k.URL != "tcp://127.0.0.1:1" || k.Duplex != journal.Half {
 		t.Fatalf("staged with sink %+v", k)
 	}
 	// The Journal's status shows the link.

@@ -46,7 +46,7 @@ func spooled(b *testing.B, dir string, full bool, n int) (*volume.Dir, *testRece
 	if err != nil {
 		b.Fatal(err)
 	}
-	s, err := StartSender(v.Volume, SenderConfig{URL: "tcp://" + rc.addr(), Volume: "bench", Full: full})
+	s, err := StartSender(v.Volume, SenderConfig{URL: "tcp://" + rc.addr(), Volume: "bench", Duplex: duplex(full)})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -75,7 +75,7 @@ func streamOnce(b *testing.B, dir string, full bool, n int) time.Duration {
 	v, rc, last := spooled(b, dir, full, n)
 	defer func() { v.Close(); rc.stop() }()
 	start := time.Now()
-	s, err := StartSender(v.Volume, SenderConfig{URL: "tcp://" + rc.addr(), Volume: "bench", Full: full})
+	s, err := StartSender(v.Volume, SenderConfig{URL: "tcp://" + rc.addr(), Volume: "bench", Duplex: duplex(full)})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -78,7 +78,7 @@ func TestTLSRefusesAWrongCertificate(t *testing.T) {
 	defer v.Close()
 	url := "tls://" + rc.addr()
 	start := func(cert tls.Certificate) *Sender {
-		s, err := StartSender(v.Volume, SenderConfig{URL: url, Volume: testVolume, Full: true, MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond,
+		s, err := StartSender(v.Volume, SenderConfig{URL: url, Volume: testVolume, Duplex: journal.Full, MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond,
 			TLS: &tls.Config{RootCAs: ca.pool, Certificates: []tls.Certificate{cert}}})
 		if err != nil {
 			t.Fatal(err)

@@ -36,7 +36,7 @@ type SenderConfig struct {
 	Volume string
 	// Full waits for acknowledgements before the journal frees records;
 	// half duplex frees them once sent.
-	Full bool
+	Duplex journal.Duplex
 	// TLS is the client configuration for tls:// (its ServerName defaults
 	// to the URL's host).
 	TLS *tls.Config
@@ -288,7 +288,7 @@ func (s *Sender) session(ctx context.Context, oldest uint64) (bool, error) {
 	defer c.Close()
 
 	_, newest := s.j.Durable()
-	h := Hello{Full: s.cfg.Full, Size: uint64(s.v.Size()), Epoch: s.j.UUID(), Oldest: oldest, Newest: max(newest, oldest), Volume: s.cfg.Volume, Token: s.cfg.Token}
+	h := Hello{Full: s.cfg.Duplex == journal.Full, Size: uint64(s.v.Size()), Epoch: s.j.UUID(), Oldest: oldest, Newest: max(newest, oldest), Volume: s.cfg.Volume, Token: s.cfg.Token}
 	c.SetDeadline(time.Now().Add(15 * time.Second))
 	if _, err := c.Write(appendRecord(nil, StreamHello, 0, h.Encode())); err != nil {
 		return false, err
@@ -347,7 +347,7 @@ func (s *Sender) session(ctx context.Context, oldest uint64) (bool, error) {
 		s.set(func() { s.inBaseline, s.outOfSync, s.sentPos = false, false, pos })
 		// The copy holds every record up to after: acknowledged (or sent)
 		// as such.
-		if s.cfg.Full {
+		if s.cfg.Duplex == journal.Full {
 			acks.sent(after, pos)
 		} else {
 			s.advance(pos, after, after)
@@ -556,7 +556,7 @@ func (s *Sender) stream(ctx context.Context, c net.Conn, pos, posID, after uint6
 		pos += uint64(i)
 		after = max(after, posID)
 		// Known before it is sent: its acknowledgement may come at once.
-		if s.cfg.Full {
+		if s.cfg.Duplex == journal.Full {
 			acks.sent(posID, pos)
 		}
 		for _, run := range runs {
@@ -565,7 +565,7 @@ func (s *Sender) stream(ctx context.Context, c net.Conn, pos, posID, after uint6
 			}
 		}
 		s.set(func() { s.sentPos = pos })
-		if !s.cfg.Full {
+		if s.cfg.Duplex != journal.Full {
 			s.advance(pos, posID, after)
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jvol-io/jvol/internal/journal"
 	"github.com/jvol-io/jvol/internal/vfs/vfstest"
 	"github.com/jvol-io/jvol/internal/volume"
 )
@@ -114,7 +115,7 @@ func (r *rig) openVolume(full bool, url string) {
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	s, err := StartSender(v.Volume, SenderConfig{URL: url, Volume: testVolume, Full: full, MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	s, err := StartSender(v.Volume, SenderConfig{URL: url, Volume: testVolume, Duplex: duplex(full), MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
 	if err != nil {
 		r.t.Fatal(err)
 	}
@@ -242,4 +243,12 @@ func TestFullDuplexMirrorAndRestore(t *testing.T) {
 		}
 	}
 	sameImage(t, "latest", r.restore(Point{Latest: true}), snaps[len(snaps)-1].img)
+}
+
+// duplex is Full if full, else Half.
+func duplex(full bool) journal.Duplex {
+	if full {
+		return journal.Full
+	}
+	return journal.Half
 }

@@ -66,6 +66,7 @@ const (
 // JournalSpec is what the volume should be. Sizes are in bytes (quantities
 // such as 10Gi are accepted).
 //
+// +kubebuilder:validation:XValidation:rule="!has(self.duplex) || self.duplex != 'Full' || has(self.sink)",message="duplex Full needs a sink: acknowledgements come from the sink"
 // +kubebuilder:validation:XValidation:rule="self.node == oldSelf.node",message="node is immutable"
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.capacity) || quantity(string(self.capacity)).compareTo(quantity(string(oldSelf.capacity))) >= 0",message="capacity never shrinks"
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.journalSize) ? !has(self.journalSize) : (has(self.journalSize) && quantity(string(self.journalSize)).compareTo(quantity(string(oldSelf.journalSize))) == 0)",message="journalSize is immutable"

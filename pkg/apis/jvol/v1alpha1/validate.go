@@ -1,6 +1,7 @@
 package v1alpha1
 
 import (
+	"errors"
 	"fmt"
 	"regexp"
 	"time"
@@ -36,6 +37,9 @@ func (s *JournalSpec) Validate() error {
 	default:
 		return fmt.Errorf("spec.duplex: %q: must be Half or Full", s.Duplex)
 	}
+	if s.Duplex == Full && s.Sink == nil {
+		return fmt.Errorf("spec.duplex: %w", ErrFullDuplexWithoutSink)
+	}
 	if s.Sink != nil && !sinkURL.MatchString(s.Sink.URL) {
 		return fmt.Errorf("spec.sink.url: %q: must be tcp://host:port or tls://host:port", s.Sink.URL)
 	}
@@ -49,6 +53,10 @@ func (s *JournalSpec) Validate() error {
 	}
 	return nil
 }
+
+// ErrFullDuplexWithoutSink: full duplex frees journal space on the sink's
+// acknowledgements, so it needs a sink.
+var ErrFullDuplexWithoutSink = errors.New("duplex Full needs a sink: acknowledgements come from the sink")
 
 // ValidateUpdate checks a change from old to s.
 func (s *JournalSpec) ValidateUpdate(old *JournalSpec) error {
