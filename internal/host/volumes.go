@@ -24,6 +24,7 @@ import (
 	"k8s.io/utils/exec"
 
 	"github.com/jvol-io/jvol/internal/attach"
+	"github.com/jvol-io/jvol/internal/vfs"
 	"github.com/jvol-io/jvol/internal/volume"
 )
 
@@ -267,7 +268,7 @@ func (n *Volumes) writeStage(name string, st Stage) error {
 	if err != nil {
 		return err
 	}
-	return volume.WriteFileAtomic(filepath.Join(n.Path(name), StageFile), b)
+	return vfs.WriteFileAtomic(vfs.OS, filepath.Join(n.Path(name), StageFile), b)
 }
 
 // Recorded reports whether the volume is recorded as staged, served or

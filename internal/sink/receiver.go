@@ -16,6 +16,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/jvol-io/jvol/internal/journal"
+	"github.com/jvol-io/jvol/internal/vfs"
 )
 
 // ReceiverConfig configures a receiver.
@@ -35,7 +36,7 @@ type ReceiverConfig struct {
 // Receiver stores the streams of many volumes.
 type Receiver struct {
 	cfg  ReceiverConfig
-	lock *os.File
+	lock *vfs.Lock
 
 	mu     sync.Mutex
 	vols   map[string]*volConn // the connection serving each volume
@@ -61,12 +62,8 @@ func NewReceiver(cfg ReceiverConfig) (*Receiver, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, err
 	}
-	lock, err := os.OpenFile(filepath.Join(cfg.Dir, ".lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	lock, err := vfs.OS.Lock(filepath.Join(cfg.Dir, ".lock"), false, false)
 	if err != nil {
-		return nil, err
-	}
-	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		lock.Close()
 		return nil, fmt.Errorf("sink: %s is in use by another receiver: %w", cfg.Dir, err)
 	}
 	return &Receiver{cfg: cfg, lock: lock, vols: map[string]*volConn{}, conns: map[net.Conn]struct{}{}}, nil
@@ -114,7 +111,7 @@ func (rc *Receiver) Close() error {
 	}
 	rc.mu.Unlock()
 	rc.wg.Wait()
-	return rc.lock.Close()
+	return rc.lock.Unlock()
 }
 
 // peerError is a reason to cut a sender off.

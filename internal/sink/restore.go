@@ -8,9 +8,8 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/jvol-io/jvol/internal/journal"
+	"github.com/jvol-io/jvol/internal/vfs"
 )
 
 // ErrNotKept says that a receiver cannot rebuild the point asked for.
@@ -47,11 +46,11 @@ func Restore(dir, vol string, p Point, out string) (Restored, error) {
 	if _, err := os.Stat(vdir); err != nil {
 		return Restored{}, fmt.Errorf("sink: no volume %s in %s: %w", vol, dir, err)
 	}
-	lock, err := lockFile(vdir, unix.LOCK_SH) // no folding meanwhile
+	lock, err := vfs.OS.Lock(filepath.Join(vdir, lockName), true, true) // no folding meanwhile
 	if err != nil {
 		return Restored{}, err
 	}
-	defer lock.Close()
+	defer lock.Unlock()
 	var base baseState
 	if err := readJSON(filepath.Join(vdir, baseMeta), &base); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return Restored{}, err

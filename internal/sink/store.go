@@ -11,7 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/jvol-io/jvol/internal/journal"
-	"github.com/jvol-io/jvol/internal/volume"
+	"github.com/jvol-io/jvol/internal/vfs"
 )
 
 // A receiver keeps each volume in its own directory:
@@ -91,7 +91,7 @@ func writeJSON(path string, v any) error {
 	if err != nil {
 		return err
 	}
-	return volume.WriteFileAtomic(path, append(b, '\n'))
+	return vfs.WriteFileAtomic(vfs.OS, path, append(b, '\n'))
 }
 
 // openStore opens (creating if need be) the volume directory dir: it cuts
@@ -301,16 +301,7 @@ func (s *store) newSegment(seq uint64) error {
 		return err
 	}
 	s.seg, s.seq, s.segOff = f, seq, int64(len(hdr))
-	return syncDir(s.dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return vfs.OS.SyncDir(s.dir)
 }
 
 // checkpointMirror syncs the mirror and records that it holds every record
@@ -377,14 +368,14 @@ func (s *store) fold(now time.Time) error {
 	}
 	// A restore holds the lock shared; fold at a later rotation then,
 	// rather than stop the stream for it.
-	lock, err := lockFile(s.dir, unix.LOCK_EX|unix.LOCK_NB)
-	if errors.Is(err, unix.EWOULDBLOCK) {
+	lock, err := vfs.OS.Lock(filepath.Join(s.dir, lockName), false, false)
+	if errors.Is(err, vfs.ErrLocked) {
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	defer lock.Close()
+	defer lock.Unlock()
 	var base baseState
 	if err := readJSON(filepath.Join(s.dir, baseMeta), &base); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
@@ -490,18 +481,6 @@ func walkSegment(path string, img *image, stop func(st *state, r journal.Record)
 			}
 		}
 	}
-}
-
-func lockFile(dir string, how int) (*os.File, error) {
-	f, err := os.OpenFile(filepath.Join(dir, lockName), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	if err := unix.Flock(int(f.Fd()), how); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return f, nil
 }
 
 func (s *store) close() error {

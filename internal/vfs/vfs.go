@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -114,30 +115,7 @@ func Preallocate(path string, size int64) (err error) {
 	if err := f.Close(); err != nil {
 		return err
 	}
-	return SyncDir(path)
-}
-
-// SyncDir fsyncs the directory holding path, so that a created or renamed
-// entry survives a power cut.
-func SyncDir(path string) error {
-	d, err := os.Open(dirOf(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
-func dirOf(path string) string {
-	for i := len(path) - 1; i >= 0; i-- {
-		if path[i] == '/' {
-			if i == 0 {
-				return "/"
-			}
-			return path[:i]
-		}
-	}
-	return "."
+	return OS.SyncDir(filepath.Dir(path))
 }
 
 // AlignedBuffer returns a zeroed buffer of n bytes whose first byte is aligned
