@@ -7,12 +7,9 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
 	"github.com/jvol-io/jvol/internal/journal"
@@ -31,11 +28,14 @@ type ReceiverConfig struct {
 	SegmentSize int64
 	// HandshakeTimeout bounds the wait for a hello (10s if zero).
 	HandshakeTimeout time.Duration
+	// FS is where Dir is (the host's if nil).
+	FS vfs.FS
 }
 
 // Receiver stores the streams of many volumes.
 type Receiver struct {
 	cfg  ReceiverConfig
+	dir  recvDir
 	lock *vfs.Lock
 
 	mu     sync.Mutex
@@ -59,14 +59,18 @@ func NewReceiver(cfg ReceiverConfig) (*Receiver, error) {
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = 10 * time.Second
 	}
-	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+	if cfg.FS == nil {
+		cfg.FS = vfs.OS
+	}
+	d := recvDir{fs: cfg.FS, path: cfg.Dir}
+	if err := d.fs.MkdirAll(d.path); err != nil {
 		return nil, err
 	}
-	lock, err := vfs.OS.Lock(filepath.Join(cfg.Dir, ".lock"), false, false)
+	lock, err := d.fs.Lock(d.lock(), false, false)
 	if err != nil {
 		return nil, fmt.Errorf("sink: %s is in use by another receiver: %w", cfg.Dir, err)
 	}
-	return &Receiver{cfg: cfg, lock: lock, vols: map[string]*volConn{}, conns: map[net.Conn]struct{}{}}, nil
+	return &Receiver{cfg: cfg, dir: d, lock: lock, vols: map[string]*volConn{}, conns: map[net.Conn]struct{}{}}, nil
 }
 
 // Serve accepts senders on l until Close; each is served on its own.
@@ -164,7 +168,7 @@ func (rc *Receiver) session(c net.Conn) (string, error) {
 		return h.Volume, err
 	}
 	defer release()
-	s, err := openStore(filepath.Join(rc.cfg.Dir, h.Volume), rc.cfg.Retain, rc.cfg.SegmentSize)
+	s, err := openStore(rc.dir.volume(h.Volume), rc.cfg.Retain, rc.cfg.SegmentSize)
 	if err != nil {
 		return h.Volume, peerError{fmt.Errorf("receiver cannot open the volume's store: %w", err)}
 	}
@@ -387,7 +391,7 @@ func (sy *syncer) syncOnce() error {
 		sy.segMu.Unlock()
 		return nil
 	}
-	err := unix.Fdatasync(int(sy.s.seg.Fd()))
+	err := sy.s.seg.Sync()
 	sy.segMu.Unlock()
 	if err != nil {
 		return peerError{fmt.Errorf("receiver cannot sync the stream (not acknowledging): %w", err)}
