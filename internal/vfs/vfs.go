@@ -1,7 +1,11 @@
-// Package vfs is the small file interface the journal and volume engines write
-// through. The operating system implementation opens files with O_DIRECT where
-// the file system allows it; tests substitute faultfs, which injects failed
-// writes and syncs, drops unsynced data (a power cut) and tears sectors.
+// Package vfs is the small file interface the engines write through: File
+// for a file's bytes, FS for names (create, open, rename, remove, list,
+// mkdir, sync a directory, lock), with the one atomic file write
+// (WriteFileAtomic) and the one lock. The operating system implementation
+// opens data files with O_DIRECT where the file system allows it; tests
+// substitute faultfs, which injects failed writes and syncs, drops unsynced
+// data and undoes unsynced directory changes (a power cut), and tears
+// sectors.
 package vfs
 
 import (
