@@ -12,7 +12,7 @@ import (
 
 	"github.com/jvol-io/jvol/internal/journal"
 	"github.com/jvol-io/jvol/internal/sink"
-	"github.com/jvol-io/jvol/internal/volume"
+	"github.com/jvol-io/jvol/internal/vfs"
 )
 
 // SinkFile holds a volume's sink settings inside its directory, so that a
@@ -93,7 +93,7 @@ func saveSinkSettings(dir string, o *SinkOptions) error {
 	if err != nil {
 		return err
 	}
-	return volume.WriteFileAtomic(path, append(b, '\n'))
+	return vfs.WriteFileAtomic(vfs.OS, path, append(b, '\n'))
 }
 
 // config reads the files the settings name.

@@ -98,7 +98,7 @@ func (a *Attachment) PublishStatus() error {
 		return err
 	}
 	// Once a second: readers need it whole, not durable.
-	return volume.ReplaceFile(filepath.Join(a.dir.Path, StatusFile), append(b, '\n'))
+	return vfs.ReplaceFile(vfs.OS, filepath.Join(a.dir.Path, StatusFile), append(b, '\n'))
 }
 
 // ReadStatus returns the status of the volume in dir: what its attach

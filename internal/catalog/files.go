@@ -18,7 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/uuid"
 	"k8s.io/apimachinery/pkg/util/validation"
 
-	"github.com/jvol-io/jvol/internal/volume"
+	"github.com/jvol-io/jvol/internal/vfs"
 	v1 "github.com/jvol-io/jvol/pkg/apis/jvol/v1alpha1"
 )
 
@@ -26,6 +26,7 @@ import (
 // replaced atomically (temporary file, fsync, rename, fsync of the
 // directory). It checks specs as the API server's schema would.
 type Files struct {
+	fs  vfs.FS
 	dir string
 	// Changed, if set, is called with the Journal's name after every change
 	// but of its status alone.
@@ -35,11 +36,13 @@ type Files struct {
 }
 
 // OpenFiles keeps Journals in dir, creating it if needed.
-func OpenFiles(dir string) (*Files, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+func OpenFiles(dir string) (*Files, error) { return openFiles(vfs.OS, dir) }
+
+func openFiles(fsys vfs.FS, dir string) (*Files, error) {
+	if err := fsys.MkdirAll(dir); err != nil {
 		return nil, err
 	}
-	return &Files{dir: dir}, nil
+	return &Files{fs: fsys, dir: dir}, nil
 }
 
 func metaName(name string) metav1.ObjectMeta { return metav1.ObjectMeta{Name: name} }
@@ -50,7 +53,7 @@ func (f *Files) read(name string) (*v1.Journal, error) {
 	if errs := validation.IsDNS1123Subdomain(name); len(errs) > 0 {
 		return nil, apierrors.NewNotFound(journals, name)
 	}
-	b, err := os.ReadFile(f.path(name))
+	b, err := vfs.ReadFile(f.fs, f.path(name))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, apierrors.NewNotFound(journals, name)
 	}
@@ -72,7 +75,16 @@ func (f *Files) write(j *v1.Journal) error {
 	if err != nil {
 		return err
 	}
-	return volume.WriteFileAtomic(f.path(j.Name), b)
+	return vfs.WriteFileAtomic(f.fs, f.path(j.Name), b)
+}
+
+// remove removes the Journal's file durably: a deleted Journal does not
+// come back after a power cut.
+func (f *Files) remove(name string) error {
+	if err := f.fs.Remove(f.path(name)); err != nil {
+		return err
+	}
+	return f.fs.SyncDir(f.dir)
 }
 
 func (f *Files) changed(name string) {
@@ -90,13 +102,13 @@ func (f *Files) Get(_ context.Context, name string) (*v1.Journal, error) {
 func (f *Files) List(_ context.Context) ([]v1.Journal, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	ents, err := os.ReadDir(f.dir)
+	ents, err := f.fs.List(f.dir)
 	if err != nil {
 		return nil, err
 	}
 	var out []v1.Journal
 	for _, e := range ents {
-		name, ok := strings.CutSuffix(e.Name(), ".json")
+		name, ok := strings.CutSuffix(e, ".json")
 		if !ok || strings.HasPrefix(name, ".") {
 			continue
 		}
@@ -170,7 +182,7 @@ func (f *Files) Update(_ context.Context, j *v1.Journal) error {
 	next := old.DeepCopy()
 	next.Labels, next.Annotations, next.Finalizers = j.Labels, j.Annotations, j.Finalizers
 	if old.DeletionTimestamp != nil && len(next.Finalizers) == 0 {
-		if err := os.Remove(f.path(j.Name)); err != nil {
+		if err := f.remove(j.Name); err != nil {
 			return err
 		}
 		f.changed(j.Name)
@@ -212,7 +224,7 @@ func (f *Files) Delete(_ context.Context, name string) error {
 		return err
 	}
 	if len(j.Finalizers) == 0 {
-		if err := os.Remove(f.path(name)); err != nil {
+		if err := f.remove(name); err != nil {
 			return err
 		}
 	} else if j.DeletionTimestamp == nil {

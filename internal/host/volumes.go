@@ -23,6 +23,7 @@ import (
 	mount "k8s.io/mount-utils"
 
 	"github.com/jvol-io/jvol/internal/attach"
+	"github.com/jvol-io/jvol/internal/vfs"
 	"github.com/jvol-io/jvol/internal/volume"
 )
 
@@ -279,7 +280,7 @@ func (n *Volumes) writeStage(name string, st Stage) error {
 	if err != nil {
 		return err
 	}
-	return volume.WriteFileAtomic(filepath.Join(n.Path(name), StageFile), b)
+	return vfs.WriteFileAtomic(vfs.OS, filepath.Join(n.Path(name), StageFile), b)
 }
 
 // Recorded reports whether the volume is recorded as staged, served or

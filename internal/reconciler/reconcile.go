@@ -27,6 +27,7 @@ import (
 	"github.com/jvol-io/jvol/internal/host"
 	"github.com/jvol-io/jvol/internal/journal"
 	"github.com/jvol-io/jvol/internal/sink"
+	"github.com/jvol-io/jvol/internal/vfs"
 	"github.com/jvol-io/jvol/internal/volume"
 	v1 "github.com/jvol-io/jvol/pkg/apis/jvol/v1alpha1"
 )
@@ -245,7 +246,7 @@ func writeSinkCredentials(dir string, data map[string][]byte, so *attach.SinkOpt
 			}
 			continue
 		}
-		if err := volume.WriteFileAtomic(path, b); err != nil {
+		if err := vfs.WriteFileAtomic(vfs.OS, path, b); err != nil {
 			return err
 		}
 		*file = path

@@ -174,7 +174,7 @@ func (p *rawPeer) baseline(id uint64) {
 func dirDigest(t *testing.T, dir string) map[string]string {
 	m := map[string]string{}
 	filepath.Walk(dir, func(path string, fi os.FileInfo, err error) error {
-		if err == nil && !fi.IsDir() && fi.Name() != lockName {
+		if err == nil && !fi.IsDir() && path != (volDir{path: filepath.Dir(path)}).lock() {
 			b, _ := os.ReadFile(path)
 			m[path] = string(b)
 		}

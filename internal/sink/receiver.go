@@ -7,15 +7,13 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
 	"github.com/jvol-io/jvol/internal/journal"
+	"github.com/jvol-io/jvol/internal/vfs"
 )
 
 // ReceiverConfig configures a receiver.
@@ -30,12 +28,15 @@ type ReceiverConfig struct {
 	SegmentSize int64
 	// HandshakeTimeout bounds the wait for a hello (10s if zero).
 	HandshakeTimeout time.Duration
+	// FS is where Dir is (the host's if nil).
+	FS vfs.FS
 }
 
 // Receiver stores the streams of many volumes.
 type Receiver struct {
 	cfg  ReceiverConfig
-	lock *os.File
+	dir  recvDir
+	lock *vfs.Lock
 
 	mu     sync.Mutex
 	vols   map[string]*volConn // the connection serving each volume
@@ -58,18 +59,18 @@ func NewReceiver(cfg ReceiverConfig) (*Receiver, error) {
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = 10 * time.Second
 	}
-	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+	if cfg.FS == nil {
+		cfg.FS = vfs.OS
+	}
+	d := recvDir{fs: cfg.FS, path: cfg.Dir}
+	if err := d.fs.MkdirAll(d.path); err != nil {
 		return nil, err
 	}
-	lock, err := os.OpenFile(filepath.Join(cfg.Dir, ".lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	lock, err := d.fs.Lock(d.lock(), false, false)
 	if err != nil {
-		return nil, err
-	}
-	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		lock.Close()
 		return nil, fmt.Errorf("sink: %s is in use by another receiver: %w", cfg.Dir, err)
 	}
-	return &Receiver{cfg: cfg, lock: lock, vols: map[string]*volConn{}, conns: map[net.Conn]struct{}{}}, nil
+	return &Receiver{cfg: cfg, dir: d, lock: lock, vols: map[string]*volConn{}, conns: map[net.Conn]struct{}{}}, nil
 }
 
 // Serve accepts senders on l until Close; each is served on its own.
@@ -114,7 +115,7 @@ func (rc *Receiver) Close() error {
 	}
 	rc.mu.Unlock()
 	rc.wg.Wait()
-	return rc.lock.Close()
+	return rc.lock.Unlock()
 }
 
 // peerError is a reason to cut a sender off.
@@ -167,7 +168,7 @@ func (rc *Receiver) session(c net.Conn) (string, error) {
 		return h.Volume, err
 	}
 	defer release()
-	s, err := openStore(filepath.Join(rc.cfg.Dir, h.Volume), rc.cfg.Retain, rc.cfg.SegmentSize)
+	s, err := openStore(rc.dir.volume(h.Volume), rc.cfg.Retain, rc.cfg.SegmentSize)
 	if err != nil {
 		return h.Volume, peerError{fmt.Errorf("receiver cannot open the volume's store: %w", err)}
 	}
@@ -390,7 +391,7 @@ func (sy *syncer) syncOnce() error {
 		sy.segMu.Unlock()
 		return nil
 	}
-	err := unix.Fdatasync(int(sy.s.seg.Fd()))
+	err := sy.s.seg.Sync()
 	sy.segMu.Unlock()
 	if err != nil {
 		return peerError{fmt.Errorf("receiver cannot sync the stream (not acknowledging): %w", err)}

@@ -4,13 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/jvol-io/jvol/internal/journal"
+	"github.com/jvol-io/jvol/internal/vfs"
 )
 
 // ErrNotKept says that a receiver cannot rebuild the point asked for.
@@ -40,30 +38,35 @@ type Restored struct {
 // It may run beside the receiver: it sees the stream as stored when it
 // began.
 func Restore(dir, vol string, p Point, out string) (Restored, error) {
+	return restore(vfs.OS, dir, vol, p, out)
+}
+
+// restore is Restore in fsys, where out is written too.
+func restore(fsys vfs.FS, dir, vol string, p Point, out string) (Restored, error) {
 	if !ValidVolumeID(vol) {
 		return Restored{}, fmt.Errorf("sink: volume id %q", vol)
 	}
-	vdir := filepath.Join(dir, vol)
-	if _, err := os.Stat(vdir); err != nil {
+	vd := recvDir{fs: fsys, path: dir}.volume(vol)
+	if _, err := fsys.List(vd.path); err != nil {
 		return Restored{}, fmt.Errorf("sink: no volume %s in %s: %w", vol, dir, err)
 	}
-	lock, err := lockFile(vdir, unix.LOCK_SH) // no folding meanwhile
+	lock, err := fsys.Lock(vd.lock(), true, true) // no folding meanwhile
 	if err != nil {
 		return Restored{}, err
 	}
-	defer lock.Close()
+	defer lock.Unlock()
 	var base baseState
-	if err := readJSON(filepath.Join(vdir, baseMeta), &base); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := vd.readJSON(vd.baseMeta(), &base); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return Restored{}, err
 	}
 	if base.Folding != 0 {
 		return Restored{}, fmt.Errorf("sink: folding segment %d into the base of %s was interrupted: start the receiver to complete it", base.Folding, vol)
 	}
-	seqs, err := segments(vdir)
+	seqs, err := vd.segments()
 	if err != nil {
 		return Restored{}, err
 	}
-	kept, err := keptIntervals(vdir, base, seqs)
+	kept, err := keptIntervals(vd, base, seqs)
 	if err != nil {
 		return Restored{}, err
 	}
@@ -85,12 +88,12 @@ func Restore(dir, vol string, p Point, out string) (Restored, error) {
 		}
 	}
 	t := res.Transid
-	img, err := openImage(out, true)
+	img, err := openImage(fsys, out, true)
 	if err != nil {
 		return res, err
 	}
 	defer img.close()
-	if err := copyImage(filepath.Join(vdir, baseImage), img); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := copyImage(fsys, vd.baseImage(), img); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return res, err
 	}
 	// Stop before the first record that leaves the state asked for.
@@ -105,7 +108,7 @@ func Restore(dir, vol string, p Point, out string) (Restored, error) {
 		if seq <= base.Through {
 			continue
 		}
-		if st, stopped, err = walkSegment(filepath.Join(vdir, segName(seq)), img, stop); err != nil {
+		if st, stopped, err = walkSegment(fsys, vd.seg(seq), img, stop); err != nil {
 			return res, err
 		}
 		if stopped {
@@ -124,7 +127,7 @@ func Restore(dir, vol string, p Point, out string) (Restored, error) {
 
 // keptIntervals walks the stored stream's headers and returns the ids it
 // can rebuild the image at.
-func keptIntervals(vdir string, base baseState, seqs []uint64) ([]Interval, error) {
+func keptIntervals(vd volDir, base baseState, seqs []uint64) ([]Interval, error) {
 	st := base.state()
 	var kept []Interval
 	add := func() {
@@ -141,7 +144,7 @@ func keptIntervals(vdir string, base baseState, seqs []uint64) ([]Interval, erro
 		if seq <= base.Through {
 			continue
 		}
-		f, err := os.Open(filepath.Join(vdir, segName(seq)))
+		f, err := vd.fs.Open(vd.seg(seq))
 		if err != nil {
 			return nil, err
 		}

@@ -209,7 +209,7 @@ func sameImage(t *testing.T, what string, got, want []byte) {
 }
 
 func (r *rig) mirror() []byte {
-	return readFile(r.t, filepath.Join(r.rdir, testVolume, mirrorImage))
+	return readFile(r.t, recvDir{path: r.rdir}.volume(testVolume).mirrorImage())
 }
 
 func (r *rig) restore(p Point) []byte {

@@ -1,40 +1,25 @@
 package sink
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/jvol-io/jvol/internal/journal"
-	"github.com/jvol-io/jvol/internal/volume"
+	"github.com/jvol-io/jvol/internal/vfs"
 )
 
-// A receiver keeps each volume in its own directory:
-//
-//	base.img, base.json    the image at the start of the oldest segment kept,
-//	                       and the stream's state there (segments older than
-//	                       the retention are folded into it)
-//	seg-NNNN.jseg          the received stream: a segment header record, then
-//	                       the records as received, in the journal format
-//	mirror.img, mirror.json
-//	                       the image with every stored record applied; the
-//	                       JSON names the segment and offset it is synced up to
-//	lock                   restore holds it shared, folding exclusively
-//
+// store is a volume's directory at a receiver (volDir has its files).
 // Records are appended and synced before they are acknowledged; the mirror
 // is synced only when a segment is closed (as the journal's data image is
 // at a commit): after a crash the records after mirror.json are applied
 // again.
 type store struct {
-	dir    string
+	d      volDir
 	st     state // after the last record stored
 	seq    uint64
-	seg    *os.File
+	seg    vfs.RWFile
 	segOff int64
 	mirror *image
 	retain time.Duration
@@ -75,33 +60,14 @@ func (b baseState) state() state {
 	return s
 }
 
-func readJSON(path string, v any) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	if err := json.Unmarshal(b, v); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	return nil
-}
-
-func writeJSON(path string, v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	return volume.WriteFileAtomic(path, append(b, '\n'))
-}
-
-// openStore opens (creating if need be) the volume directory dir: it cuts
+// openStore opens (creating if need be) the volume directory d: it cuts
 // the last segment after its last whole record and brings the mirror up to
 // date with the stored stream.
-func openStore(dir string, retain time.Duration, segMax int64) (*store, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+func openStore(d volDir, retain time.Duration, segMax int64) (*store, error) {
+	if err := d.fs.MkdirAll(d.path); err != nil {
 		return nil, err
 	}
-	s := &store{dir: dir, retain: retain, segMax: segMax}
+	s := &store{d: d, retain: retain, segMax: segMax}
 	if err := s.open(); err != nil {
 		s.close()
 		return nil, err
@@ -125,7 +91,7 @@ func (s *store) syncMirror() {
 
 func (s *store) open() error {
 	var base baseState
-	if err := readJSON(filepath.Join(s.dir, baseMeta), &base); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := s.d.readJSON(s.d.baseMeta(), &base); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	if base.Folding != 0 {
@@ -133,21 +99,21 @@ func (s *store) open() error {
 			return fmt.Errorf("completing the fold of segment %d: %w", base.Folding, err)
 		}
 	}
-	seqs, err := segments(s.dir)
+	seqs, err := s.d.segments()
 	if err != nil {
 		return err
 	}
 	// A crash or a full disk can leave the newest segment without its
 	// header: nothing in it was acknowledged.
 	if n := len(seqs); n > 0 {
-		if _, err := readSegHeader(filepath.Join(s.dir, segName(seqs[n-1]))); err != nil {
-			if err := os.Remove(filepath.Join(s.dir, segName(seqs[n-1]))); err != nil {
+		if _, err := readSegHeader(s.d.fs, s.d.seg(seqs[n-1])); err != nil {
+			if err := s.d.fs.Remove(s.d.seg(seqs[n-1])); err != nil {
 				return err
 			}
 			seqs = seqs[:n-1]
 		}
 	}
-	if s.mirror, err = openImage(filepath.Join(s.dir, mirrorImage), true); err != nil {
+	if s.mirror, err = openImage(s.d.fs, s.d.mirrorImage(), true); err != nil {
 		return err
 	}
 	if len(seqs) == 0 {
@@ -162,7 +128,7 @@ func (s *store) open() error {
 		return s.newSegment(base.Through + 1)
 	}
 	var mp mirrorPoint
-	if err := readJSON(filepath.Join(s.dir, mirrorMeta), &mp); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := s.d.readJSON(s.d.mirrorMeta(), &mp); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	if mp.Seq < seqs[0] {
@@ -179,7 +145,7 @@ func (s *store) open() error {
 			continue
 		}
 		last := i == len(seqs)-1
-		f, err := os.OpenFile(filepath.Join(s.dir, segName(seq)), os.O_RDWR, 0)
+		f, err := s.d.fs.Open(s.d.seg(seq))
 		if err != nil {
 			return err
 		}
@@ -195,7 +161,7 @@ func (s *store) open() error {
 		// is left durable: the sender resumes after it.
 		err = f.Truncate(end)
 		if err == nil {
-			err = unix.Fdatasync(int(f.Fd()))
+			err = f.Sync()
 		}
 		if err != nil {
 			f.Close()
@@ -208,7 +174,7 @@ func (s *store) open() error {
 
 // replay applies the records of segment f after the mirror's point to the
 // mirror and returns where the whole records end and the state there.
-func (s *store) replay(f *os.File, seq uint64, mp mirrorPoint) (int64, state, error) {
+func (s *store) replay(f vfs.File, seq uint64, mp mirrorPoint) (int64, state, error) {
 	sr, err := newSegReader(f)
 	if err != nil {
 		return 0, state{}, err
@@ -240,54 +206,38 @@ func (s *store) replay(f *os.File, seq uint64, mp mirrorPoint) (int64, state, er
 	}
 }
 
-// copyImage makes dst a copy of the image file at path, holes kept.
-func copyImage(path string, dst *image) error {
-	src, err := os.Open(path)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			if terr := dst.resize(0, true); terr != nil {
-				return terr
-			}
-		}
-		return err
-	}
-	defer src.Close()
-	st, err := src.Stat()
-	if err != nil {
-		return err
-	}
+// copyImage makes dst a copy of the image file path, holes kept; dst is
+// left empty if there is none.
+func copyImage(fsys vfs.FS, path string, dst *image) error {
 	if err := dst.resize(0, true); err != nil {
 		return err
 	}
-	if err := dst.resize(st.Size(), true); err != nil {
+	src, err := fsys.Open(path)
+	if err != nil {
 		return err
 	}
-	// copy_file_range keeps holes where the file system can.
-	for off := int64(0); off < st.Size(); {
-		in, out := off, off
-		n, err := unix.CopyFileRange(int(src.Fd()), &in, int(dst.f.Fd()), &out, int(min(st.Size()-off, 1<<30)), 0)
-		if err != nil {
-			return fmt.Errorf("copy %s: %w", path, err)
-		}
-		if n == 0 {
-			return fmt.Errorf("copy %s: short copy at %d", path, off)
-		}
-		off += int64(n)
+	defer src.Close()
+	n, err := src.Size()
+	if err != nil {
+		return err
 	}
-	return nil
+	if err := dst.resize(n, true); err != nil {
+		return err
+	}
+	return vfs.CopyData(dst.f, src, n)
 }
 
 // newSegment closes the current segment (synced) and begins segment seq
 // with a header holding the state.
 func (s *store) newSegment(seq uint64) error {
 	if s.seg != nil {
-		if err := unix.Fdatasync(int(s.seg.Fd())); err != nil {
+		if err := s.seg.Sync(); err != nil {
 			return err
 		}
 		s.seg.Close()
 		s.seg = nil
 	}
-	f, err := os.OpenFile(filepath.Join(s.dir, segName(seq)), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	f, err := s.d.fs.Create(s.d.seg(seq))
 	if err != nil {
 		return err
 	}
@@ -296,21 +246,12 @@ func (s *store) newSegment(seq uint64) error {
 		f.Close()
 		return err
 	}
-	if err := unix.Fdatasync(int(f.Fd())); err != nil {
+	if err := f.Sync(); err != nil {
 		f.Close()
 		return err
 	}
 	s.seg, s.seq, s.segOff = f, seq, int64(len(hdr))
-	return syncDir(s.dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return s.d.fs.SyncDir(s.d.path)
 }
 
 // checkpointMirror syncs the mirror and records that it holds every record
@@ -325,13 +266,13 @@ func (s *store) syncMirrorAt(mp mirrorPoint) error {
 	if err := s.mirror.sync(); err != nil {
 		return err
 	}
-	return writeJSON(filepath.Join(s.dir, mirrorMeta), mp)
+	return s.d.writeJSON(s.d.mirrorMeta(), mp)
 }
 
 // mirrorFromBase makes the mirror a copy of the base image (empty if
 // there is none yet).
 func (s *store) mirrorFromBase() error {
-	if err := copyImage(filepath.Join(s.dir, baseImage), s.mirror); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := copyImage(s.d.fs, s.d.baseImage(), s.mirror); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	return nil
@@ -371,22 +312,22 @@ func (s *store) fold(now time.Time) error {
 		return nil
 	}
 	cutoff := journal.ClockTransid(now.Add(-s.retain))
-	seqs, err := segments(s.dir)
+	seqs, err := s.d.segments()
 	if err != nil {
 		return err
 	}
 	// A restore holds the lock shared; fold at a later rotation then,
 	// rather than stop the stream for it.
-	lock, err := lockFile(s.dir, unix.LOCK_EX|unix.LOCK_NB)
-	if errors.Is(err, unix.EWOULDBLOCK) {
+	lock, err := s.d.fs.Lock(s.d.lock(), false, false)
+	if errors.Is(err, vfs.ErrLocked) {
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	defer lock.Close()
+	defer lock.Unlock()
 	var base baseState
-	if err := readJSON(filepath.Join(s.dir, baseMeta), &base); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := s.d.readJSON(s.d.baseMeta(), &base); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	for i, seq := range seqs {
@@ -394,7 +335,7 @@ func (s *store) fold(now time.Time) error {
 			break
 		}
 		// The next segment's header holds the state at this one's end.
-		next, err := readSegHeader(filepath.Join(s.dir, segName(seqs[i+1])))
+		next, err := readSegHeader(s.d.fs, s.d.seg(seqs[i+1]))
 		if err != nil {
 			return err
 		}
@@ -413,15 +354,15 @@ func (s *store) fold(now time.Time) error {
 // completed (applying a segment again from its start is harmless).
 func (s *store) foldOne(base *baseState, seq uint64) error {
 	base.Folding = seq
-	if err := writeJSON(filepath.Join(s.dir, baseMeta), base); err != nil {
+	if err := s.d.writeJSON(s.d.baseMeta(), base); err != nil {
 		return err
 	}
-	img, err := openImage(filepath.Join(s.dir, baseImage), true)
+	img, err := openImage(s.d.fs, s.d.baseImage(), true)
 	if err != nil {
 		return err
 	}
 	defer img.close()
-	st, _, err := walkSegment(filepath.Join(s.dir, segName(seq)), img, nil)
+	st, _, err := walkSegment(s.d.fs, s.d.seg(seq), img, nil)
 	if err == nil {
 		err = img.sync()
 	}
@@ -429,17 +370,17 @@ func (s *store) foldOne(base *baseState, seq uint64) error {
 		return err
 	}
 	*base = baseState{Through: seq, Epoch: st.Epoch[:], Size: st.Size, Last: st.Last, From: st.From, Consistent: st.Consistent, InBaseline: st.InBaseline}
-	if err := writeJSON(filepath.Join(s.dir, baseMeta), base); err != nil {
+	if err := s.d.writeJSON(s.d.baseMeta(), base); err != nil {
 		return err
 	}
-	if err := os.Remove(filepath.Join(s.dir, segName(seq))); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := s.d.fs.Remove(s.d.seg(seq)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	return nil
 }
 
-func readSegHeader(path string) (state, error) {
-	f, err := os.Open(path)
+func readSegHeader(fsys vfs.FS, path string) (state, error) {
+	f, err := fsys.Open(path)
 	if err != nil {
 		return state{}, err
 	}
@@ -458,8 +399,8 @@ func readSegHeader(path string) (state, error) {
 // walkSegment applies the records of the segment at path to img and
 // returns the state after them. With stop set, it stops before the first
 // record for which stop returns true, and says so.
-func walkSegment(path string, img *image, stop func(st *state, r journal.Record) bool) (state, bool, error) {
-	f, err := os.Open(path)
+func walkSegment(fsys vfs.FS, path string, img *image, stop func(st *state, r journal.Record) bool) (state, bool, error) {
+	f, err := fsys.Open(path)
 	if err != nil {
 		return state{}, false, err
 	}
@@ -492,18 +433,6 @@ func walkSegment(path string, img *image, stop func(st *state, r journal.Record)
 	}
 }
 
-func lockFile(dir string, how int) (*os.File, error) {
-	f, err := os.OpenFile(filepath.Join(dir, lockName), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	if err := unix.Flock(int(f.Fd()), how); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return f, nil
-}
-
 func (s *store) close() error {
 	var err error
 	if s.mirrorWant != nil {
@@ -511,7 +440,7 @@ func (s *store) close() error {
 		err = <-s.mirrorDone
 	}
 	if s.seg != nil && s.mirror != nil && err == nil {
-		if err = unix.Fdatasync(int(s.seg.Fd())); err == nil {
+		if err = s.seg.Sync(); err == nil {
 			err = s.checkpointMirror()
 		}
 	}

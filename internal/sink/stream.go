@@ -5,13 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"sort"
-	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/jvol-io/jvol/internal/journal"
+	"github.com/jvol-io/jvol/internal/vfs"
 )
 
 // state is where a volume's stream stands after some prefix of it: the
@@ -138,25 +135,26 @@ func (s *state) step(r journal.Record) (bool, error) {
 // image is a volume image the stream is applied to: the mirror, the base
 // or a restore's output.
 type image struct {
-	f    *os.File
+	f    vfs.RWFile
 	size int64
 }
 
-func openImage(path string, create bool) (*image, error) {
-	flags := os.O_RDWR
-	if create {
-		flags |= os.O_CREATE
+// openImage opens the image file path, with create set creating it
+// empty if it is missing.
+func openImage(fsys vfs.FS, path string, create bool) (*image, error) {
+	f, err := fsys.Open(path)
+	if create && errors.Is(err, os.ErrNotExist) {
+		f, err = fsys.Create(path)
 	}
-	f, err := os.OpenFile(path, flags, 0o600)
 	if err != nil {
 		return nil, err
 	}
-	st, err := f.Stat()
+	size, err := f.Size()
 	if err != nil {
 		f.Close()
 		return nil, err
 	}
-	return &image{f: f, size: st.Size()}, nil
+	return &image{f: f, size: size}, nil
 }
 
 // check returns an error if record r would not apply cleanly: every
@@ -225,7 +223,7 @@ func (m *image) apply(r journal.Record, s *state) error {
 			if u[1] == 0 {
 				return nil
 			}
-			return unix.Fallocate(int(m.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, int64(u[0]), int64(u[1]))
+			return m.f.Punch(int64(u[0]), int64(u[1]))
 		case journal.SubResize:
 			u, _ := sub.Uint64s(1)
 			if err := m.resize(int64(u[0]), false); err != nil {
@@ -264,55 +262,21 @@ func (m *image) resize(size int64, exact bool) error {
 	return nil
 }
 
-func (m *image) sync() error  { return unix.Fdatasync(int(m.f.Fd())) }
+func (m *image) sync() error  { return m.f.Sync() }
 func (m *image) close() error { return m.f.Close() }
 
-// Files of a volume's directory at a receiver.
-const (
-	baseImage   = "base.img"
-	baseMeta    = "base.json"
-	mirrorImage = "mirror.img"
-	mirrorMeta  = "mirror.json"
-	lockName    = "lock"
-	segPrefix   = "seg-"
-	segSuffix   = ".jseg"
-)
-
-func segName(seq uint64) string { return fmt.Sprintf("%s%016d%s", segPrefix, seq, segSuffix) }
-
-// segments lists the segment sequence numbers in dir, in order.
-func segments(dir string) ([]uint64, error) {
-	ents, err := os.ReadDir(dir)
+func newSegReader(f vfs.File) (*segReader, error) {
+	size, err := f.Size()
 	if err != nil {
 		return nil, err
 	}
-	var seqs []uint64
-	for _, e := range ents {
-		n := e.Name()
-		if !strings.HasPrefix(n, segPrefix) || !strings.HasSuffix(n, segSuffix) {
-			continue
-		}
-		var seq uint64
-		if _, err := fmt.Sscanf(strings.TrimSuffix(strings.TrimPrefix(n, segPrefix), segSuffix), "%d", &seq); err == nil && n == segName(seq) {
-			seqs = append(seqs, seq)
-		}
-	}
-	sort.Slice(seqs, func(i, j int) bool { return seqs[i] < seqs[j] })
-	return seqs, nil
-}
-
-func newSegReader(f *os.File) (*segReader, error) {
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	return &segReader{f: f, size: st.Size()}, nil
+	return &segReader{f: f, size: size}, nil
 }
 
 // segReader walks the records of a segment file. A record that does not
 // decode ends it: the tail a crash left behind, never acknowledged.
 type segReader struct {
-	f    *os.File
+	f    vfs.File
 	off  int64
 	size int64 // of the file when the walk began: appends after it are not seen
 	buf  []byte

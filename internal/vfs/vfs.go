@@ -1,7 +1,11 @@
-// Package vfs is the small file interface the journal and volume engines write
-// through. The operating system implementation opens files with O_DIRECT where
-// the file system allows it; tests substitute faultfs, which injects failed
-// writes and syncs, drops unsynced data (a power cut) and tears sectors.
+// Package vfs is the small file interface the engines write through: File
+// for a file's bytes, FS for names (create, open, rename, remove, list,
+// mkdir, sync a directory, lock), with the one atomic file write
+// (WriteFileAtomic) and the one lock. The operating system implementation
+// opens data files with O_DIRECT where the file system allows it; tests
+// substitute faultfs, which injects failed writes and syncs, drops unsynced
+// data and undoes unsynced directory changes (a power cut), and tears
+// sectors.
 package vfs
 
 import (
@@ -9,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -114,30 +119,7 @@ func Preallocate(path string, size int64) (err error) {
 	if err := f.Close(); err != nil {
 		return err
 	}
-	return SyncDir(path)
-}
-
-// SyncDir fsyncs the directory holding path, so that a created or renamed
-// entry survives a power cut.
-func SyncDir(path string) error {
-	d, err := os.Open(dirOf(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
-func dirOf(path string) string {
-	for i := len(path) - 1; i >= 0; i-- {
-		if path[i] == '/' {
-			if i == 0 {
-				return "/"
-			}
-			return path[:i]
-		}
-	}
-	return "."
+	return OS.SyncDir(filepath.Dir(path))
 }
 
 // AlignedBuffer returns a zeroed buffer of n bytes whose first byte is aligned

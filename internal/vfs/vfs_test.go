@@ -72,3 +72,52 @@ func TestPreallocateOnAFullDiskLeavesNothing(t *testing.T) {
 		t.Errorf("%d of %d blocks still used", st.Blocks-st.Bfree, st.Blocks)
 	}
 }
+
+func TestOSLocksExcludeAndCanBeTestedWithoutBeingTaken(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "lock")
+	if held, err := IsLocked(path); err != nil || held {
+		t.Fatalf("a missing lock file: held %v, %v", held, err)
+	}
+	sh, err := OS.Lock(path, true, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sh2, err := OS.Lock(path, true, true)
+	if err != nil {
+		t.Fatalf("a second shared lock: %v", err)
+	}
+	if _, err := OS.Lock(path, false, false); !errors.Is(err, ErrLocked) {
+		t.Fatalf("exclusive beside shared: %v, want ErrLocked", err)
+	}
+	for range 2 { // testing does not take it
+		if held, err := IsLocked(path); err != nil || !held {
+			t.Fatalf("held %v, %v", held, err)
+		}
+	}
+	sh.Unlock()
+	sh2.Unlock()
+	if held, err := IsLocked(path); err != nil || held {
+		t.Fatalf("after unlocking: held %v, %v", held, err)
+	}
+	ex, err := OS.Lock(path, false, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ex.Unlock()
+}
+
+func TestWriteFileAtomicReplacesWholeAndLeavesNoTemporary(t *testing.T) {
+	dir := t.TempDir()
+	name := filepath.Join(dir, "f.json")
+	for _, s := range []string{"first, longer", "second"} {
+		if err := WriteFileAtomic(OS, name, []byte(s)); err != nil {
+			t.Fatal(err)
+		}
+		if b, err := ReadFile(OS, name); err != nil || string(b) != s {
+			t.Fatalf("read %q, %v; want %q", b, err, s)
+		}
+	}
+	if names, err := OS.List(dir); err != nil || len(names) != 1 {
+		t.Fatalf("directory holds %v, %v", names, err)
+	}
+}

@@ -5,12 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/jvol-io/jvol/internal/journal"
 	"github.com/jvol-io/jvol/internal/vfs"
@@ -63,26 +60,25 @@ type Dir struct {
 	Path   string
 	Meta   Meta
 
-	lock          *os.File
+	lock          *vfs.Lock
 	data, journal *vfs.OSFile
 }
 
 // OpenDir opens the volume in path, creating it first if path holds none,
 // and recovers it. It holds an exclusive lock on the directory until Close.
 func OpenDir(path string, o Options) (*Dir, error) {
-	if err := os.MkdirAll(path, 0o700); err != nil {
+	if err := vfs.OS.MkdirAll(path); err != nil {
 		return nil, err
 	}
 	d := &Dir{Path: path}
-	lock, err := os.OpenFile(filepath.Join(path, LockFile), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, err
+	// Without waiting for another attach; the lock can be looked at
+	// without being taken (IsLocked), so `jvol status` never makes an
+	// attach fail.
+	lock, err := vfs.OS.Lock(filepath.Join(path, LockFile), false, false)
+	if errors.Is(err, vfs.ErrLocked) {
+		return nil, fmt.Errorf("%w: %s", ErrInUse, path)
 	}
-	if err := lockDir(lock); err != nil {
-		lock.Close()
-		if errors.Is(err, unix.EAGAIN) {
-			return nil, fmt.Errorf("%w: %s", ErrInUse, path)
-		}
+	if err != nil {
 		return nil, err
 	}
 	d.lock = lock
@@ -96,39 +92,8 @@ func OpenDir(path string, o Options) (*Dir, error) {
 	return d, nil
 }
 
-// lockDir takes the directory's lock without waiting for another attach:
-// an open-file-description write lock on the whole lock file, released
-// when the file is closed. Unlike flock, it can be tested without being
-// taken (IsLocked), so `jvol status` never makes an attach fail.
-func lockDir(f *os.File) error {
-	lk := wholeFileLock()
-	err := unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk)
-	if errors.Is(err, unix.EACCES) {
-		err = unix.EAGAIN
-	}
-	return err
-}
-
-// wholeFileLock is the lock lockDir takes and IsLocked tests: a write lock
-// on the whole file.
-func wholeFileLock() unix.Flock_t { return unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart} }
-
 // IsLocked reports whether a process holds the lock of the volume in dir.
-func IsLocked(dir string) (bool, error) {
-	f, err := os.Open(filepath.Join(dir, LockFile))
-	if errors.Is(err, os.ErrNotExist) {
-		return false, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	defer f.Close()
-	lk := wholeFileLock()
-	if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_GETLK, &lk); err != nil {
-		return false, err
-	}
-	return lk.Type != unix.F_UNLCK, nil
-}
+func IsLocked(dir string) (bool, error) { return vfs.IsLocked(filepath.Join(dir, LockFile)) }
 
 func (d *Dir) open(o Options) error {
 	meta, err := ReadMeta(d.Path)
@@ -208,7 +173,7 @@ func (d *Dir) release() error {
 		}
 	}
 	if d.lock != nil {
-		d.lock.Close() // closing drops the flock
+		d.lock.Unlock()
 	}
 	return err
 }
@@ -277,8 +242,10 @@ func create(path string, o Options) (Meta, error) {
 }
 
 // ReadMeta reads and checks a volume directory's metadata.
-func ReadMeta(path string) (Meta, error) {
-	b, err := os.ReadFile(filepath.Join(path, MetaFile))
+func ReadMeta(path string) (Meta, error) { return readMeta(vfs.OS, path) }
+
+func readMeta(fsys vfs.FS, path string) (Meta, error) {
+	b, err := vfs.ReadFile(fsys, filepath.Join(path, MetaFile))
 	if err != nil {
 		return Meta{}, err
 	}
@@ -293,44 +260,12 @@ func ReadMeta(path string) (Meta, error) {
 }
 
 // WriteMeta replaces the metadata file atomically.
-func WriteMeta(path string, m Meta) error {
+func WriteMeta(path string, m Meta) error { return writeMeta(vfs.OS, path, m) }
+
+func writeMeta(fsys vfs.FS, path string, m Meta) error {
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return err
 	}
-	return WriteFileAtomic(filepath.Join(path, MetaFile), append(b, '\n'))
-}
-
-// WriteFileAtomic writes b to a temporary file beside name, syncs it,
-// renames it over name and syncs the directory: after a crash, name holds
-// the old contents or the new, whole.
-func WriteFileAtomic(name string, b []byte) error {
-	if err := replaceFile(name, b, true); err != nil {
-		return err
-	}
-	return vfs.SyncDir(name)
-}
-
-// ReplaceFile replaces name with b so that readers see the old contents or
-// the new, whole; nothing is synced (for files that need not survive a
-// crash, such as published figures).
-func ReplaceFile(name string, b []byte) error { return replaceFile(name, b, false) }
-
-func replaceFile(name string, b []byte, sync bool) error {
-	tmp, err := os.CreateTemp(filepath.Dir(name), "."+filepath.Base(name)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	_, err = tmp.Write(b)
-	if err == nil && sync {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), name)
+	return vfs.WriteFileAtomic(fsys, filepath.Join(path, MetaFile), append(b, '\n'))
 }

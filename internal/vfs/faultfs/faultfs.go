@@ -1,7 +1,8 @@
 // Package faultfs is an in-memory vfs.File that remembers which writes have
 // been made durable by Sync, so that tests can cut the power (drop or tear
 // the unsynced writes), corrupt what is on "disk", and make writes or syncs
-// fail.
+// fail; and an in-memory vfs.FS of such files whose power cut also undoes
+// the directory changes not yet synced.
 package faultfs
 
 import (
