@@ -22,10 +22,6 @@ import (
 	"github.com/jvol-io/jvol/internal/volume"
 )
 
-// FuseDir is where, inside the volume directory, the fuseloop frontend
-// mounts its FUSE file system; the served file is named after the volume.
-const FuseDir = "fuse"
-
 // Options for Attach.
 type Options struct {
 	Dir    string
@@ -98,7 +94,7 @@ func Attach(o Options) (*Attachment, error) {
 }
 
 func (a *Attachment) attach(o Options) error {
-	fe, err := o.Frontend(filepath.Join(a.dir.Path, FuseDir), a.Name(), a.dir.Volume)
+	fe, err := o.Frontend(volume.Layout(a.dir.Path).Fuse(), a.Name(), a.dir.Volume)
 	if err != nil {
 		return err
 	}
@@ -173,6 +169,6 @@ func (a *Attachment) Detach() error {
 		a.sender.Close() // what it has not sent stays in the journal
 		a.sender = nil
 	}
-	os.Remove(filepath.Join(a.dir.Path, StatusFile)) // while the lock is ours
-	return a.dir.Close()                             // flushes and commits
+	os.Remove(volume.Layout(a.dir.Path).Status()) // while the lock is ours
+	return a.dir.Close()                          // flushes and commits
 }

@@ -130,14 +130,14 @@ func TestDetachLeavesNoLoopDeviceOrMount(t *testing.T) {
 	requireRoot(t)
 	dir := t.TempDir()
 	a := attachNew(t, dir, Options{Volume: volume.Options{Size: 16 << 20}})
-	file := filepath.Join(a.dir.Path, FuseDir, filepath.Base(a.dir.Path)) // as the kernel names it
+	file := filepath.Join(volume.Layout(a.dir.Path).Fuse(), filepath.Base(a.dir.Path)) // as the kernel names it
 	if err := a.Detach(); err != nil {
 		t.Fatal(err)
 	}
 	if devs, err := loop.Backing(file); err != nil || len(devs) != 0 {
 		t.Fatalf("loop devices left: %v %v", devs, err)
 	}
-	if mounted(t, filepath.Join(dir, FuseDir)) {
+	if mounted(t, volume.Layout(dir).Fuse()) {
 		t.Fatal("FUSE mount left")
 	}
 }

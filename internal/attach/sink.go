@@ -13,11 +13,8 @@ import (
 	"github.com/jvol-io/jvol/internal/journal"
 	"github.com/jvol-io/jvol/internal/sink"
 	"github.com/jvol-io/jvol/internal/vfs"
+	"github.com/jvol-io/jvol/internal/volume"
 )
-
-// SinkFile holds a volume's sink settings inside its directory, so that a
-// restarted attach streams (and holds its journal) as before.
-const SinkFile = "sink.json"
 
 // SinkOptions say where a volume's journal stream goes.
 type SinkOptions struct {
@@ -64,7 +61,7 @@ func sinkSettings(dir string, o *SinkOptions) (*SinkOptions, error) {
 		}
 		return o, nil
 	}
-	b, err := os.ReadFile(filepath.Join(dir, SinkFile))
+	b, err := os.ReadFile(volume.Layout(dir).Sink())
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
@@ -73,16 +70,16 @@ func sinkSettings(dir string, o *SinkOptions) (*SinkOptions, error) {
 	}
 	var so SinkOptions
 	if err := json.Unmarshal(b, &so); err != nil {
-		return nil, fmt.Errorf("%s: %w", SinkFile, err)
+		return nil, fmt.Errorf("%s: %w", volume.SinkFile, err)
 	}
 	if err := so.Check(); err != nil {
-		return nil, fmt.Errorf("%s: %w", SinkFile, err)
+		return nil, fmt.Errorf("%s: %w", volume.SinkFile, err)
 	}
 	return &so, nil
 }
 
 func saveSinkSettings(dir string, o *SinkOptions) error {
-	path := filepath.Join(dir, SinkFile)
+	path := volume.Layout(dir).Sink()
 	if o == nil {
 		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err

@@ -5,17 +5,12 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/jvol-io/jvol/internal/journal"
 	"github.com/jvol-io/jvol/internal/vfs"
 	"github.com/jvol-io/jvol/internal/volume"
 )
-
-// StatusFile is where an attached volume's figures are published, inside
-// the volume directory, replaced atomically about once a second.
-const StatusFile = "status.json"
 
 // Status is what `jvol status` shows.
 type Status struct {
@@ -98,7 +93,7 @@ func (a *Attachment) PublishStatus() error {
 		return err
 	}
 	// Once a second: readers need it whole, not durable.
-	return vfs.ReplaceFile(vfs.OS, filepath.Join(a.dir.Path, StatusFile), append(b, '\n'))
+	return vfs.ReplaceFile(vfs.OS, volume.Layout(a.dir.Path).Status(), append(b, '\n'))
 }
 
 // ReadStatus returns the status of the volume in dir: what its attach
@@ -112,7 +107,7 @@ func ReadStatus(dir string) (Status, error) {
 		return Status{}, err
 	} else if held {
 		var s Status
-		b, err := os.ReadFile(filepath.Join(dir, StatusFile))
+		b, err := os.ReadFile(volume.Layout(dir).Status())
 		if err != nil {
 			return Status{}, fmt.Errorf("volume %s is attached but has published no status yet: %w", dir, err)
 		}
@@ -121,7 +116,7 @@ func ReadStatus(dir string) (Status, error) {
 		}
 		return s, nil
 	}
-	f, err := vfs.OpenReadOnly(filepath.Join(dir, volume.JournalFile))
+	f, err := vfs.OpenReadOnly(volume.Layout(dir).Journal())
 	if err != nil {
 		return Status{}, err
 	}

@@ -68,7 +68,7 @@ func TestParseSinkParams(t *testing.T) {
 	}{
 		{map[string]string{"sinkURL": "http://sink.example/x"}, "want tcp://host:port or tls://host:port"},
 		{map[string]string{"sinkURL": "tcp://sink.example"}, "want tcp://host:port or tls://host:port"},
-		{map[string]string{"duplex": "full", "sinkURL": ""}, "duplex full needs a sinkURL: acknowledgements come from the sink"},
+		{map[string]string{"duplex": "full", "sinkURL": ""}, "duplex=full needs a sinkURL: duplex Full needs a sink"},
 		{map[string]string{"sinkURL": "tcp://s:1", "sinkSecretName": "creds"}, "go together"},
 		{map[string]string{"sinkURL": "tcp://s:1", "sinkSecretNamespace": "backup"}, "go together"},
 		{map[string]string{"sinkSecretName": "creds", "sinkSecretNamespace": "backup"}, "need a sinkURL"},

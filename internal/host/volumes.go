@@ -37,10 +37,6 @@ var (
 	ErrConflict = errors.New("volume already staged or published differently")
 )
 
-// StageFile records, inside a volume directory, how the volume is staged
-// and published: JSON, replaced atomically.
-const StageFile = "csi.json"
-
 // Stage is how a volume is staged and published.
 type Stage struct {
 	Version     int                `json:"version"`
@@ -172,7 +168,7 @@ func (n *Volumes) Ensure(ctx context.Context, name string, o volume.Options, cre
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		if !create {
-			return 0, fmt.Errorf("%w: no %s", ErrMissing, filepath.Join(path, volume.MetaFile))
+			return 0, fmt.Errorf("%w: no %s", ErrMissing, volume.Layout(path).Meta())
 		}
 		for _, f := range []string{volume.DataFile, volume.JournalFile} {
 			if err := os.Remove(filepath.Join(path, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -240,7 +236,7 @@ func (n *Volumes) Status(name string) (attach.Status, bool) {
 // Allocated returns the bytes the volume's data image holds on disk.
 func (n *Volumes) Allocated(name string) int64 {
 	var st unix.Stat_t
-	if err := unix.Stat(filepath.Join(n.Path(name), volume.DataFile), &st); err != nil {
+	if err := unix.Stat(volume.Layout(n.Path(name)).Data(), &st); err != nil {
 		return 0
 	}
 	return st.Blocks * 512
@@ -260,7 +256,7 @@ func (n *Volumes) Size(name string) (int64, error) {
 
 func (n *Volumes) readStage(name string) (Stage, error) {
 	var st Stage
-	b, err := os.ReadFile(filepath.Join(n.Path(name), StageFile))
+	b, err := os.ReadFile(volume.Layout(n.Path(name)).Stage())
 	if err != nil {
 		return st, err
 	}
@@ -269,7 +265,7 @@ func (n *Volumes) readStage(name string) (Stage, error) {
 
 func (n *Volumes) writeStage(name string, st Stage) error {
 	if st.StagingPath == "" {
-		err := os.Remove(filepath.Join(n.Path(name), StageFile))
+		err := os.Remove(volume.Layout(n.Path(name)).Stage())
 		if errors.Is(err, os.ErrNotExist) {
 			err = nil
 		}
@@ -280,7 +276,7 @@ func (n *Volumes) writeStage(name string, st Stage) error {
 	if err != nil {
 		return err
 	}
-	return vfs.WriteFileAtomic(vfs.OS, filepath.Join(n.Path(name), StageFile), b)
+	return vfs.WriteFileAtomic(vfs.OS, volume.Layout(n.Path(name)).Stage(), b)
 }
 
 // Recorded reports whether the volume is recorded as staged, served or

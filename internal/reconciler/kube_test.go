@@ -318,7 +318,7 @@ func TestNodeReconcilesItsJournals(t *testing.T) {
 	if err := volumes.StageVolume("pvc-2", host.Stage{StagingPath: staging, Block: true}, so); err != nil {
 		t.Fatal(err)
 	}
-	if b, err := os.ReadFile(filepath.Join(volumes.Path("pvc-2"), reconciler.SinkCredentialsDir, "token")); err != nil || string(b) != "s3cret" {
+	if b, err := os.ReadFile(filepath.Join(volume.Layout(volumes.Path("pvc-2")).SinkCredentials(), "token")); err != nil || string(b) != "s3cret" {
 		t.Errorf("sink token: %q %v", b, err)
 	}
 	waitJournal(t, c, "pvc-2", func(j *v1.Journal) bool {

@@ -32,10 +32,6 @@ import (
 	v1 "github.com/jvol-io/jvol/pkg/apis/jvol/v1alpha1"
 )
 
-// SinkCredentialsDir is where, inside a volume directory, the keys of the
-// sink's credentials Secret are written for the attach to read.
-const SinkCredentialsDir = "sink-credentials"
-
 // DefaultRefresh is how often the figures of a staged volume are refreshed.
 const DefaultRefresh = 5 * time.Second
 
@@ -204,7 +200,7 @@ func (r *Reconciler) SinkOptions(ctx context.Context, name string) (*attach.Sink
 	if err != nil {
 		return nil, err
 	}
-	dir := filepath.Join(r.Volumes.Path(name), SinkCredentialsDir)
+	dir := volume.Layout(r.Volumes.Path(name)).SinkCredentials()
 	k := j.Spec.Sink
 	if k == nil {
 		// No sink (any more): the volume stops streaming and holding its

@@ -66,7 +66,7 @@ func createJournal(t *testing.T, files *catalog.Files, name string, change func(
 func TestSinkOptionsFromTheJournal(t *testing.T) {
 	r, files := newReconciler(t)
 	ctx := context.Background()
-	creds := filepath.Join(r.Volumes.Path("v"), SinkCredentialsDir)
+	creds := volume.Layout(r.Volumes.Path("v")).SinkCredentials()
 	secret := &corev1.Secret{Data: map[string][]byte{"token": []byte("s3cret\n"), "ca.crt": []byte("CA")}}
 	r.Secrets = secrets{{Namespace: "backup", Name: "creds"}: secret}
 	j := createJournal(t, files, "v", func(s *v1.JournalSpec) {
@@ -246,7 +246,7 @@ func TestStageWithTheJournalsSink(t *testing.T) {
 	if k := sinkOf(); k != nil {
 		t.Errorf("staged again with sink %+v after the Journal lost it", k)
 	}
-	if _, err := os.Stat(filepath.Join(n.Path("v"), attach.SinkFile)); !os.IsNotExist(err) {
+	if _, err := os.Stat(volume.Layout(n.Path("v")).Sink()); !os.IsNotExist(err) {
 		t.Errorf("sink settings kept: %v", err)
 	}
 	if err := n.UnstageVolume("v", staging); err != nil {

@@ -13,12 +13,7 @@ import (
 	"github.com/jvol-io/jvol/internal/vfs"
 )
 
-// A volume directory holds these files.
 const (
-	MetaFile    = "volume.json"
-	DataFile    = "data.img"
-	JournalFile = "journal.img"
-	LockFile    = "lock"
 	MetaVersion = 1
 	// MinJournalSize is the smallest journal image a volume takes.
 	MinJournalSize = 64 << 20
@@ -74,7 +69,7 @@ func OpenDir(path string, o Options) (*Dir, error) {
 	// Without waiting for another attach; the lock can be looked at
 	// without being taken (IsLocked), so `jvol status` never makes an
 	// attach fail.
-	lock, err := vfs.OS.Lock(filepath.Join(path, LockFile), false, false)
+	lock, err := vfs.OS.Lock(Layout(path).Lock(), false, false)
 	if errors.Is(err, vfs.ErrLocked) {
 		return nil, fmt.Errorf("%w: %s", ErrInUse, path)
 	}
@@ -93,7 +88,7 @@ func OpenDir(path string, o Options) (*Dir, error) {
 }
 
 // IsLocked reports whether a process holds the lock of the volume in dir.
-func IsLocked(dir string) (bool, error) { return vfs.IsLocked(filepath.Join(dir, LockFile)) }
+func IsLocked(dir string) (bool, error) { return vfs.IsLocked(Layout(dir).Lock()) }
 
 func (d *Dir) open(o Options) error {
 	meta, err := ReadMeta(d.Path)
@@ -117,10 +112,10 @@ func (d *Dir) open(o Options) error {
 	if o.CommitInterval != 0 {
 		cfg.CommitInterval = o.CommitInterval
 	}
-	if d.data, err = vfs.OpenDirect(filepath.Join(d.Path, DataFile)); err != nil {
+	if d.data, err = vfs.OpenDirect(Layout(d.Path).Data()); err != nil {
 		return err
 	}
-	if d.journal, err = vfs.OpenDirect(filepath.Join(d.Path, JournalFile)); err != nil {
+	if d.journal, err = vfs.OpenDirect(Layout(d.Path).Journal()); err != nil {
 		return err
 	}
 	if d.Volume, _, err = Open(d.data, d.journal, meta.Size, cfg); err != nil {
@@ -211,7 +206,7 @@ func create(path string, o Options) (Meta, error) {
 	if o.CommitInterval != 0 {
 		meta.CommitInterval = o.CommitInterval.String()
 	}
-	jpath := filepath.Join(path, JournalFile)
+	jpath := Layout(path).Journal()
 	if err := vfs.Preallocate(jpath, js); err != nil {
 		return Meta{}, err
 	}
@@ -225,7 +220,7 @@ func create(path string, o Options) (Meta, error) {
 		return Meta{}, err
 	}
 	// The data image is sparse: blocks are allocated as they are written.
-	df, err := os.OpenFile(filepath.Join(path, DataFile), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	df, err := os.OpenFile(Layout(path).Data(), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return Meta{}, err
 	}
@@ -245,7 +240,7 @@ func create(path string, o Options) (Meta, error) {
 func ReadMeta(path string) (Meta, error) { return readMeta(vfs.OS, path) }
 
 func readMeta(fsys vfs.FS, path string) (Meta, error) {
-	b, err := vfs.ReadFile(fsys, filepath.Join(path, MetaFile))
+	b, err := vfs.ReadFile(fsys, Layout(path).Meta())
 	if err != nil {
 		return Meta{}, err
 	}
@@ -267,5 +262,5 @@ func writeMeta(fsys vfs.FS, path string, m Meta) error {
 	if err != nil {
 		return err
 	}
-	return vfs.WriteFileAtomic(fsys, filepath.Join(path, MetaFile), append(b, '\n'))
+	return vfs.WriteFileAtomic(fsys, Layout(path).Meta(), append(b, '\n'))
 }
