@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jvol-io/jvol/internal/blockrec"
 	"github.com/jvol-io/jvol/internal/journal"
 	"github.com/jvol-io/jvol/internal/vfs"
 	"github.com/jvol-io/jvol/internal/volume"
@@ -133,7 +134,7 @@ func demoWriter(ctx context.Context, j *journal.Journal, wr, n int) error {
 		for k := range data[:size] {
 			data[k] = byte(wr + i + k)
 		}
-		r, err := j.Reserve(ctx, journal.StreamFirstTx+uint16(wr), journal.BlockWriteSize(size))
+		r, err := j.Reserve(ctx, journal.StreamFirstTx+uint16(wr), blockrec.WriteSize(size))
 		if err != nil {
 			return err
 		}
@@ -142,7 +143,7 @@ func demoWriter(ctx context.Context, j *journal.Journal, wr, n int) error {
 		// so that recovery can check the payload end to end.
 		body := data[:size]
 		binary.LittleEndian.PutUint32(body[size-4:], crc32.ChecksumIEEE(body[:size-4]))
-		journal.PutBlockWrite(r.Payload, off, body)
+		blockrec.PutWrite(r.Payload, off, body)
 		r.Commit(len(r.Payload))
 		if i%16 == 15 {
 			if err := j.Flush(ctx); err != nil {
@@ -156,11 +157,11 @@ func demoWriter(ctx context.Context, j *journal.Journal, wr, n int) error {
 func demoRecordIntact(r journal.Record) bool {
 	ok := false
 	err := journal.ParseSubs(r.Payload, func(s journal.Sub) error {
-		_, data, err := s.BlockWrite()
-		if err != nil || len(data) < 4 {
+		op, _, err := blockrec.Parse(s)
+		if err != nil || op.Kind != blockrec.Write || len(op.Data) < 4 {
 			return fmt.Errorf("not a block write")
 		}
-		ok = binary.LittleEndian.Uint32(data[len(data)-4:]) == crc32.ChecksumIEEE(data[:len(data)-4])
+		ok = binary.LittleEndian.Uint32(op.Data[len(op.Data)-4:]) == crc32.ChecksumIEEE(op.Data[:len(op.Data)-4])
 		return nil
 	})
 	return err == nil && ok

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/jvol-io/jvol/internal/blockrec"
 	"github.com/jvol-io/jvol/internal/journal"
 	"github.com/jvol-io/jvol/internal/vfs"
 	"github.com/jvol-io/jvol/internal/volume"
@@ -102,22 +103,15 @@ func subs(b *strings.Builder, payload []byte) error {
 				fmt.Fprintf(b, name+format, args...)
 			}
 		}
-		switch s.Kind() {
-		case journal.SubBlockWrite:
-			if off, data, err := s.BlockWrite(); err != nil {
-				fmt.Fprintf(b, "write(%v)", err)
-			} else {
-				fmt.Fprintf(b, "write(off=%d,len=%d)", off, len(data))
-			}
-		case journal.SubDiscard:
-			nums("discard", 2, "(off=%d,len=%d)")
-		case journal.SubFlush:
+		text, block := blockrec.FormatSub(s)
+		switch {
+		case block:
+			b.WriteString(text)
+		case s.Kind() == journal.SubFlush:
 			b.WriteString("flush")
-		case journal.SubResize:
-			nums("resize", 1, "(%d)")
-		case journal.SubSyncPoint:
+		case s.Kind() == journal.SubSyncPoint:
 			nums("syncpoint", 2, "(transid=%d,pos=%d)")
-		case journal.SubAnnotate:
+		case s.Kind() == journal.SubAnnotate:
 			fmt.Fprintf(b, "annotate(%q)", s.Body)
 		default:
 			fmt.Fprintf(b, "type%#x(len=%d)", s.Kind(), len(s.Body))

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jvol-io/jvol/internal/blockrec"
 	"github.com/jvol-io/jvol/internal/journal"
 	"github.com/jvol-io/jvol/internal/vfs"
 	"github.com/jvol-io/jvol/internal/volume"
@@ -54,8 +55,8 @@ func TestDumpShowsEverySubRecordType(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	p := make([]byte, journal.SubSize(16))
-	journal.PutDiscard(p, 4096, 8192)
+	p := make([]byte, blockrec.DiscardSize)
+	blockrec.PutDiscard(p, 4096, 8192)
 	j.Append(ctx, journal.StreamFirstTx, p)
 	a := make([]byte, journal.SubSize(5))
 	body, _ := journal.PutSub(a, journal.SubAnnotate|journal.SubLast, 5)
