@@ -1,3 +1,4 @@
+// Package jtool runs the journal engine's demonstration.
 package jtool
 
 import (
