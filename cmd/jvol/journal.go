@@ -10,7 +10,7 @@ import (
 
 	"github.com/jvol-io/jvol/internal/blockrec"
 	"github.com/jvol-io/jvol/internal/journal"
-	"github.com/jvol-io/jvol/internal/jtool"
+	"github.com/jvol-io/jvol/internal/journal/demo"
 	"github.com/jvol-io/jvol/internal/sizes"
 	"github.com/jvol-io/jvol/internal/vfs"
 	"github.com/jvol-io/jvol/internal/volume"
@@ -44,7 +44,7 @@ func journalCmd(ctx context.Context, args []string) error {
 			defer os.RemoveAll(d)
 			*dir = d
 		}
-		return jtool.Demo(ctx, os.Stdout, jtool.DemoOptions{Dir: *dir, JournalSize: int64(size), Writers: *writers, Records: *records})
+		return demo.Run(ctx, os.Stdout, demo.Options{Dir: *dir, JournalSize: int64(size), Writers: *writers, Records: *records})
 	}
 	return fmt.Errorf("unknown journal command %q: %w", args[0], errUsage)
 }

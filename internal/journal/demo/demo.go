@@ -1,5 +1,7 @@
-// Package jtool runs the journal engine's demonstration.
-package jtool
+// Package demo runs the journal engine alone, as `jvol journal demo` shows
+// it: concurrent writers, group commit, checkpoints and live figures, then
+// the recovery of what a crash left after the last checkpoint.
+package demo
 
 import (
 	"context"
@@ -18,20 +20,20 @@ import (
 	"github.com/jvol-io/jvol/internal/volume"
 )
 
-// DemoOptions shape the engine demonstration.
-type DemoOptions struct {
+// Options shape the engine demonstration.
+type Options struct {
 	Dir         string // where the journal image is created
 	JournalSize int64
 	Writers     int
 	Records     int // per writer
 }
 
-// Demo creates a journal image, drives it with concurrent writers (block
+// Run creates a journal image, drives it with concurrent writers (block
 // writes with flushes, checkpoints as a committer would make them) while
 // printing live figures, stops without a final checkpoint as a crash would
 // leave it, and recovers: every record after the last checkpoint must come
 // back intact.
-func Demo(ctx context.Context, w io.Writer, o DemoOptions) error {
+func Run(ctx context.Context, w io.Writer, o Options) error {
 	path := filepath.Join(o.Dir, volume.JournalFile)
 	if err := vfs.Preallocate(path, o.JournalSize); err != nil {
 		return err
@@ -84,7 +86,7 @@ func Demo(ctx context.Context, w io.Writer, o DemoOptions) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs <- demoWriter(ctx, j, wr, o.Records)
+			errs <- writer(ctx, j, wr, o.Records)
 		}()
 	}
 	wg.Wait()
@@ -109,7 +111,7 @@ func Demo(ctx context.Context, w io.Writer, o DemoOptions) error {
 	fmt.Fprintln(w, "closing without a final checkpoint, as a crash would, and recovering:")
 	bad := 0
 	j, rec, err := journal.Open(f, opts, func(pos uint64, r journal.Record) error {
-		if !demoRecordIntact(r) {
+		if !intact(r) {
 			bad++
 		}
 		return nil
@@ -126,8 +128,8 @@ func Demo(ctx context.Context, w io.Writer, o DemoOptions) error {
 	return nil
 }
 
-// demoWriter appends block writes of 4 to 64 KiB, flushing every 16.
-func demoWriter(ctx context.Context, j *journal.Journal, wr, n int) error {
+// writer appends block writes of 4 to 64 KiB, flushing every 16.
+func writer(ctx context.Context, j *journal.Journal, wr, n int) error {
 	rng := rand.New(rand.NewPCG(uint64(wr), 42))
 	data := make([]byte, 64<<10)
 	for i := range n {
@@ -155,7 +157,7 @@ func demoWriter(ctx context.Context, j *journal.Journal, wr, n int) error {
 	return j.Flush(ctx)
 }
 
-func demoRecordIntact(r journal.Record) bool {
+func intact(r journal.Record) bool {
 	ok := false
 	err := journal.ParseSubs(r.Payload, func(s journal.Sub) error {
 		op, _, err := blockrec.Parse(s)

@@ -1,4 +1,4 @@
-package jtool
+package demo
 
 import (
 	"bytes"
@@ -13,12 +13,12 @@ import (
 	"github.com/jvol-io/jvol/internal/volume"
 )
 
-// TestDemoRecoversOnARealFile runs the demonstration, small, on a real file
+// TestRunRecoversOnARealFile runs the demonstration, small, on a real file
 // with direct I/O: the engine end to end outside the fault-injecting layer.
-func TestDemoRecoversOnARealFile(t *testing.T) {
+func TestRunRecoversOnARealFile(t *testing.T) {
 	var out bytes.Buffer
 	dir := t.TempDir()
-	err := Demo(context.Background(), &out, DemoOptions{Dir: dir, JournalSize: 32 << 20, Writers: 4, Records: 200})
+	err := Run(context.Background(), &out, Options{Dir: dir, JournalSize: 32 << 20, Writers: 4, Records: 200})
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out.String())
 	}
