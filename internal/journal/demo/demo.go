@@ -29,10 +29,10 @@ type Options struct {
 }
 
 // Run creates a journal image, drives it with concurrent writers (block
-// writes with flushes, checkpoints as a committer would make them) while
-// printing live figures, stops without a final checkpoint as a crash would
-// leave it, and recovers: every record after the last checkpoint must come
-// back intact.
+// writes with flushes, checkpoints as a committer would make them, up to
+// each writer's last 16 records) while printing live figures, stops without
+// a final checkpoint as a crash would leave it, and recovers: every record
+// after the last checkpoint must come back intact.
 func Run(ctx context.Context, w io.Writer, o Options) error {
 	path := filepath.Join(o.Dir, volume.JournalFile)
 	if err := vfs.Preallocate(path, o.JournalSize); err != nil {
@@ -72,7 +72,7 @@ func Run(ctx context.Context, w io.Writer, o Options) error {
 				printStats(w, j.Stats(), time.Since(start))
 			}
 			// Stand-in for the volume's committer: everything durable is
-			// taken as applied. The demo's last records stay after it.
+			// taken as applied.
 			pos, id := j.Durable()
 			if err := j.Checkpoint(pos, id); err != nil {
 				fmt.Fprintln(w, "checkpoint:", err)
@@ -80,23 +80,18 @@ func Run(ctx context.Context, w io.Writer, o Options) error {
 		}
 	}()
 
-	var wg sync.WaitGroup
-	errs := make(chan error, o.Writers)
-	for wr := range o.Writers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs <- writer(ctx, j, wr, o.Records)
-		}()
-	}
-	wg.Wait()
+	// The checkpointer stops before each writer's last tail records, so
+	// that they always stay after the last checkpoint.
+	const tail = 16
+	last := max(o.Records-tail, 0)
+	err = writeAll(ctx, j, o.Writers, 0, last)
 	close(stop)
 	bg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			return err
-		}
+	if err == nil {
+		err = writeAll(ctx, j, o.Writers, last, o.Records)
+	}
+	if err != nil {
+		return err
 	}
 	final := j.Stats()
 	printStats(w, final, time.Since(start))
@@ -128,11 +123,34 @@ func Run(ctx context.Context, w io.Writer, o Options) error {
 	return nil
 }
 
-// writer appends block writes of 4 to 64 KiB, flushing every 16.
-func writer(ctx context.Context, j *journal.Journal, wr, n int) error {
-	rng := rand.New(rand.NewPCG(uint64(wr), 42))
+// writeAll runs writers concurrently, each appending its records from
+// to to, and returns the first error of any.
+func writeAll(ctx context.Context, j *journal.Journal, writers, from, to int) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for wr := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- writer(ctx, j, wr, from, to)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writer appends the block writes from to to of writer wr, of 4 to 64 KiB,
+// flushing after every 16th and at the end.
+func writer(ctx context.Context, j *journal.Journal, wr, from, to int) error {
+	rng := rand.New(rand.NewPCG(uint64(wr), 42+uint64(from)))
 	data := make([]byte, 64<<10)
-	for i := range n {
+	for i := from; i < to; i++ {
 		size := (1 + rng.IntN(16)) * 4096
 		for k := range data[:size] {
 			data[k] = byte(wr + i + k)
