@@ -16,26 +16,23 @@ import (
 //	+-------+-------+---------------+
 //	| body ... zero fill to a multiple of 8 bytes
 //
-// Bodies (little-endian):
+// Bodies (little-endian) of the types the journal knows:
 //
-//	SubBlockWrite  u64 offset, then the data (size-16 bytes)
-//	SubDiscard     u64 offset, u64 length
 //	SubFlush       empty: a flush barrier
-//	SubResize      u64 new size in bytes
 //	SubSyncPoint   u64 transid (everything up to it is applied), u64 journal position
 //	SubAnnotate    UTF-8 text
+//
+// Types 1 (write), 2 (discard) and 4 (resize) are block records: their
+// bodies belong to package blockrec, which encodes and decodes them.
 const (
 	SubHeaderSize = 8
 	SubNested     = 0x8000
 	SubLast       = 0x4000
 	SubTypeMask   = 0x3FFF
 
-	SubBlockWrite = 0x0001
-	SubDiscard    = 0x0002
-	SubFlush      = 0x0003
-	SubResize     = 0x0004
-	SubSyncPoint  = 0x0005
-	SubAnnotate   = 0x0006
+	SubFlush     = 0x0003
+	SubSyncPoint = 0x0005
+	SubAnnotate  = 0x0006
 )
 
 // SubSize returns the bytes a sub-record with a body of n bytes takes.
@@ -52,42 +49,6 @@ func PutSub(dst []byte, typ uint16, n int) (body []byte, used int) {
 	clear(dst[SubHeaderSize+n : used])
 	return dst[SubHeaderSize : SubHeaderSize+n], used
 }
-
-// BlockWriteSize is the payload bytes of a record holding one block write of
-// n bytes.
-func BlockWriteSize(n int) int { return SubSize(8 + n) }
-
-// PutBlockWrite writes a block-write sub-record (as the last of its list)
-// at dst and returns the bytes used. dst must hold BlockWriteSize(len(data)).
-func PutBlockWrite(dst []byte, off uint64, data []byte) int {
-	body, used := PutSub(dst, SubBlockWrite|SubLast, 8+len(data))
-	binary.LittleEndian.PutUint64(body, off)
-	copy(body[8:], data)
-	return used
-}
-
-// PutDiscard writes a discard sub-record (last of its list) and returns the
-// bytes used.
-func PutDiscard(dst []byte, off, length uint64) int {
-	body, used := PutSub(dst, SubDiscard|SubLast, 16)
-	binary.LittleEndian.PutUint64(body, off)
-	binary.LittleEndian.PutUint64(body[8:], length)
-	return used
-}
-
-// DiscardSize is the payload bytes of a record holding one discard.
-const DiscardSize = SubHeaderSize + 16
-
-// PutResize writes a resize sub-record (last of its list) and returns the
-// bytes used.
-func PutResize(dst []byte, size uint64) int {
-	body, used := PutSub(dst, SubResize|SubLast, 8)
-	binary.LittleEndian.PutUint64(body, size)
-	return used
-}
-
-// ResizeSize is the payload bytes of a record holding one resize.
-const ResizeSize = SubHeaderSize + 8
 
 // Sub is one decoded sub-record. Body aliases the payload.
 type Sub struct {
@@ -134,16 +95,8 @@ func ParseSubs(b []byte, fn func(Sub) error) error {
 	}
 }
 
-// BlockWrite decodes a SubBlockWrite body.
-func (s Sub) BlockWrite() (off uint64, data []byte, err error) {
-	if s.Kind() != SubBlockWrite || len(s.Body) < 8 {
-		return 0, nil, ErrSubBody
-	}
-	return binary.LittleEndian.Uint64(s.Body), s.Body[8:], nil
-}
-
-// Uint64s decodes a body of exactly n little-endian u64 values (discard: 2,
-// resize: 1, sync point: 2).
+// Uint64s decodes a body of exactly n little-endian u64 values (a sync
+// point's: 2).
 func (s Sub) Uint64s(n int) ([]uint64, error) {
 	if len(s.Body) != 8*n {
 		return nil, ErrSubBody

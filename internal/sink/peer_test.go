@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jvol-io/jvol/internal/blockrec"
 	"github.com/jvol-io/jvol/internal/journal"
 	"github.com/jvol-io/jvol/internal/volume"
 )
@@ -158,8 +159,8 @@ func (p *rawPeer) refusal() string {
 }
 
 func writeRecord(off uint64, data []byte) []byte {
-	p := make([]byte, journal.BlockWriteSize(len(data)))
-	journal.PutBlockWrite(p, off, data)
+	p := make([]byte, blockrec.WriteSize(len(data)))
+	blockrec.PutWrite(p, off, data)
 	return p
 }
 

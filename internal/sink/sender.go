@@ -15,6 +15,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/jvol-io/jvol/internal/blockrec"
 	"github.com/jvol-io/jvol/internal/journal"
 	"github.com/jvol-io/jvol/internal/vfs"
 	"github.com/jvol-io/jvol/internal/volume"
@@ -444,8 +445,8 @@ func (s *Sender) baseline(ctx context.Context, c net.Conn) (pos, after uint64, e
 		return 0, 0, err
 	}
 	data := vfs.AlignedBuffer(baselineChunk)
-	rec := make([]byte, journal.AlignedSize(journal.BlockWriteSize(baselineChunk)))
-	var sub [journal.DiscardSize]byte
+	rec := make([]byte, journal.AlignedSize(blockrec.WriteSize(baselineChunk)))
+	var sub [blockrec.DiscardSize]byte
 	for off := int64(0); off < size; off += baselineChunk {
 		if err := ctx.Err(); err != nil {
 			return 0, 0, err
@@ -456,10 +457,10 @@ func (s *Sender) baseline(ctx context.Context, c net.Conn) (pos, after uint64, e
 		}
 		var payload []byte
 		if allZero(data[:n]) {
-			journal.PutDiscard(sub[:], uint64(off), uint64(n))
+			blockrec.PutDiscard(sub[:], uint64(off), uint64(n))
 			payload = sub[:]
 		} else {
-			m := journal.PutBlockWrite(rec[journal.HeaderSize:], uint64(off), data[:n])
+			m := blockrec.PutWrite(rec[journal.HeaderSize:], uint64(off), data[:n])
 			payload = rec[journal.HeaderSize : journal.HeaderSize+m]
 		}
 		k := journal.EncodeRecord(rec, StreamBaselineData|journal.FlagBegin|journal.FlagEnd, x0, payload)

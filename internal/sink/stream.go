@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/jvol-io/jvol/internal/blockrec"
 	"github.com/jvol-io/jvol/internal/journal"
 	"github.com/jvol-io/jvol/internal/vfs"
 )
@@ -159,42 +160,16 @@ func openImage(fsys vfs.FS, path string, create bool) (*image, error) {
 
 // check returns an error if record r would not apply cleanly: every
 // write and discard inside the image (as resizes in r grow it), every
-// sub-record well formed. A record it refuses changes nothing.
+// block record well formed (blockrec.Decode). A record it refuses changes
+// nothing.
 func (m *image) check(r journal.Record) error {
 	if r.ID() < journal.StreamFirstTx && r.ID() != StreamBaselineData || r.Stream&journal.FlagAborted != 0 {
 		return nil
 	}
-	size := uint64(m.size)
-	return journal.ParseSubs(r.Payload, func(sub journal.Sub) error {
-		var off, n uint64
-		switch sub.Kind() {
-		case journal.SubBlockWrite:
-			o, data, err := sub.BlockWrite()
-			if err != nil {
-				return fmt.Errorf("%w: %v", ErrProto, err)
-			}
-			off, n = o, uint64(len(data))
-		case journal.SubDiscard:
-			u, err := sub.Uint64s(2)
-			if err != nil {
-				return fmt.Errorf("%w: %v", ErrProto, err)
-			}
-			off, n = u[0], u[1]
-		case journal.SubResize:
-			u, err := sub.Uint64s(1)
-			if err != nil || u[0]%4096 != 0 || u[0] > 1<<50 {
-				return fmt.Errorf("%w: bad resize", ErrProto)
-			}
-			size = max(size, u[0])
-			return nil
-		default:
-			return nil
-		}
-		if off > size || n > size-off {
-			return fmt.Errorf("%w: %d bytes at %d beyond the size %d", ErrProto, n, off, size)
-		}
-		return nil
-	})
+	if _, err := blockrec.Decode(r.Payload, uint64(m.size), nil); err != nil {
+		return fmt.Errorf("%w: %v", ErrProto, err)
+	}
+	return nil
 }
 
 // apply applies record r, which the state s (after stepping over r)
@@ -212,42 +187,31 @@ func (m *image) apply(r journal.Record, s *state) error {
 	if err := m.check(r); err != nil {
 		return err
 	}
-	return journal.ParseSubs(r.Payload, func(sub journal.Sub) error {
-		switch sub.Kind() {
-		case journal.SubBlockWrite:
-			off, data, _ := sub.BlockWrite()
-			_, err := m.f.WriteAt(data, int64(off))
+	_, err := blockrec.Decode(r.Payload, uint64(m.size), func(op blockrec.Op) error {
+		switch op.Kind {
+		case blockrec.Write:
+			_, err := m.f.WriteAt(op.Data, int64(op.Off))
 			return err
-		case journal.SubDiscard:
-			u, _ := sub.Uint64s(2)
-			if u[1] == 0 {
-				return nil
-			}
-			return m.f.Punch(int64(u[0]), int64(u[1]))
-		case journal.SubResize:
-			u, _ := sub.Uint64s(1)
-			if err := m.resize(int64(u[0]), false); err != nil {
+		case blockrec.Discard:
+			return m.f.Punch(int64(op.Off), int64(op.Len))
+		case blockrec.Resize:
+			if err := m.resize(int64(op.Size), false); err != nil {
 				return err
 			}
-			s.Size = max(s.Size, u[0])
+			s.Size = max(s.Size, op.Size)
 		}
 		return nil
 	})
+	return err
 }
 
-// trackResize moves the state's size over the resizes in record r.
+// trackResize moves the state's size over the resizes in record r, which
+// was checked when it was received.
 func trackResize(r journal.Record, s *state) {
 	if r.ID() < journal.StreamFirstTx || r.Stream&journal.FlagAborted != 0 {
 		return
 	}
-	journal.ParseSubs(r.Payload, func(sub journal.Sub) error {
-		if sub.Kind() == journal.SubResize {
-			if u, err := sub.Uint64s(1); err == nil {
-				s.Size = max(s.Size, u[0])
-			}
-		}
-		return nil
-	})
+	s.Size, _ = blockrec.Decode(r.Payload, s.Size, nil)
 }
 
 // resize grows the image to size, or sets it exactly when exact is set.

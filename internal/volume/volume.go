@@ -23,6 +23,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jvol-io/jvol/internal/blockrec"
 	"github.com/jvol-io/jvol/internal/journal"
 	"github.com/jvol-io/jvol/internal/vfs"
 )
@@ -126,35 +127,24 @@ func (v *Volume) replay(_ uint64, r journal.Record) error {
 	if r.Stream&(journal.FlagBegin|journal.FlagEnd) != journal.FlagBegin|journal.FlagEnd {
 		return fmt.Errorf("volume: record %d is part of a multi-record transaction, which volumes do not write", r.Transid)
 	}
-	return journal.ParseSubs(r.Payload, func(s journal.Sub) error {
-		switch s.Kind() {
-		case journal.SubBlockWrite:
-			off, data, err := s.BlockWrite()
-			if err != nil {
-				return err
-			}
-			if int64(off)+int64(len(data)) > v.size {
-				return fmt.Errorf("volume: replayed write at %d beyond the size %d", off, v.size)
-			}
-			return v.writeData(data, int64(off))
-		case journal.SubDiscard:
-			u, err := s.Uint64s(2)
-			if err != nil {
-				return err
-			}
-			return v.data.Punch(int64(u[0]), int64(u[1]))
-		case journal.SubResize:
-			u, err := s.Uint64s(1)
-			if err != nil {
-				return err
-			}
-			if int64(u[0]) > v.size {
-				v.size = int64(u[0])
+	_, err := blockrec.Decode(r.Payload, uint64(v.size), func(op blockrec.Op) error {
+		switch op.Kind {
+		case blockrec.Write:
+			return v.writeData(op.Data, int64(op.Off))
+		case blockrec.Discard:
+			return v.data.Punch(int64(op.Off), int64(op.Len))
+		case blockrec.Resize:
+			if int64(op.Size) > v.size {
+				v.size = int64(op.Size)
 				return v.data.Truncate(v.size)
 			}
 		}
 		return nil
 	})
+	if err != nil {
+		return fmt.Errorf("volume: replaying record %d: %w", r.Transid, err)
+	}
+	return nil
 }
 
 // Size returns the volume's size in bytes.
@@ -219,11 +209,11 @@ func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
 
 func (v *Volume) writeChunk(p []byte, off int64) error {
 	defer v.locks.unlock(v.locks.lock(off, int64(len(p))))
-	r, err := v.j.Reserve(v.ctx, StreamIO, journal.BlockWriteSize(len(p)))
+	r, err := v.j.Reserve(v.ctx, StreamIO, blockrec.WriteSize(len(p)))
 	if err != nil {
 		return v.cause(err)
 	}
-	journal.PutBlockWrite(r.Payload, uint64(off), p)
+	blockrec.PutWrite(r.Payload, uint64(off), p)
 	// Into the data image before the commit: whatever the journal has
 	// written, the data image's page cache already holds.
 	if err := v.writeData(p, off); err != nil {
@@ -245,11 +235,11 @@ func (v *Volume) Discard(off, n int64) error {
 		return nil
 	}
 	defer v.locks.unlock(v.locks.lock(off, n))
-	r, err := v.j.Reserve(v.ctx, StreamIO, journal.DiscardSize)
+	r, err := v.j.Reserve(v.ctx, StreamIO, blockrec.DiscardSize)
 	if err != nil {
 		return v.cause(err)
 	}
-	journal.PutDiscard(r.Payload, uint64(off), uint64(n))
+	blockrec.PutDiscard(r.Payload, uint64(off), uint64(n))
 	if err := v.data.Punch(off, n); err != nil {
 		r.Abort()
 		return err
@@ -258,8 +248,9 @@ func (v *Volume) Discard(off, n int64) error {
 	return nil
 }
 
-// Grow raises the size to size (a multiple of 4096), durably, before it
-// returns. Growing to the current size is a no-op; shrinking is refused.
+// Grow raises the size to size (a multiple of 4096, at most
+// blockrec.MaxSize), durably, before it returns. Growing to the current
+// size is a no-op; shrinking is refused.
 func (v *Volume) Grow(ctx context.Context, size int64) error {
 	if size%vfs.BlockSize != 0 {
 		return ErrAlignment
@@ -276,12 +267,14 @@ func (v *Volume) Grow(ctx context.Context, size int64) error {
 		return nil
 	case size < v.size:
 		return fmt.Errorf("%w: %d to %d", ErrShrink, v.size, size)
+	case size > blockrec.MaxSize: // a replay would refuse the record
+		return fmt.Errorf("volume: %d bytes is above the largest size, %d", size, blockrec.MaxSize)
 	}
-	r, err := v.j.Reserve(ctx, StreamIO, journal.ResizeSize)
+	r, err := v.j.Reserve(ctx, StreamIO, blockrec.ResizeSize)
 	if err != nil {
 		return v.cause(err)
 	}
-	journal.PutResize(r.Payload, uint64(size))
+	blockrec.PutResize(r.Payload, uint64(size))
 	if err := v.data.Truncate(size); err != nil {
 		r.Abort()
 		return err

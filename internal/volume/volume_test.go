@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jvol-io/jvol/internal/blockrec"
 	"github.com/jvol-io/jvol/internal/journal"
 	"github.com/jvol-io/jvol/internal/vfs"
 	"github.com/jvol-io/jvol/internal/vfs/faultfs"
@@ -154,6 +155,9 @@ func TestGrowIsDurableAndShrinkRefused(t *testing.T) {
 	if err := v.Grow(ctx, 3<<20+1); !errors.Is(err, ErrAlignment) {
 		t.Fatalf("unaligned grow: %v", err)
 	}
+	if err := v.Grow(ctx, blockrec.MaxSize+4096); err == nil || v.Size() != 3<<20 {
+		t.Fatalf("grow above the largest size a replay takes: size %d, %v", v.Size(), err)
+	}
 	if _, err := v.WriteAt([]byte("x"), 3<<20); !errors.Is(err, ErrOutOfRange) {
 		t.Fatalf("write past the end: %v", err)
 	}
@@ -235,5 +239,33 @@ func TestAFailedCommitFailsIOInsteadOfHangingIt(t *testing.T) {
 	}
 	if err := v.Grow(context.Background(), 8<<20); !errors.Is(err, faultfs.ErrInjected) {
 		t.Fatalf("grow: %v", err)
+	}
+}
+
+// TestReplayRefusesADiscardPastTheEnd: a record the volume could not have
+// written fails the open instead of being applied.
+func TestReplayRefusesADiscardPastTheEnd(t *testing.T) {
+	data, jf := images(t, 1<<20, 2<<20)
+	ctx := context.Background()
+	j, _, err := journal.Open(jf, testConfig().Journal, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := make([]byte, blockrec.DiscardSize)
+	blockrec.PutDiscard(p, 1<<20, 4096)
+	if _, err := j.Append(ctx, StreamIO, p); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if v, _, err := Open(data, jf, 1<<20, testConfig()); !errors.Is(err, blockrec.ErrRange) {
+		if err == nil {
+			v.Close()
+		}
+		t.Fatalf("open replaying a discard past the end: %v, want %v", err, blockrec.ErrRange)
 	}
 }

@@ -1,4 +1,7 @@
-package jtool
+// Package demo runs the journal engine alone, as `jvol journal demo` shows
+// it: concurrent writers, group commit, checkpoints and live figures, then
+// the recovery of what a crash left after the last checkpoint.
+package demo
 
 import (
 	"context"
@@ -11,25 +14,26 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jvol-io/jvol/internal/blockrec"
 	"github.com/jvol-io/jvol/internal/journal"
 	"github.com/jvol-io/jvol/internal/vfs"
 	"github.com/jvol-io/jvol/internal/volume"
 )
 
-// DemoOptions shape the engine demonstration.
-type DemoOptions struct {
+// Options shape the engine demonstration.
+type Options struct {
 	Dir         string // where the journal image is created
 	JournalSize int64
 	Writers     int
 	Records     int // per writer
 }
 
-// Demo creates a journal image, drives it with concurrent writers (block
-// writes with flushes, checkpoints as a committer would make them) while
-// printing live figures, stops without a final checkpoint as a crash would
-// leave it, and recovers: every record after the last checkpoint must come
-// back intact.
-func Demo(ctx context.Context, w io.Writer, o DemoOptions) error {
+// Run creates a journal image, drives it with concurrent writers (block
+// writes with flushes, checkpoints as a committer would make them, up to
+// each writer's last 16 records) while printing live figures, stops without
+// a final checkpoint as a crash would leave it, and recovers: every record
+// after the last checkpoint must come back intact.
+func Run(ctx context.Context, w io.Writer, o Options) error {
 	path := filepath.Join(o.Dir, volume.JournalFile)
 	if err := vfs.Preallocate(path, o.JournalSize); err != nil {
 		return err
@@ -68,7 +72,7 @@ func Demo(ctx context.Context, w io.Writer, o DemoOptions) error {
 				printStats(w, j.Stats(), time.Since(start))
 			}
 			// Stand-in for the volume's committer: everything durable is
-			// taken as applied. The demo's last records stay after it.
+			// taken as applied.
 			pos, id := j.Durable()
 			if err := j.Checkpoint(pos, id); err != nil {
 				fmt.Fprintln(w, "checkpoint:", err)
@@ -76,23 +80,18 @@ func Demo(ctx context.Context, w io.Writer, o DemoOptions) error {
 		}
 	}()
 
-	var wg sync.WaitGroup
-	errs := make(chan error, o.Writers)
-	for wr := range o.Writers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs <- demoWriter(ctx, j, wr, o.Records)
-		}()
-	}
-	wg.Wait()
+	// The checkpointer stops before each writer's last tail records, so
+	// that they always stay after the last checkpoint.
+	const tail = 16
+	last := max(o.Records-tail, 0)
+	err = writeAll(ctx, j, o.Writers, 0, last)
 	close(stop)
 	bg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			return err
-		}
+	if err == nil {
+		err = writeAll(ctx, j, o.Writers, last, o.Records)
+	}
+	if err != nil {
+		return err
 	}
 	final := j.Stats()
 	printStats(w, final, time.Since(start))
@@ -107,7 +106,7 @@ func Demo(ctx context.Context, w io.Writer, o DemoOptions) error {
 	fmt.Fprintln(w, "closing without a final checkpoint, as a crash would, and recovering:")
 	bad := 0
 	j, rec, err := journal.Open(f, opts, func(pos uint64, r journal.Record) error {
-		if !demoRecordIntact(r) {
+		if !intact(r) {
 			bad++
 		}
 		return nil
@@ -124,16 +123,39 @@ func Demo(ctx context.Context, w io.Writer, o DemoOptions) error {
 	return nil
 }
 
-// demoWriter appends block writes of 4 to 64 KiB, flushing every 16.
-func demoWriter(ctx context.Context, j *journal.Journal, wr, n int) error {
-	rng := rand.New(rand.NewPCG(uint64(wr), 42))
+// writeAll runs writers concurrently, each appending its records from
+// to to, and returns the first error of any.
+func writeAll(ctx context.Context, j *journal.Journal, writers, from, to int) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for wr := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- writer(ctx, j, wr, from, to)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writer appends the block writes from to to of writer wr, of 4 to 64 KiB,
+// flushing after every 16th and at the end.
+func writer(ctx context.Context, j *journal.Journal, wr, from, to int) error {
+	rng := rand.New(rand.NewPCG(uint64(wr), 42+uint64(from)))
 	data := make([]byte, 64<<10)
-	for i := range n {
+	for i := from; i < to; i++ {
 		size := (1 + rng.IntN(16)) * 4096
 		for k := range data[:size] {
 			data[k] = byte(wr + i + k)
 		}
-		r, err := j.Reserve(ctx, journal.StreamFirstTx+uint16(wr), journal.BlockWriteSize(size))
+		r, err := j.Reserve(ctx, journal.StreamFirstTx+uint16(wr), blockrec.WriteSize(size))
 		if err != nil {
 			return err
 		}
@@ -142,7 +164,7 @@ func demoWriter(ctx context.Context, j *journal.Journal, wr, n int) error {
 		// so that recovery can check the payload end to end.
 		body := data[:size]
 		binary.LittleEndian.PutUint32(body[size-4:], crc32.ChecksumIEEE(body[:size-4]))
-		journal.PutBlockWrite(r.Payload, off, body)
+		blockrec.PutWrite(r.Payload, off, body)
 		r.Commit(len(r.Payload))
 		if i%16 == 15 {
 			if err := j.Flush(ctx); err != nil {
@@ -153,14 +175,14 @@ func demoWriter(ctx context.Context, j *journal.Journal, wr, n int) error {
 	return j.Flush(ctx)
 }
 
-func demoRecordIntact(r journal.Record) bool {
+func intact(r journal.Record) bool {
 	ok := false
 	err := journal.ParseSubs(r.Payload, func(s journal.Sub) error {
-		_, data, err := s.BlockWrite()
-		if err != nil || len(data) < 4 {
+		op, _, err := blockrec.Parse(s)
+		if err != nil || op.Kind != blockrec.Write || len(op.Data) < 4 {
 			return fmt.Errorf("not a block write")
 		}
-		ok = binary.LittleEndian.Uint32(data[len(data)-4:]) == crc32.ChecksumIEEE(data[:len(data)-4])
+		ok = binary.LittleEndian.Uint32(op.Data[len(op.Data)-4:]) == crc32.ChecksumIEEE(op.Data[:len(op.Data)-4])
 		return nil
 	})
 	return err == nil && ok
