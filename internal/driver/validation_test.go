@@ -33,7 +33,7 @@ func TestParseParams(t *testing.T) {
 		"duplex=triple":       "want half or full",
 		"commitInterval=soon": "commitInterval",
 		"jornalSize=64Mi":     "unknown parameter",
-		"duplex=full":         "duplex full needs a sinkURL",
+		"duplex=full":         "duplex=full needs a sinkURL",
 	} {
 		k, v, _ := strings.Cut(p, "=")
 		if _, err := parseParams(map[string]string{k: v}); err == nil || !strings.Contains(err.Error(), want) {
