@@ -28,21 +28,26 @@ import (
 type Files struct {
 	fs  vfs.FS
 	dir string
-	// Changed, if set, is called with the Journal's name after every change
-	// but of its status alone.
-	Changed func(name string)
+	changed func(name string) // told of every change but of a status alone
 
 	mu sync.Mutex
 }
 
-// OpenFiles keeps Journals in dir, creating it if needed.
-func OpenFiles(dir string) (*Files, error) { return openFiles(vfs.OS, dir) }
+// OpenFiles keeps Journals in dir, creating it if needed. changed, if not
+// nil, is called with a Journal's name after every change but of its status
+// alone.
+func OpenFiles(dir string, changed func(name string)) (*Files, error) {
+	return openFiles(vfs.OS, dir, changed)
+}
 
-func openFiles(fsys vfs.FS, dir string) (*Files, error) {
+func openFiles(fsys vfs.FS, dir string, changed func(name string)) (*Files, error) {
 	if err := fsys.MkdirAll(dir); err != nil {
 		return nil, err
 	}
-	return &Files{fs: fsys, dir: dir}, nil
+	if changed == nil {
+		changed = func(string) {}
+	}
+	return &Files{fs: fsys, dir: dir, changed: changed}, nil
 }
 
 func metaName(name string) metav1.ObjectMeta { return metav1.ObjectMeta{Name: name} }
@@ -87,11 +92,6 @@ func (f *Files) remove(name string) error {
 	return f.fs.SyncDir(f.dir)
 }
 
-func (f *Files) changed(name string) {
-	if f.Changed != nil {
-		f.Changed(name)
-	}
-}
 
 func (f *Files) Get(_ context.Context, name string) (*v1.Journal, error) {
 	f.mu.Lock()

@@ -13,7 +13,7 @@ import (
 
 // Files behaves as the API server does for what jvol uses of it.
 func TestFilesBehaveLikeTheAPI(t *testing.T) {
-	f, err := OpenFiles(t.TempDir())
+	f, err := OpenFiles(t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -29,12 +29,11 @@ func newDriver(t *testing.T) *driver { return newDriverIn(t, t.TempDir()) }
 
 func newDriverIn(t *testing.T, dir string) *driver {
 	t.Helper()
-	files, err := catalog.OpenFiles(filepath.Join(dir, "journals"))
+	changes := reconciler.NewChanges()
+	files, err := catalog.OpenFiles(filepath.Join(dir, "journals"), changes.Add)
 	if err != nil {
 		t.Fatal(err)
 	}
-	changes := reconciler.NewChanges()
-	files.Changed = changes.Add
 	volumes, err := host.New(host.Config{StateDir: dir, Changed: changes.Add})
 	if err != nil {
 		t.Fatal(err)

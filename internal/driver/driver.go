@@ -108,11 +108,10 @@ func Run(ctx context.Context, cfg Config) error {
 			background(func() error { return mgr.Start(ctx) })
 			go publishAvailable(ctx, mgr.GetClient(), cfg.NodeID, volumes)
 		} else {
-			files, err := catalog.OpenFiles(filepath.Join(cfg.StateDir, "journals"))
+			files, err := catalog.OpenFiles(filepath.Join(cfg.StateDir, "journals"), changes.Add)
 			if err != nil {
 				return err
 			}
-			files.Changed = changes.Add
 			r = &reconciler.Reconciler{Store: files, Volumes: volumes, NodeID: cfg.NodeID}
 			background(func() error { return r.RunStandalone(ctx, changes) })
 			cs = &Controller{Store: files, DefaultNode: cfg.NodeID, Capacity: func(context.Context, string) (int64, error) {

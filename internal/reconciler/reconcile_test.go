@@ -45,7 +45,7 @@ func (s secrets) List(context.Context, client.ObjectList, ...client.ListOption) 
 // node stages volumes with their Journals' sinks.
 func newReconciler(t *testing.T) (*Reconciler, *catalog.Files) {
 	t.Helper()
-	files, err := catalog.OpenFiles(filepath.Join(t.TempDir(), "journals"))
+	files, err := catalog.OpenFiles(filepath.Join(t.TempDir(), "journals"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
