@@ -13,12 +13,11 @@ import (
 
 // Files behaves as the API server does for what jvol uses of it.
 func TestFilesBehaveLikeTheAPI(t *testing.T) {
-	f, err := OpenFiles(t.TempDir(), nil)
+	var changed []string
+	f, err := OpenFiles(t.TempDir(), func(name string) { changed = append(changed, name) })
 	if err != nil {
 		t.Fatal(err)
 	}
-	var changed []string
-	f.Changed = func(name string) { changed = append(changed, name) }
 	ctx := context.Background()
 	j := &v1.Journal{ObjectMeta: metav1.ObjectMeta{Name: "v"}, Spec: v1.JournalSpec{Node: "n", Capacity: resource.MustParse("1Gi")}}
 	if err := f.Create(ctx, j); err != nil {
