@@ -62,6 +62,10 @@ test-unit: ## Unit and integration tests with the race detector (root: loop devi
 	hack/deps.sh
 	assets=$$(GO=$(GO) hack/envtest-assets.sh) && KUBEBUILDER_ASSETS=$$assets $(GO) test -race -count=1 -timeout 30m ./...
 
+.PHONY: test-nonroot
+test-nonroot: ## The tests that need no root (csi-sanity and the node's RPCs on fakes among them), run as uid 65534 when run as root.
+	GO=$(GO) hack/test-nonroot.sh ./internal/driver ./internal/host
+
 .PHONY: test-e2e
 test-e2e: ## The end-to-end suite (test/e2e) on a single-node cluster it brings up and down (root).
 	hack/deps.sh --cluster

@@ -1,14 +1,13 @@
 package test
 
 import (
-	"os"
 	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/kubernetes-csi/csi-test/v5/pkg/sanity"
+	"github.com/jvol-io/jvol/internal/driver/drivertest"
 )
 
 // standalone is a running `jvol standalone`.
@@ -57,20 +56,7 @@ func TestCSISanity(t *testing.T) {
 			t.Logf("jvol standalone log:\n%s", s.stderr)
 		}
 	}()
-	cfg := sanity.NewTestConfig()
-	cfg.Address = s.endpoint
-	cfg.TargetPath = filepath.Join(dir, "target")
-	cfg.StagingPath = filepath.Join(dir, "staging")
-	cfg.TestVolumeSize = 64 << 20
-	cfg.TestVolumeExpandSize = 96 << 20
-	cfg.IdempotentCount = 3
-	cfg.TestVolumeParameters = map[string]string{"journalSize": "64Mi", "fifoSize": "4Mi", "commitInterval": "2s"}
-	sanity.Test(t, cfg)
-	// Every volume the suite made is gone again.
-	left, _ := os.ReadDir(filepath.Join(dir, "state", "volumes"))
-	for _, e := range left {
-		t.Errorf("volume left behind: %s", e.Name())
-	}
+	drivertest.Sanity(t, s.endpoint, dir, filepath.Join(dir, "state"))
 }
 
 // kill kills it with SIGKILL.

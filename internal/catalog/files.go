@@ -26,8 +26,8 @@ import (
 // replaced atomically (temporary file, fsync, rename, fsync of the
 // directory). It checks specs as the API server's schema would.
 type Files struct {
-	fs  vfs.FS
-	dir string
+	fs      vfs.FS
+	dir     string
 	changed func(name string) // told of every change but of a status alone
 
 	mu sync.Mutex
@@ -91,7 +91,6 @@ func (f *Files) remove(name string) error {
 	}
 	return f.fs.SyncDir(f.dir)
 }
-
 
 func (f *Files) Get(_ context.Context, name string) (*v1.Journal, error) {
 	f.mu.Lock()

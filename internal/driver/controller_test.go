@@ -12,17 +12,19 @@ import (
 
 	"github.com/jvol-io/jvol/internal/catalog"
 	"github.com/jvol-io/jvol/internal/host"
+	"github.com/jvol-io/jvol/internal/host/hosttest"
 	"github.com/jvol-io/jvol/internal/reconciler"
 	"github.com/jvol-io/jvol/internal/vfs/vfstest"
 	v1 "github.com/jvol-io/jvol/pkg/apis/jvol/v1alpha1"
 )
 
 // driver is a standalone driver on a temporary directory: Journals in
-// files, the reconciler running, no device ever attached (no root needed).
+// files, the reconciler running, devices and mounts fakes (no root needed).
 type driver struct {
-	c   *Controller
-	n   *Node
-	dir string
+	c     *Controller
+	n     *Node
+	dir   string
+	fakes *hosttest.Fakes
 }
 
 func newDriver(t *testing.T) *driver { return newDriverIn(t, t.TempDir()) }
@@ -34,7 +36,8 @@ func newDriverIn(t *testing.T, dir string) *driver {
 	if err != nil {
 		t.Fatal(err)
 	}
-	volumes, err := host.New(host.Config{StateDir: dir, Changed: changes.Add})
+	fakes := hosttest.New()
+	volumes, err := host.New(host.Config{StateDir: dir, Changed: changes.Add, OS: fakes.OS()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +51,7 @@ func newDriverIn(t *testing.T, dir string) *driver {
 			t.Error(err)
 		}
 	})
-	return &driver{c: &Controller{Store: files, DefaultNode: "n1"}, n: &Node{Volumes: volumes, NodeID: "n1", Journals: r}, dir: dir}
+	return &driver{c: &Controller{Store: files, DefaultNode: "n1"}, n: &Node{Volumes: volumes, NodeID: "n1", Journals: r}, dir: dir, fakes: fakes}
 }
 
 var mountCap = &csi.VolumeCapability{
