@@ -51,9 +51,11 @@ func Listen(endpoint string) (net.Listener, error) {
 	return nil, fmt.Errorf("endpoint %q: want unix:///path or tcp://host:port", endpoint)
 }
 
-// NewServer returns a gRPC server with the given services registered, every
-// call logged with its secrets stripped.
-func NewServer(ids *Identity, cs csi.ControllerServer, ns csi.NodeServer) *grpc.Server {
+// NewServer returns a gRPC server with the given services registered (cs
+// and ns only if not nil), every call logged with its secrets stripped.
+// They are concrete pointers, not interfaces: a nil *Node in an interface
+// is not nil, and would be served, and panic at its first call.
+func NewServer(ids *Identity, cs *Controller, ns *Node) *grpc.Server {
 	s := grpc.NewServer(grpc.UnaryInterceptor(logCalls))
 	csi.RegisterIdentityServer(s, ids)
 	if cs != nil {
