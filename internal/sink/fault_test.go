@@ -122,8 +122,15 @@ func TestHalfDuplexArrivesComplete(t *testing.T) {
 	if st := r.s.Stats(); st.LagBytes != 0 {
 		t.Errorf("half duplex lag after everything was sent: %+v", st)
 	}
-	// The receiver stores all it was sent once the link closes.
+	// The receiver stores all it was sent once the link closes: wait until
+	// it has read the stream to its end (the connection is gone), since
+	// stopping it cuts what it has not read yet, as it must.
 	r.s.Close()
+	r.eventually("the receiver to read the stream to its end", func() bool {
+		r.rc.mu.Lock()
+		defer r.rc.mu.Unlock()
+		return len(r.rc.conns) == 0
+	})
 	r.s = nil
 	r.stopReceiver()
 	sameImage(t, "half-duplex mirror", r.mirror(), img)
