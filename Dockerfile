@@ -7,6 +7,7 @@ COPY go.mod go.sum ./
 RUN go mod download
 COPY cmd cmd
 COPY pkg pkg
+COPY internal internal
 RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o /jvol ./cmd/jvol
 
 FROM debian:bookworm-slim
