@@ -34,7 +34,7 @@ type OS struct {
 // set.
 func (o OS) withDefaults() OS {
 	if o.Frontend == nil {
-		o.Frontend = fuseloop.Opener
+		o.Frontend = fuseloop.Opener(fuseloop.Options{})
 	}
 	if o.Mounter == nil {
 		o.Mounter = mount.NewSafeFormatAndMount(mount.New(""), exec.New())

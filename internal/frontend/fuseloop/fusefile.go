@@ -2,7 +2,6 @@ package fuseloop
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"syscall"
 	"time"
@@ -12,18 +11,16 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/jvol-io/jvol/internal/frontend"
+	"github.com/jvol-io/jvol/internal/frontend/fuseconn"
 )
 
-// MaxRequest is the largest read or write the kernel sends.
-const MaxRequest = 1 << 20
-
-// mountFile mounts a file system at dir (an existing directory) whose only
+// mountGoFuse mounts, with go-fuse, a file system at dir (an existing directory) whose only
 // entry is the file name, serving dev, and returns once the kernel can use
 // it (fs.Mount waits for that). It mounts directly (mount(2), as root), not
 // through fusermount. The options are the ones measured to matter
 // (../shared/notes/frontend-performance.md): asynchronous direct I/O,
 // parallel direct writes, 1 MiB requests, no splice.
-func mountFile(dir, name string, dev frontend.Device) (*fuse.Server, error) {
+func mountGoFuse(dir, name string, dev frontend.Device) (server, error) {
 	root := &root{name: name, dev: dev}
 	zero := time.Duration(0)
 	srv, err := fs.Mount(dir, root, &fs.Options{
@@ -35,7 +32,7 @@ func mountFile(dir, name string, dev frontend.Device) (*fuse.Server, error) {
 			Name:              "jvol",
 			DirectMount:       true,
 			DirectMountStrict: true,
-			MaxWrite:          MaxRequest,
+			MaxWrite:          fuseconn.MaxRequest,
 			MaxBackground:     64,
 			DisableSplice:     true,
 			DisableXAttrs:     true,
@@ -112,7 +109,7 @@ func (f *file) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int6
 	}
 	n := min(int64(len(dest)), size-off)
 	if _, err := f.dev.ReadAt(dest[:n], off); err != nil {
-		return nil, errno(err)
+		return nil, fuseconn.Errno(err)
 	}
 	return fuse.ReadResultData(dest[:n]), 0
 }
@@ -120,14 +117,14 @@ func (f *file) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int6
 func (f *file) Write(ctx context.Context, fh fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
 	n, err := f.dev.WriteAt(data, off)
 	if err != nil {
-		return uint32(n), errno(err)
+		return uint32(n), fuseconn.Errno(err)
 	}
 	return uint32(n), 0
 }
 
 // Fsync is what a loop device's flush (and FUA) becomes.
 func (f *file) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) syscall.Errno {
-	return errno(f.dev.Flush(ctx))
+	return fuseconn.Errno(f.dev.Flush(ctx))
 }
 
 // Flush is close(2), not fsync(2): nothing to do.
@@ -146,24 +143,9 @@ func (f *file) Allocate(ctx context.Context, fh fs.FileHandle, off, size uint64,
 		if int64(off) >= end {
 			return 0
 		}
-		return errno(f.dev.Discard(int64(off), end-int64(off)))
+		return fuseconn.Errno(f.dev.Discard(int64(off), end-int64(off)))
 	case mode&^unix.FALLOC_FL_KEEP_SIZE == 0:
 		return 0 // the data image is sparse: nothing is reserved ahead
 	}
 	return syscall.EOPNOTSUPP
-}
-
-// errno maps an error to what the kernel is told; anything unknown is EIO.
-func errno(err error) syscall.Errno {
-	if err == nil {
-		return 0
-	}
-	var e syscall.Errno
-	switch {
-	case errors.As(err, &e):
-		return e
-	case errors.Is(err, context.Canceled):
-		return syscall.EINTR
-	}
-	return syscall.EIO
 }

@@ -10,46 +10,155 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
 	"github.com/jvol-io/jvol/internal/frontend"
+	"github.com/jvol-io/jvol/internal/frontend/fuseconn"
 	"github.com/jvol-io/jvol/internal/loop"
 )
 
 // FuseLoop is a volume exposed as a loop device.
 type FuseLoop struct {
-	srv       *fuse.Server
+	srv       server
 	mnt, file string
 	device    string
 }
 
+// server is what serves the FUSE file: jvol's own (fuseconn), or go-fuse.
+type server interface {
+	Unmount() error
+	Wait()
+}
+
 var _ frontend.Frontend = (*FuseLoop)(nil)
+
+// Options for Open.
+type Options struct {
+	// Conn is an open /dev/fuse to serve (a copy kept by another process
+	// keeps the connection alive if this one dies); nil: Open opens one.
+	Conn *os.File
+	// Resume takes over Conn, already mounted at mnt, initialised and with
+	// a loop device on its file, from a server that died or handed over.
+	Resume bool
+	// GoFuse serves with go-fuse instead of fuseconn (no resume), for
+	// comparison in benchmarks.
+	GoFuse bool
+}
 
 // Open mounts a FUSE file system at mnt whose file name serves dev, and
 // attaches a loop device to it. The caller must own mnt exclusively (hold
 // the volume's lock): whatever is mounted or attached there was left by a
-// process that died, and is cleared first.
-func Open(mnt, name string, dev frontend.Device) (*FuseLoop, error) {
-	file := filepath.Join(mnt, name)
-	if err := clearLeftovers(mnt, file); err != nil {
+// process that died, and is cleared first. With o.Resume it only serves
+// what is there.
+func Open(mnt, name string, dev frontend.Device, o Options) (*FuseLoop, error) {
+	fl := &FuseLoop{mnt: mnt, file: filepath.Join(mnt, name)}
+	if o.Resume {
+		return fl, fl.resume(name, dev, o.Conn)
+	}
+	if err := clearLeftovers(mnt, fl.file); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(mnt, 0o700); err != nil {
 		return nil, err
 	}
-	srv, err := mountFile(mnt, name, dev)
+	var err error
+	if o.GoFuse {
+		fl.srv, err = mountGoFuse(mnt, name, dev)
+	} else {
+		fl.srv, err = mountConn(mnt, name, dev, o.Conn)
+	}
 	if err != nil {
 		return nil, err
 	}
-	fl := &FuseLoop{srv: srv, mnt: mnt, file: file}
-	if fl.device, err = loop.Attach(file); err != nil {
+	if fl.device, err = loop.Attach(fl.file); err != nil {
 		fl.unmount()
 		return nil, err
 	}
 	return fl, nil
+}
+
+// mountConn mounts conn (a new one if nil) at mnt and answers its INIT.
+func mountConn(mnt, name string, dev frontend.Device, conn *os.File) (server, error) {
+	if conn == nil {
+		var err error
+		if conn, err = fuseconn.Open(); err != nil {
+			return nil, err
+		}
+		defer conn.Close() // the mount holds the connection; the server its own copy
+	}
+	if err := fuseconn.Mount(mnt, conn); err != nil {
+		return nil, err
+	}
+	srv, err := serve(mnt, name, dev, conn, fuseconn.Options{})
+	if err == nil {
+		err = fuseconn.NoPoll(filepath.Join(mnt, name))
+	}
+	if err != nil {
+		unix.Unmount(mnt, unix.MNT_DETACH)
+		return nil, err
+	}
+	return srv, nil
+}
+
+// resume serves conn, which is mounted at f.mnt with a loop device on
+// f.file.
+func (f *FuseLoop) resume(name string, dev frontend.Device, conn *os.File) error {
+	if conn == nil {
+		return errors.New("fuseloop: resuming needs the connection")
+	}
+	devs, err := loop.Backing(f.file)
+	if err != nil {
+		return err
+	}
+	if len(devs) != 1 {
+		return fmt.Errorf("fuseloop: resuming %s: want one loop device on it, found %q", f.file, devs)
+	}
+	f.device = devs[0]
+	f.srv, err = serve(f.mnt, name, dev, conn, fuseconn.Options{Resume: true})
+	return err
+}
+
+// connServer is a fuseconn server and its mount point.
+type connServer struct {
+	*fuseconn.Server
+	mnt  string
+	conn *os.File
+}
+
+func serve(mnt, name string, dev frontend.Device, conn *os.File, o fuseconn.Options) (server, error) {
+	// A copy of its own: the server's lifetime is not the caller's file's.
+	fd, err := unix.FcntlInt(conn.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	own := os.NewFile(uintptr(fd), conn.Name())
+	srv, err := fuseconn.Serve(own, name, dev, o)
+	if err != nil {
+		own.Close()
+		return nil, err
+	}
+	return &connServer{Server: srv, mnt: mnt, conn: own}, nil
+}
+
+// Unmount ends the connection: the workers see ENODEV.
+func (c *connServer) Unmount() error { return unix.Unmount(c.mnt, 0) }
+
+func (c *connServer) Wait() {
+	c.Server.Wait()
+	c.conn.Close()
+}
+
+// Stop stops answering requests, for a process about to exit and hand its
+// connection over (see fuseconn.Server.Stop); a go-fuse server cannot.
+func (f *FuseLoop) Stop() error {
+	cs, ok := f.srv.(*connServer)
+	if !ok {
+		return errors.New("fuseloop: a go-fuse server cannot hand over")
+	}
+	cs.Stop()
+	return nil
 }
 
 func (f *FuseLoop) Path() string { return f.device }
@@ -116,11 +225,13 @@ func clearLeftovers(mnt, file string) error {
 	return nil
 }
 
-// Opener is Open as a frontend.Opener.
-func Opener(mnt, name string, dev frontend.Device) (frontend.Frontend, error) {
-	fl, err := Open(mnt, name, dev)
-	if err != nil {
-		return nil, err
+// Opener returns Open with o as a frontend.Opener.
+func Opener(o Options) frontend.Opener {
+	return func(mnt, name string, dev frontend.Device) (frontend.Frontend, error) {
+		fl, err := Open(mnt, name, dev, o)
+		if err != nil {
+			return nil, err
+		}
+		return fl, nil
 	}
-	return fl, nil
 }
