@@ -41,6 +41,9 @@ type Options struct {
 	CommitInterval time.Duration
 	// Hold keeps the journal's records for a reader (see Config.Hold).
 	Hold bool
+	// Resume opens a volume whose block device outlived its server (see
+	// Config.Resume).
+	Resume Resume
 }
 
 var (
@@ -104,7 +107,7 @@ func (d *Dir) open(o Options) error {
 	case o.Size != 0 && o.Size < meta.Size:
 		return fmt.Errorf("%w: %d to %d", ErrShrink, meta.Size, o.Size)
 	}
-	cfg := Config{Journal: journal.Options{FIFOSize: meta.FIFOSize}, Hold: o.Hold}
+	cfg := Config{Journal: journal.Options{FIFOSize: meta.FIFOSize}, Hold: o.Hold, Resume: o.Resume}
 	if o.FIFOSize != 0 {
 		cfg.Journal.FIFOSize = o.FIFOSize
 	}

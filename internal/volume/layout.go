@@ -12,6 +12,7 @@ const (
 	FuseDir            = "fuse"             // the fuseloop frontend's FUSE mount (attach)
 	StatusFile         = "status.json"      // live figures of the attach process (attach; replaced once a second)
 	SinkFile           = "sink.json"        // sink settings for the next attach (attach; atomic replace)
+	SinkResyncFile     = "sink-resync"      // present: the sink needs a baseline copy (attach; empty, durable)
 	StageFile          = "csi.json"         // how the CSI node staged and published it (host; atomic replace)
 	SinkCredentialsDir = "sink-credentials" // keys of the sink's credentials Secret, a file each (reconciler)
 )
@@ -28,5 +29,6 @@ func (l Layout) Lock() string            { return l.join(LockFile) }
 func (l Layout) Fuse() string            { return l.join(FuseDir) }
 func (l Layout) Status() string          { return l.join(StatusFile) }
 func (l Layout) Sink() string            { return l.join(SinkFile) }
+func (l Layout) SinkResync() string      { return l.join(SinkResyncFile) }
 func (l Layout) Stage() string           { return l.join(StageFile) }
 func (l Layout) SinkCredentials() string { return l.join(SinkCredentialsDir) }

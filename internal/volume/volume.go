@@ -54,7 +54,32 @@ type Config struct {
 	// finds them, until the holder (the sink's sender) moves or drops the
 	// hold: records not yet sent or acknowledged survive a restart.
 	Hold bool
+	// Resume says whether, and how, the block device above outlived the
+	// process that served the volume before.
+	Resume Resume
 }
+
+// Resume says how the block device above a volume outlived the process
+// that served it (a keeper kept its FUSE connection): the data image holds
+// every write the kernel was told was done (direct I/O), and the file
+// system above caches them. So the journal's writes and discards are never
+// replayed into it (an older record would bring older data back): Open
+// applies only resizes.
+type Resume int
+
+const (
+	// NoResume: nothing survived; the journal is replayed.
+	NoResume Resume = iota
+	// ResumeClean: the server before closed the volume cleanly (a
+	// handover): the journal holds every write.
+	ResumeClean
+	// ResumeCrash: the server before died. Writes still in its memory
+	// FIFO are in the data image only, so Open syncs the data image and
+	// checkpoints after the journal's last record, dropping any hold: no
+	// later replay may put an older record over them, and the sink's
+	// stream has a gap (a baseline copy must follow).
+	ResumeCrash
+)
 
 // Volume is an open volume.
 type Volume struct {
@@ -108,8 +133,16 @@ func Open(data Data, jf vfs.File, size int64, cfg Config) (*Volume, journal.Reco
 	// Commit what was replayed, if anything was: nothing to sync otherwise.
 	st := j.Stats()
 	v.lastCkpt, v.ring = st.Checkpoint, st.RingSize
-	if cfg.Hold {
+	if cfg.Hold && cfg.Resume != ResumeCrash {
 		v.hold = hold{on: true, pos: st.Checkpoint, transid: st.CheckpointTransid}
+	}
+	if cfg.Resume == ResumeCrash {
+		// Even with nothing after the checkpoint: the writes the journal
+		// lost are made durable here.
+		if err := data.Sync(); err != nil {
+			j.Close()
+			return nil, rec, fmt.Errorf("volume: sync data image: %w", err)
+		}
 	}
 	if err := v.commit(); err != nil {
 		j.Close()
@@ -128,6 +161,9 @@ func (v *Volume) replay(_ uint64, r journal.Record) error {
 		return fmt.Errorf("volume: record %d is part of a multi-record transaction, which volumes do not write", r.Transid)
 	}
 	_, err := blockrec.Decode(r.Payload, uint64(v.size), func(op blockrec.Op) error {
+		if v.cfg.Resume != NoResume && op.Kind != blockrec.Resize {
+			return nil
+		}
 		switch op.Kind {
 		case blockrec.Write:
 			return v.writeData(op.Data, int64(op.Off))
