@@ -46,6 +46,12 @@ type SenderConfig struct {
 	// MinBackoff and MaxBackoff bound the wait between connection attempts
 	// (default 100ms and 30s), doubled after each failure.
 	MinBackoff, MaxBackoff time.Duration
+	// Resync says that the stream has a gap the ids do not show (the
+	// volume's server died with writes that never reached the journal):
+	// the receiver gets a baseline copy whatever it has. Resynced is
+	// called once it has the copy (acknowledged, in full duplex).
+	Resync   bool
+	Resynced func()
 }
 
 // ParseURL checks a sink URL and returns its scheme and address.
@@ -77,6 +83,8 @@ type Sender struct {
 	inBaseline bool
 	sentPos    uint64 // ring position sent up to
 	outOfSync  bool
+	resync     bool   // a baseline is due whatever the receiver has
+	resyncAt   uint64 // the id a baseline sent for it is consistent at
 	acked      uint64 // the last id the receiver has (or was sent, half duplex)
 	ackedPos   uint64 // ring position after it
 	lastAck    time.Time
@@ -110,7 +118,7 @@ func StartSender(v *volume.Volume, cfg SenderConfig) (*Sender, error) {
 	}
 	s := &Sender{
 		cfg: cfg, scheme: scheme, addr: addr, v: v, j: v.Journal(),
-		ackedCh: make(chan struct{}), done: make(chan struct{}),
+		ackedCh: make(chan struct{}), done: make(chan struct{}), resync: cfg.Resync, outOfSync: cfg.Resync,
 	}
 	s.ctx, s.stop = context.WithCancel(context.Background())
 	s.ackedPos, s.acked = v.Hold(s.dropped)
@@ -209,6 +217,12 @@ func (s *Sender) advance(pos, posID, id uint64) {
 	s.v.MoveHold(pos, posID)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.resync && s.resyncAt != 0 && id >= s.resyncAt {
+		s.resync = false
+		if s.cfg.Resynced != nil {
+			s.cfg.Resynced()
+		}
+	}
 	if id > s.acked || pos > s.ackedPos {
 		s.acked, s.ackedPos = max(s.acked, id), max(s.ackedPos, pos)
 		s.lastAck = time.Now()
@@ -325,11 +339,14 @@ func (s *Sender) session(ctx context.Context, oldest uint64) (bool, error) {
 	// pos is where sending starts and posID the id of the last record
 	// before it (what a hold there names); after is what the receiver has.
 	var pos, posID, after uint64
+	s.mu.Lock()
+	resync := s.resync
+	s.mu.Unlock()
 	if w.Mode == ModeResume {
 		// Resume only if the journal holds every record after After (out
 		// of sync, the sender held nothing until now).
 		pos, posID = s.v.Hold(s.dropped)
-		if posID > w.After {
+		if posID > w.After || resync {
 			w.Mode = ModeBaseline
 		}
 	}
@@ -345,7 +362,12 @@ func (s *Sender) session(ctx context.Context, oldest uint64) (bool, error) {
 			return true, fmt.Errorf("baseline: %w", err)
 		}
 		posID = after
-		s.set(func() { s.inBaseline, s.outOfSync, s.sentPos = false, false, pos })
+		s.set(func() {
+			s.inBaseline, s.outOfSync, s.sentPos = false, false, pos
+			if s.resync {
+				s.resyncAt = after
+			}
+		})
 		// The copy holds every record up to after: acknowledged (or sent)
 		// as such.
 		if s.cfg.Duplex == journal.Full {
