@@ -181,7 +181,8 @@ func (a *attached) stop(t *testing.T) {
 	}
 }
 
-// kill kills the attach process with SIGKILL.
+// kill kills the attach process with SIGKILL: with --keeper=false, the
+// process that serves the device (with a keeper, its server detaches).
 func (a *attached) kill(t *testing.T) {
 	t.Helper()
 	a.cmd.Process.Kill()
@@ -219,7 +220,7 @@ func TestKill9DuringWritesLosesNoAcknowledgedWrite(t *testing.T) {
 	rng := rand.New(rand.NewPCG(21, 22))
 	buf := vfs.AlignedBuffer(256 << 10)
 	for round := range 4 {
-		args := []string{"--dir", dir, "--commit-interval", "200ms"}
+		args := []string{"--dir", dir, "--commit-interval", "200ms", "--keeper=false"}
 		if round == 0 {
 			args = append(args, "--size", "64Mi", "--journal-size", "64Mi", "--fifo-size", "4Mi")
 		}
@@ -297,7 +298,7 @@ func TestAttachAfterKill9CleansUpItsMountedLeftovers(t *testing.T) {
 	requireRoot(t)
 	dir := filepath.Join(t.TempDir(), "vol")
 	mnt := filepath.Join(t.TempDir(), "mnt")
-	a := attach(t, "--dir", dir, "--size", "128Mi", "--fs", "ext4", "--mount", mnt)
+	a := attach(t, "--dir", dir, "--size", "128Mi", "--fs", "ext4", "--mount", mnt, "--keeper=false")
 	if err := os.WriteFile(filepath.Join(mnt, "kept"), []byte("synced"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -341,7 +342,7 @@ func TestAttachCleansUpWhatADeadMountNamespaceLeft(t *testing.T) {
 	t.Cleanup(func() { unix.Unmount(base, unix.MNT_DETACH) })
 	dir, mnt := filepath.Join(base, "vol"), filepath.Join(base, "mnt")
 	a := attachUnder(t, []string{"unshare", "--mount", "--propagation", "unchanged"},
-		"--dir", dir, "--size", "128Mi", "--fs", "ext4", "--mount", mnt)
+		"--dir", dir, "--size", "128Mi", "--fs", "ext4", "--mount", mnt, "--keeper=false")
 	if err := os.WriteFile(filepath.Join(mnt, "kept"), []byte("synced"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -488,7 +489,7 @@ func TestAttachThroughASymlinkCleansUpAfterKill9(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := filepath.Join(base, "link", "vol")
-	a := attach(t, "--dir", dir, "--size", "16Mi")
+	a := attach(t, "--dir", dir, "--size", "16Mi", "--keeper=false")
 	a.kill(t)
 	b := attach(t, "--dir", dir)
 	b.stop(t)

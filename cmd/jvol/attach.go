@@ -17,7 +17,9 @@ import (
 
 	"github.com/jvol-io/jvol/internal/attach"
 	"github.com/jvol-io/jvol/internal/journal"
+	"github.com/jvol-io/jvol/internal/keeper"
 	"github.com/jvol-io/jvol/internal/sizes"
+	"github.com/jvol-io/jvol/internal/volume"
 )
 
 // servingThreads is the least GOMAXPROCS the FUSE server gets: go-fuse
@@ -43,17 +45,41 @@ func attachCmd(ctx context.Context, args []string) error {
 	fs.StringVar(&so.CAFile, "sink-ca", "", "CA to check a tls:// receiver with (default: the system's)")
 	fs.StringVar(&so.CertFile, "sink-cert", "", "client certificate for a tls:// receiver")
 	fs.StringVar(&so.KeyFile, "sink-key", "", "its key")
+	keep := fs.Bool("keeper", true, "keep the FUSE connection in this process and serve it from a child process, restarted if it dies (SIGHUP: hand over to a new one of the binary on disk)")
+	server := fs.String("fuse", "jvol", "FUSE server: jvol, or go-fuse (for comparison; without a keeper)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *dir == "" {
 		return fmt.Errorf("attach needs --dir: %w", errUsage)
 	}
-	o := attach.Options{Dir: *dir, FS: *fsType, Mount: *mnt}
+	if *server != "jvol" && *server != "go-fuse" {
+		return fmt.Errorf("--fuse %q: want jvol or go-fuse: %w", *server, errUsage)
+	}
+	served, err := keeper.FromEnv()
+	if err != nil {
+		return err
+	}
+	if served == nil && *keep && *server == "jvol" {
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		return keeper.Run(exe, os.Args[1:])
+	}
+	o := attach.Options{Dir: *dir, FS: *fsType, Mount: *mnt, GoFuse: *server == "go-fuse"}
+	if served != nil {
+		o.Conn, o.Restarts = served.Conn, served.Restarts
+		switch served.Start {
+		case keeper.Handover:
+			o.Resume = volume.ResumeClean
+		case keeper.Crash:
+			o.Resume = volume.ResumeCrash
+		}
+	}
 	sinkSet := false
 	fs.Visit(func(f *flag.Flag) { sinkSet = sinkSet || f.Name == "sink" })
 	if sinkSet {
-		var err error
 		if so.Duplex, err = journal.ParseDuplex(*duplex); err != nil {
 			return err
 		}
@@ -70,15 +96,22 @@ func attachCmd(ctx context.Context, args []string) error {
 	// Signals after the first arrive here: a detach that finds the file
 	// system busy keeps the volume served until the next one.
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 	a, err := attach.Attach(o)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("device=%s\n", a.Device)
-	if a.MountPath != "" {
-		fmt.Printf("mount=%s\n", a.MountPath)
+	if o.Resume == volume.NoResume {
+		fmt.Printf("device=%s\n", a.Device)
+		if a.MountPath != "" {
+			fmt.Printf("mount=%s\n", a.MountPath)
+		}
+	} else {
+		klog.InfoS("Serving again", "dir", a.Dir(), "device", a.Device, "after", served.Start, "restarts", served.Restarts)
+	}
+	if served != nil {
+		served.Ready()
 	}
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
@@ -89,7 +122,11 @@ func attachCmd(ctx context.Context, args []string) error {
 		select {
 		case <-t.C:
 			continue
-		case <-sigs:
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				handover(a, served)
+				continue
+			}
 		}
 		klog.InfoS("Detaching", "dir", a.Dir(), "device", a.Device)
 		err := a.Detach()
@@ -125,4 +162,22 @@ func statusCmd(args []string) error {
 	}
 	s.WriteText(os.Stdout)
 	return nil
+}
+
+// handover stops serving and exits for the keeper's next server; without
+// a keeper, SIGHUP is ignored. A handover that fails exits too: the keeper
+// then starts the next server as after a crash.
+func handover(a *attach.Attachment, served *keeper.Served) {
+	if served == nil {
+		klog.InfoS("SIGHUP ignored: this attach has no keeper to hand over to", "dir", a.Dir())
+		return
+	}
+	klog.InfoS("Handing over", "dir", a.Dir(), "device", a.Device)
+	if err := a.Handover(); err != nil {
+		klog.ErrorS(err, "Handover", "dir", a.Dir())
+		klog.Flush()
+		os.Exit(1)
+	}
+	klog.Flush()
+	os.Exit(keeper.ExitHandedOver)
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/jvol-io/jvol/internal/frontend"
 	"github.com/jvol-io/jvol/internal/frontend/fuseloop"
 	"github.com/jvol-io/jvol/internal/sink"
+	"github.com/jvol-io/jvol/internal/vfs"
 	"github.com/jvol-io/jvol/internal/volume"
 )
 
@@ -34,8 +35,17 @@ type Options struct {
 	// removes them); if nil, the volume keeps the ones it has.
 	Sink *SinkOptions
 	// Frontend makes the block device; nil: fuseloop (a FUSE file with a
-	// loop device on it).
+	// loop device on it) serving Conn, or a connection of its own.
 	Frontend frontend.Opener
+	// Conn is the FUSE connection a keeper passed on (internal/keeper).
+	Conn *os.File
+	// Resume takes over the block device, its mounts and Conn from a
+	// server that handed over or died, instead of making them.
+	Resume volume.Resume
+	// GoFuse serves the FUSE file with go-fuse (for comparison).
+	GoFuse bool
+	// Restarts counts the servers before this one (the status shows it).
+	Restarts int
 }
 
 // Attachment is an attached volume.
@@ -47,6 +57,9 @@ type Attachment struct {
 	fe     frontend.Frontend
 	sink   *SinkOptions
 	sender *sink.Sender
+
+	pid      int // of the attach command: the keeper's, if it has one
+	restarts int
 }
 
 // Attach attaches the volume in o.Dir, creating it if needed.
@@ -66,6 +79,7 @@ func Attach(o Options) (*Attachment, error) {
 		return nil, err
 	}
 	o.Volume.Hold = so != nil
+	o.Volume.Resume = o.Resume
 	d, err := volume.OpenDir(dir, o.Volume)
 	if err != nil {
 		return nil, err
@@ -83,9 +97,12 @@ func Attach(o Options) (*Attachment, error) {
 		return nil, err
 	}
 	if o.Frontend == nil {
-		o.Frontend = fuseloop.Opener
+		o.Frontend = fuseloop.Opener(fuseloop.Options{Conn: o.Conn, Resume: o.Resume != volume.NoResume, GoFuse: o.GoFuse})
 	}
-	a := &Attachment{dir: d, sink: so}
+	a := &Attachment{dir: d, sink: so, pid: os.Getpid(), restarts: o.Restarts}
+	if o.Conn != nil {
+		a.pid = os.Getppid()
+	}
 	if err := a.attach(o); err != nil {
 		a.Detach()
 		return nil, err
@@ -105,12 +122,19 @@ func (a *Attachment) attach(o Options) error {
 		if err != nil {
 			return err
 		}
+		if cfg.Resync, cfg.Resynced, err = resyncMarker(a.dir.Path, o.Resume == volume.ResumeCrash); err != nil {
+			return err
+		}
 		if a.sender, err = sink.StartSender(a.dir.Volume, cfg); err != nil {
 			return err
 		}
 		klog.InfoS("Streaming the journal to a sink", "dir", a.dir.Path, "url", cfg.URL, "duplex", cfg.Duplex)
 	}
 	if o.FS == "" {
+		return nil
+	}
+	if o.Resume != volume.NoResume { // mounted by the first server
+		a.MountPath = o.Mount
 		return nil
 	}
 	if err := os.MkdirAll(o.Mount, 0o755); err != nil {
@@ -147,6 +171,49 @@ func (a *Attachment) Grow(ctx context.Context, size int64) error {
 
 // Attached reports whether the block device is still there.
 func (a *Attachment) Attached() bool { return a.fe != nil }
+
+// Handover stops serving the block device and closes the volume cleanly,
+// leaving the device, its mounts and the FUSE connection to the next
+// server (see internal/keeper): the process must exit right after. It
+// fails for a frontend that cannot hand over.
+func (a *Attachment) Handover() error {
+	h, ok := a.fe.(interface{ Stop() error })
+	if !ok {
+		return errors.New("attach: this frontend cannot hand over")
+	}
+	if err := h.Stop(); err != nil {
+		return err
+	}
+	if a.sender != nil {
+		a.sender.Close()
+		a.sender = nil
+	}
+	return a.dir.Close() // flushes and commits
+}
+
+// resyncMarker returns whether the sink needs a baseline copy, and what
+// to call once it has one. crash says that the server before died: the
+// writes still in its memory FIFO are missing from the stream, so the
+// marker is made, durably, before anything is sent.
+func resyncMarker(dir string, crash bool) (bool, func(), error) {
+	path := volume.Layout(dir).SinkResync()
+	if crash {
+		if err := vfs.WriteFileAtomic(vfs.OS, path, nil); err != nil {
+			return false, nil, err
+		}
+	}
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return false, nil, nil
+	} else if err != nil {
+		return false, nil, err
+	}
+	done := func() {
+		if err := os.Remove(path); err != nil {
+			klog.ErrorS(err, "Removing the sink's resync marker", "dir", dir)
+		}
+	}
+	return true, done, nil
+}
 
 // Detach unmounts the file system (if Attach mounted one), removes the
 // block device and closes the volume (a final flush and commit). If the file

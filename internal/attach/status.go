@@ -17,9 +17,14 @@ type Status struct {
 	Volume   string `json:"volume"`
 	Attached bool   `json:"attached"`
 	PID      int    `json:"pid,omitempty"`
-	Device   string `json:"device,omitempty"`
-	Mount    string `json:"mount,omitempty"`
-	Size     int64  `json:"size"`
+	// ServerPID is the process serving the device's requests now (PID is
+	// the attach command's, its keeper if it has one); ServerRestarts
+	// counts handovers and restarts of the server since the attach.
+	ServerPID      int    `json:"serverPid,omitempty"`
+	ServerRestarts int    `json:"serverRestarts"`
+	Device         string `json:"device,omitempty"`
+	Mount          string `json:"mount,omitempty"`
+	Size           int64  `json:"size"`
 
 	Transid           uint64 `json:"transid"`      // last assigned
 	AckedTransid      uint64 `json:"ackedTransid"` // last durable in the journal
@@ -65,7 +70,7 @@ func (a *Attachment) Status() Status {
 	s := a.dir.Volume.Stats()
 	j := s.Journal
 	st := Status{
-		Volume: a.Name(), Attached: true, PID: os.Getpid(), Device: a.Device, Mount: a.MountPath, Size: s.Size,
+		Volume: a.Name(), Attached: true, PID: a.pid, ServerPID: os.Getpid(), ServerRestarts: a.restarts, Device: a.Device, Mount: a.MountPath, Size: s.Size,
 		Transid: j.LastTransid, AckedTransid: j.AckedTransid, CheckpointTransid: j.CheckpointTransid,
 		BytesWritten: j.BytesWritten, Flushes: j.Flushes, Syncs: j.Syncs, Commits: s.Commits,
 		FIFOSize: j.FIFO.Size, FIFOUsed: j.FIFO.Used, FIFOStalls: j.FIFO.Stalls,
@@ -143,6 +148,7 @@ func (s Status) WriteText(w io.Writer) {
 			line("mount", s.Mount)
 		}
 		line("pid", s.PID)
+		line("server", fmt.Sprintf("pid %d, %d restarts", s.ServerPID, s.ServerRestarts))
 	}
 	line("size", s.Size)
 	line("transid", s.Transid)

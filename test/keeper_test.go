@@ -1,0 +1,169 @@
+package test
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/jvol-io/jvol/internal/vfs"
+)
+
+// serverStatus is what `jvol status --json` says of the server.
+type serverStatus struct {
+	ServerPID      int `json:"serverPid"`
+	ServerRestarts int `json:"serverRestarts"`
+}
+
+func readServerStatus(t *testing.T, dir string) serverStatus {
+	t.Helper()
+	out, err := exec.Command(jvolBin, "status", "--dir", dir, "--json").Output()
+	if err != nil {
+		t.Fatalf("jvol status: %v", err)
+	}
+	var s serverStatus
+	if err := json.Unmarshal(out, &s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// waitRestarts polls the published status (once a second) until the
+// server has restarted n times.
+func waitRestarts(t *testing.T, dir string, n int) serverStatus {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		s := readServerStatus(t, dir)
+		if s.ServerRestarts >= n {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("server restarts %d, want %d", s.ServerRestarts, n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestServerKillsAndHandoversFailNoWrite runs a verifying writer (direct
+// I/O, random 4 KiB writes, fsync batches) on `jvol attach` while the
+// server is killed with SIGKILL three times and handed over twice
+// (SIGHUP): no write may fail, and afterwards every block holds its last
+// completed write, fsynced or not, before and after a clean detach.
+func TestServerKillsAndHandoversFailNoWrite(t *testing.T) {
+	requireRoot(t)
+	const size, blk = 64 << 20, 4096
+	dir := filepath.Join(t.TempDir(), "vol")
+	a := attach(t, "--dir", dir, "--size", "64Mi", "--journal-size", "64Mi", "--commit-interval", "200ms")
+	f, err := os.OpenFile(a.device, os.O_RDWR|unix.O_DIRECT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := map[int64]uint64{} // block -> sequence number of its last completed write
+	progress := make(chan uint64, 1)
+	stop := make(chan struct{})
+	writerDone := make(chan error, 1)
+	var longest time.Duration
+	go func() {
+		rng := rand.New(rand.NewPCG(3, 4))
+		buf := vfs.AlignedBuffer(blk)
+		for seq := uint64(1); ; seq++ {
+			select {
+			case <-stop:
+				writerDone <- nil
+				return
+			default:
+			}
+			b := rng.Int64N(size / blk)
+			for k := 0; k < blk; k += 8 {
+				binary.LittleEndian.PutUint64(buf[k:], seq)
+			}
+			start := time.Now()
+			if _, err := f.WriteAt(buf, b*blk); err != nil {
+				writerDone <- err
+				return
+			}
+			if seq%8 == 0 {
+				if err := f.Sync(); err != nil {
+					writerDone <- err
+					return
+				}
+			}
+			longest = max(longest, time.Since(start))
+			last[b] = seq
+			select {
+			case progress <- seq:
+			default:
+			}
+		}
+	}()
+	// wait lets the writer complete a random number of writes.
+	rng := rand.New(rand.NewPCG(5, 6))
+	wait := func() {
+		var from uint64
+		for seq := range progress {
+			if from == 0 {
+				from = seq + 50 + rng.Uint64N(500)
+			}
+			if seq >= from {
+				return
+			}
+		}
+	}
+	events := []string{"kill", "hup", "kill", "kill", "hup"}
+	for i, ev := range events {
+		wait()
+		s := readServerStatus(t, dir)
+		if s.ServerRestarts != i {
+			t.Fatalf("before event %d: %d restarts", i, s.ServerRestarts)
+		}
+		if ev == "kill" {
+			syscall.Kill(s.ServerPID, syscall.SIGKILL)
+		} else {
+			a.cmd.Process.Signal(syscall.SIGHUP)
+		}
+		if n := waitRestarts(t, dir, i+1); n.ServerPID == s.ServerPID {
+			t.Fatalf("after a %s the server is still pid %d", ev, s.ServerPID)
+		}
+	}
+	wait()
+	close(stop)
+	if err := <-writerDone; err != nil {
+		t.Fatalf("a write failed: %v\n%s", err, a.stderr)
+	}
+	t.Logf("%d blocks written; the longest write (or write and fsync) took %v", len(last), longest)
+	check := func(dev *os.File) {
+		t.Helper()
+		buf := vfs.AlignedBuffer(blk)
+		for b, seq := range last {
+			if _, err := dev.ReadAt(buf, b*blk); err != nil {
+				t.Fatal(err)
+			}
+			for k := 0; k < blk; k += 8 {
+				if got := binary.LittleEndian.Uint64(buf[k:]); got != seq {
+					t.Fatalf("block %d holds write %d, want its last completed write %d", b, got, seq)
+				}
+			}
+		}
+	}
+	check(f)
+	f.Close()
+	a.stop(t)
+	leftovers(t, dir)
+	b := attach(t, "--dir", dir)
+	g, err := os.OpenFile(b.device, os.O_RDONLY|unix.O_DIRECT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(g)
+	g.Close()
+	b.stop(t)
+	leftovers(t, dir)
+}
