@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # fio, side by side and interleaved in one run, on the same file system:
 #   raw   a loop device (direct I/O, 4 KiB sectors) on a plain preallocated file
-#   jvol  a jvol volume attached with `jvol attach`
+#   jvol  a jvol volume attached with `jvol attach` (its own FUSE server)
+#   gofuse the same with `--fuse go-fuse`: the FUSE server jvol used before
 #   ext4j ext4 with data=journal and an external journal device (both loop
 #         devices on files), fio on a file inside it: the kernel's own
 #         data-journaling peer
-# and prints each workload's figure and the ratios jvol/raw and jvol/ext4j.
+# and prints each workload's figure and the ratios jvol/raw, jvol/ext4j and
+# jvol/gofuse.
 # The disk here is noisy: only ratios from one run mean anything.
 #
 # Usage: sudo hack/bench.sh [RUNTIME_SECONDS] (default 15 per job)
@@ -14,13 +16,14 @@ cd "$(dirname "$0")/.."
 runtime=${1:-15}
 size=2G
 work=$(mktemp -d /var/tmp/jvol-bench.XXXXXX)
-pid= raw= ext4dev= ext4jdev=
+pid= pid2= raw= ext4dev= ext4jdev=
 cleanup() {
   mountpoint -q "$work/ext4j" && umount "$work/ext4j"
   [ -n "$raw" ] && losetup -d "$raw"
   [ -n "$ext4dev" ] && losetup -d "$ext4dev"
   [ -n "$ext4jdev" ] && losetup -d "$ext4jdev"
   [ -n "$pid" ] && kill -TERM "$pid" && wait "$pid" || true
+  [ -n "$pid2" ] && kill -TERM "$pid2" && wait "$pid2" || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -31,13 +34,17 @@ raw=$(losetup --find --show --direct-io=on --sector-size 4096 "$work/raw.img")
 
 # jvol: journal at its default (10% of the size); the sequential write job
 # writes the whole device, past the journal's size.
-exec 3< <(exec bin/jvol attach --dir "$work/vol" --size "${size%G}Gi" 2>"$work/jvol.log")
-pid=$!
-jvol=
-while IFS= read -r -u 3 line; do # its ready line; end of file if it died
-  [[ $line == device=* ]] && { jvol=${line#device=}; break; }
-done
-[ -n "$jvol" ] || { cat "$work/jvol.log"; exit 1; }
+attach() { # attach FD DIR ARGS... -> sets dev and apid
+  local fd=$1 dir=$2; shift 2
+  eval "exec $fd< <(exec bin/jvol attach --dir \"\$dir\" --size ${size%G}Gi \"\$@\" 2>\"\$dir.log\")"
+  apid=$! dev=
+  while IFS= read -r -u "$fd" line; do # its ready line; end of file if it died
+    [[ $line == device=* ]] && { dev=${line#device=}; break; }
+  done
+  [ -n "$dev" ] || { cat "$dir.log"; exit 1; }
+}
+attach 3 "$work/vol"; jvol=$dev pid=$apid
+attach 4 "$work/vol2" --fuse go-fuse; gofuse=$dev pid2=$apid
 
 # ext4 data=journal with an external 256 MiB journal device.
 fallocate -l 3G "$work/ext4.img"
@@ -74,15 +81,16 @@ print(f'{d["bw_bytes"]/1e6:.0f}' if "--bs=1M" in sys.argv[2] else f'{d["iops"]:.
 PY
 }
 
-printf '%-20s %10s %10s %10s %9s %11s\n' workload raw jvol ext4j jvol/raw jvol/ext4j
+printf '%-20s %10s %10s %10s %10s %9s %11s %12s\n' workload raw jvol gofuse ext4j jvol/raw jvol/ext4j jvol/gofuse
 for job in "${jobs[@]}"; do
   name=${job%%:*} opts=${job#*:}
   r=$(run raw "$raw" "$opts")
   j=$(run jvol "$jvol" "$opts")
+  g=$(run gofuse "$gofuse" "$opts")
   e=$(run ext4j "$work/ext4j/file" "$opts")
   unit=IOPS; [[ $opts == *--bs=1M* ]] && unit=MB/s
-  printf '%-20s %10s %10s %10s %9.2f %11.2f  (%s)\n' "$name" "$r" "$j" "$e" \
-    "$(echo "$j / $r" | bc -l)" "$(echo "$j / $e" | bc -l)" "$unit"
+  printf '%-20s %10s %10s %10s %10s %9.2f %11.2f %12.2f  (%s)\n' "$name" "$r" "$j" "$g" "$e" \
+    "$(echo "$j / $r" | bc -l)" "$(echo "$j / $e" | bc -l)" "$(echo "$j / $g" | bc -l)" "$unit"
 done
 echo
 bin/jvol status --dir "$work/vol" | grep -E 'stalls|commits|flushes'
