@@ -50,6 +50,16 @@ step "live figures (jvol status)"
 sleep 1.2 # the status file is published every second
 "$jvol" status --dir "$work/vol"
 
+step "kill -9 the process serving the device in the middle of a write: the write waits, another server resumes"
+dd if=/dev/urandom of="$work/mnt/big2" bs=1M count=128 conv=fsync status=none &
+dd=$!
+server=$("$jvol" status --dir "$work/vol" --json | sed -n 's/.*"serverPid": \([0-9]*\).*/\1/p')
+kill -9 "$server" && echo "killed server pid $server"
+wait "$dd" && echo "the write completed without an error"
+(cd "$work/mnt" && sha256sum big2) >>"$work/sums"
+sleep 1.2 # the new server publishes its status within a second
+"$jvol" status --dir "$work/vol" | grep -E '^(pid|server):'
+
 step "detach (SIGTERM): flush, commit, unmount, free the loop device"
 detach
 losetup -a | grep -F "$work" || echo "no loop device left"
