@@ -17,11 +17,13 @@ const usage = `usage: jvol COMMAND [flags]
 
 commands:
   attach --dir DIR [--name NAME] [--size SIZE] [--journal-size SIZE] [--fifo-size SIZE]
-         [--commit-interval DUR] [--fs ext4|xfs --mount PATH]
+         [--commit-interval DUR] [--fs ext4|xfs --mount PATH] [--keeper=false] [--fuse go-fuse]
          [--sink tcp://HOST:PORT|tls://HOST:PORT [--duplex half|full] [--sink-token-file F]
           [--sink-ca F] [--sink-cert F --sink-key F]]
                              create (if needed), recover and serve the volume in DIR as a
                              loop device until SIGINT/SIGTERM; prints device=/dev/loopN.
+                             The server runs as a child that is restarted if it dies;
+                             SIGHUP hands over to a new one of the binary on disk
                              With --sink, the journal is also streamed to a receiver
                              (kept for the next attach; --sink "" removes it)
   sink --listen ADDR --dir DIR [--tls-cert F --tls-key F [--client-ca F]] [--token-file F]
