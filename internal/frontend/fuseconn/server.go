@@ -86,7 +86,9 @@ type worker struct {
 	out  [outHeaderSize + 128]byte
 	iov  [2]unix.Iovec
 	in   []byte // a request: header, arguments and write data
-	data []byte // read data, block-aligned for the data image's direct I/O
+	// data is where read data goes: in past its first block (a READ
+	// request fits there), block-aligned for the data image's direct I/O.
+	data []byte
 }
 
 const (
@@ -94,11 +96,12 @@ const (
 	outHeaderSize = int(unsafe.Sizeof(fuse.OutHeader{}))
 	// bufSize is what a read of the device needs: the largest write and
 	// its header (the kernel refuses smaller buffers).
-	bufSize = MaxRequest + 4096
+	bufSize = MaxRequest + vfs.BlockSize
 )
 
 func newWorker() *worker {
-	return &worker{in: make([]byte, bufSize), data: vfs.AlignedBuffer(MaxRequest)}
+	in := vfs.AlignedBuffer(bufSize)
+	return &worker{in: in, data: in[vfs.BlockSize:]}
 }
 
 func (s *Server) work() {
