@@ -83,9 +83,9 @@ func (s *Server) Wait() { s.done.Wait() }
 type worker struct {
 	// out is the reply header and its fixed-size arguments (at most an
 	// EntryOut); first in the struct, so 8-byte aligned.
-	out  [outHeaderSize + 128]byte
-	iov  [2]unix.Iovec
-	in   []byte // a request: header, arguments and write data
+	out [outHeaderSize + 128]byte
+	iov [2]unix.Iovec
+	in  []byte // a request: header, arguments and write data
 	// data is where read data goes: in past its first block (a READ
 	// request fits there), block-aligned for the data image's direct I/O.
 	data []byte
