@@ -11,6 +11,8 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
+
+	"github.com/jvol-io/jvol/internal/frontend"
 )
 
 // Opcodes, from include/uapi/linux/fuse.h.
@@ -173,25 +175,31 @@ func (s *Server) write(w *worker, req []byte) (int, syscall.Errno) {
 	return int(unsafe.Sizeof(*out)), 0
 }
 
-// fallocate takes the punch-hole a loop device's discard becomes; plain
-// allocation within the file is a no-op (the volume's space is its own).
+// fallocate answers FALLOCATE (see Fallocate).
 func (s *Server) fallocate(req []byte) syscall.Errno {
 	in, ok := args[fuse.FallocateIn](req)
 	if !ok {
 		return syscall.EINVAL
 	}
-	size, off, end := s.dev.Size(), int64(in.Offset), int64(in.Offset+in.Length)
-	if end > size && in.Mode&unix.FALLOC_FL_KEEP_SIZE == 0 {
-		return syscall.ENOSPC // the file's size changes only through the volume
+	return Fallocate(s.dev, in.Offset, in.Length, in.Mode)
+}
+
+// Fallocate takes the punch-hole a loop device's discard becomes; plain
+// allocation within the file is a no-op (the volume's space is its own),
+// and the file's size changes only through the volume.
+func Fallocate(dev frontend.Device, off, length uint64, mode uint32) syscall.Errno {
+	size, start, end := dev.Size(), int64(off), int64(off+length)
+	if end > size && mode&unix.FALLOC_FL_KEEP_SIZE == 0 {
+		return syscall.ENOSPC
 	}
 	switch {
-	case in.Mode&(unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_ZERO_RANGE) != 0:
+	case mode&(unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_ZERO_RANGE) != 0:
 		end = min(end, size)
-		if off >= end {
+		if start >= end {
 			return 0
 		}
-		return Errno(s.dev.Discard(off, end-off))
-	case in.Mode&^unix.FALLOC_FL_KEEP_SIZE == 0:
+		return Errno(dev.Discard(start, end-start))
+	case mode&^unix.FALLOC_FL_KEEP_SIZE == 0:
 		return 0
 	}
 	return syscall.EOPNOTSUPP

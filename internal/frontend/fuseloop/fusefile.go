@@ -8,7 +8,6 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
-	"golang.org/x/sys/unix"
 
 	"github.com/jvol-io/jvol/internal/frontend"
 	"github.com/jvol-io/jvol/internal/frontend/fuseconn"
@@ -130,22 +129,7 @@ func (f *file) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) syscal
 // Flush is close(2), not fsync(2): nothing to do.
 func (f *file) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno { return 0 }
 
-// Allocate takes the punch-hole a loop device's discard becomes; plain
-// allocation within the file is a no-op (the volume's space is its own).
+// Allocate is fuseconn.Fallocate.
 func (f *file) Allocate(ctx context.Context, fh fs.FileHandle, off, size uint64, mode uint32) syscall.Errno {
-	devSize := f.dev.Size()
-	if int64(off+size) > devSize && mode&unix.FALLOC_FL_KEEP_SIZE == 0 {
-		return syscall.ENOSPC // the file's size changes only through the volume
-	}
-	switch {
-	case mode&unix.FALLOC_FL_PUNCH_HOLE != 0, mode&unix.FALLOC_FL_ZERO_RANGE != 0:
-		end := min(int64(off+size), devSize)
-		if int64(off) >= end {
-			return 0
-		}
-		return fuseconn.Errno(f.dev.Discard(int64(off), end-int64(off)))
-	case mode&^unix.FALLOC_FL_KEEP_SIZE == 0:
-		return 0 // the data image is sparse: nothing is reserved ahead
-	}
-	return syscall.EOPNOTSUPP
+	return fuseconn.Fallocate(f.dev, off, size, mode)
 }
