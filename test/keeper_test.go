@@ -3,6 +3,7 @@ package test
 import (
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -35,21 +36,14 @@ func readServerStatus(t *testing.T, dir string) serverStatus {
 	return s
 }
 
-// waitRestarts polls the published status (once a second) until the
-// server has restarted n times.
-func waitRestarts(t *testing.T, dir string, n int) serverStatus {
+// waitRestarts waits until the server that restarts makes the n-th says
+// it serves (it publishes its status before), and returns the status.
+func waitRestarts(t *testing.T, a *attached, dir string, n int) serverStatus {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		s := readServerStatus(t, dir)
-		if s.ServerRestarts >= n {
-			return s
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("server restarts %d, want %d", s.ServerRestarts, n)
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !a.stderr.waitFor(fmt.Sprintf("restarts=%d\n", n), 20*time.Second) {
+		t.Fatalf("no server served after restart %d:\n%s", n, a.stderr)
 	}
+	return readServerStatus(t, dir)
 }
 
 // TestServerKillsAndHandoversFailNoWrite runs a verifying writer (direct
@@ -129,8 +123,8 @@ func TestServerKillsAndHandoversFailNoWrite(t *testing.T) {
 		} else {
 			a.cmd.Process.Signal(syscall.SIGHUP)
 		}
-		if n := waitRestarts(t, dir, i+1); n.ServerPID == s.ServerPID {
-			t.Fatalf("after a %s the server is still pid %d", ev, s.ServerPID)
+		if n := waitRestarts(t, a, dir, i+1); n.ServerRestarts != i+1 || n.ServerPID == s.ServerPID {
+			t.Fatalf("after a %s: server pid %d, %d restarts (before: pid %d)", ev, n.ServerPID, n.ServerRestarts, s.ServerPID)
 		}
 	}
 	wait()

@@ -102,6 +102,12 @@ func attachCmd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	publish := func() {
+		if err := a.PublishStatus(); err != nil {
+			klog.ErrorS(err, "Publishing status", "dir", a.Dir())
+		}
+	}
+	publish() // before saying it serves: the status names this server
 	if o.Resume == volume.NoResume {
 		fmt.Printf("device=%s\n", a.Device)
 		if a.MountPath != "" {
@@ -116,11 +122,9 @@ func attachCmd(ctx context.Context, args []string) error {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
-		if err := a.PublishStatus(); err != nil {
-			klog.ErrorS(err, "Publishing status", "dir", a.Dir())
-		}
 		select {
 		case <-t.C:
+			publish()
 			continue
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
