@@ -29,9 +29,8 @@ import (
 // measured to matter in ../shared/notes/frontend-performance.md.
 const MaxRequest = 1 << 20
 
-// Open opens /dev/fuse: a new connection, not yet mounted. The file is in
-// blocking mode (the request loop reads it with blocking system calls) and
-// closed on exec unless passed on explicitly.
+// Open opens /dev/fuse: a new connection, not yet mounted. The file is
+// closed on exec unless passed on explicitly; Serve makes it non-blocking.
 func Open() (*os.File, error) {
 	fd, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {

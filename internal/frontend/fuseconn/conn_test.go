@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -121,6 +122,30 @@ func newHarness(t *testing.T) *harness {
 	t.Cleanup(func() { unix.Unmount(h.mnt, unix.MNT_DETACH) })
 	h.conn = conn
 	return h
+}
+
+// abort aborts the connection (fusectl): every request waiting on it fails.
+// It finds the connection in mountinfo: a stat of the mount would wait on
+// the connection itself.
+func (h *harness) abort() {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		h.t.Error(err)
+		return
+	}
+	var minor string
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 4 && f[4] == h.mnt {
+			minor = f[2][strings.IndexByte(f[2], ':')+1:] // major:minor
+		}
+	}
+	const ctl = "/sys/fs/fuse/connections"
+	if _, err := os.Stat(ctl + "/" + minor); err != nil {
+		unix.Mount("fusectl", ctl, "fusectl", 0, "")
+	}
+	if err := os.WriteFile(ctl+"/"+minor+"/abort", []byte("1"), 0); err != nil {
+		h.t.Error(err)
+	}
 }
 
 // start starts a server and waits until it serves; its output follows.
@@ -304,5 +329,71 @@ func TestResumedServerServesAnInitialisedConnection(t *testing.T) {
 	entries, err := os.ReadDir(h.mnt)
 	if err != nil || len(entries) != 1 || entries[0].Name() != fileName {
 		t.Fatalf("the directory lists %v, %v", entries, err)
+	}
+}
+
+// TestStoppedServerLeavesEveryRequestToTheNext: a server that Stop
+// returned for reads nothing more, so a second server in the same process
+// (as the node plugin hands a volume over while it lives on) gets every
+// later request with no resend. Were the first one's workers still waiting
+// in read(2), they would take requests and never answer them: the writes
+// below would hang.
+func TestStoppedServerLeavesEveryRequestToTheNext(t *testing.T) {
+	h := newHarness(t)
+	serve := func(o Options) (*Server, *fileDev) {
+		t.Helper()
+		backing, err := os.OpenFile(h.backing, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		log, err := os.CreateTemp(t.TempDir(), "log")
+		if err != nil {
+			t.Fatal(err)
+		}
+		fd, err := unix.Dup(int(h.conn.Fd())) // the same open file: reopening makes a new connection
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn := os.NewFile(uintptr(fd), "/dev/fuse")
+		t.Cleanup(func() { backing.Close(); log.Close(); conn.Close() })
+		dev := &fileDev{f: backing, log: log, blockAt: -1}
+		s, err := Serve(conn, fileName, dev, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s, dev
+	}
+	writes := func(d *fileDev) int {
+		b, err := os.ReadFile(d.log.Name())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return bytes.Count(b, []byte("\n"))
+	}
+	first, firstDev := serve(Options{Workers: 4})
+	h.write(0)
+	first.Stop()
+	second, secondDev := serve(Options{Resume: true, Workers: 4})
+	defer second.Stop()
+	// A write taken by a worker that never answers cannot be killed: if
+	// the writes hang, abort the connection, and they fail.
+	watchdog := time.AfterFunc(30*time.Second, func() { t.Error("writes hang"); h.abort() })
+	for i := 1; i <= 8; i++ {
+		if out, err := h.writeCmd(i).CombinedOutput(); err != nil {
+			t.Fatalf("writing block %d after the stop: %v: %s", i, err, out)
+		}
+	}
+	watchdog.Stop()
+	if a, b := writes(firstDev), writes(secondDev); a != 1 || b != 8 {
+		t.Fatalf("the stopped server wrote %d blocks, the next %d; want 1 and 8", a, b)
+	}
+	b, err := os.ReadFile(h.backing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i <= 8; i++ {
+		if !bytes.Equal(b[i*blk:(i+1)*blk], block(i)) {
+			t.Fatalf("block %d does not hold its write", i)
+		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -43,10 +44,12 @@ type Server struct {
 	name string
 	dev  frontend.Device
 
-	// serving is held shared while a request is handled; Stop takes it
-	// for good.
-	serving sync.RWMutex
-	done    sync.WaitGroup
+	// stop, an eventfd, is signalled once by Stop: every worker waits on
+	// it beside the connection, and returns.
+	stop     int
+	stopping atomic.Bool
+	done     sync.WaitGroup
+	mu       sync.Mutex // guards stop's closing
 }
 
 // Serve starts serving dev as the file name on conn, a mounted connection.
@@ -54,8 +57,19 @@ type Server struct {
 // is usable once Serve returns.
 func Serve(conn *os.File, name string, dev frontend.Device, o Options) (*Server, error) {
 	s := &Server{conn: conn, fd: int(conn.Fd()), name: name, dev: dev}
+	// Non-blocking, so that a worker waiting for a request can also wait
+	// for Stop. The flag is the open file's: every copy of it, in any
+	// process, shares it; every server of a connection waits this way.
+	if err := unix.SetNonblock(s.fd, true); err != nil {
+		return nil, err
+	}
+	var err error
+	if s.stop, err = unix.Eventfd(0, unix.EFD_CLOEXEC); err != nil {
+		return nil, err
+	}
 	if !o.Resume {
 		if err := s.init(); err != nil {
+			unix.Close(s.stop)
 			return nil, err
 		}
 	}
@@ -69,14 +83,33 @@ func Serve(conn *os.File, name string, dev frontend.Device, o Options) (*Server,
 	return s, nil
 }
 
-// Stop returns once no request is being handled, and none will be: the
-// requests read afterwards stay unanswered until the process exits and a
-// later server has them resent. It is for a process about to exit.
-func (s *Server) Stop() { s.serving.Lock() }
+// Stop returns once every worker has returned: each answers the request it
+// holds, and none reads another. Requests that come later wait in the
+// kernel for the next server of the connection, which needs no resend.
+func (s *Server) Stop() {
+	if !s.stopping.Swap(true) {
+		var one [8]byte
+		binary.NativeEndian.PutUint64(one[:], 1)
+		s.mu.Lock()
+		if s.stop >= 0 {
+			unix.Write(s.stop, one[:])
+		}
+		s.mu.Unlock()
+	}
+	s.Wait()
+}
 
 // Wait returns once the connection has ended (the file system was
-// unmounted) and every worker has returned.
-func (s *Server) Wait() { s.done.Wait() }
+// unmounted), or Stop was called, and every worker has returned.
+func (s *Server) Wait() {
+	s.done.Wait()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stop >= 0 {
+		unix.Close(s.stop)
+		s.stop = -1
+	}
+}
 
 // worker is one request at a time: its buffers are reused, so serving
 // allocates nothing.
@@ -107,28 +140,78 @@ func newWorker() *worker {
 func (s *Server) work() {
 	defer s.done.Done()
 	w := newWorker()
+	ep, err := s.waiter()
+	if err != nil {
+		klog.ErrorS(err, "Waiting on the FUSE device; this worker stops")
+		return
+	}
+	defer unix.Close(ep)
+	for !s.stopping.Load() {
+		n, err := s.next(w, ep)
+		if err != nil {
+			if !errors.Is(err, errStopped) && !errors.Is(err, unix.ENODEV) { // ENODEV: unmounted, or aborted
+				klog.ErrorS(err, "Reading the FUSE device; this worker stops")
+			}
+			return
+		}
+		s.handle(w, w.in[:n])
+	}
+}
+
+var errStopped = errors.New("fuse: server stopped")
+
+// waiter returns an epoll instance that wakes this worker when a request
+// may be read, or when Stop was called. The connection is registered
+// EPOLLEXCLUSIVE: one request wakes one idle worker, not all of them.
+func (s *Server) waiter() (int, error) {
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return -1, err
+	}
+	err = unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, s.fd, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: int32(s.fd)})
+	if err == nil {
+		err = unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, s.stop, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(s.stop)})
+	}
+	if err != nil {
+		unix.Close(ep)
+		return -1, fmt.Errorf("fuse: epoll: %w", err)
+	}
+	return ep, nil
+}
+
+// next reads the next request into w.in; while there is none, it waits on
+// ep. A busy connection costs one read per request, an idle one a read
+// that finds nothing and a wait.
+func (s *Server) next(w *worker, ep int) (int, error) {
+	var ev [2]unix.EpollEvent
 	for {
 		n, err := unix.Read(s.fd, w.in)
 		switch {
 		case err == nil:
-		case errors.Is(err, unix.EINTR), errors.Is(err, unix.ENOENT), errors.Is(err, unix.EAGAIN):
+			return n, nil
+		case errors.Is(err, unix.EINTR), errors.Is(err, unix.ENOENT):
 			continue // ENOENT: the request was interrupted before we read it
-		case errors.Is(err, unix.ENODEV): // unmounted, or the connection aborted
-			return
-		default:
-			klog.ErrorS(err, "Reading the FUSE device; this worker stops")
-			return
+		case !errors.Is(err, unix.EAGAIN):
+			return 0, err
 		}
-		s.serving.RLock()
-		s.handle(w, w.in[:n])
-		s.serving.RUnlock()
+		if s.stopping.Load() {
+			return 0, errStopped
+		}
+		if _, err := unix.EpollWait(ep, ev[:], -1); err != nil && !errors.Is(err, unix.EINTR) {
+			return 0, err
+		}
 	}
 }
 
 // init reads the kernel's INIT and answers it.
 func (s *Server) init() error {
 	w := newWorker()
-	n, err := unix.Read(s.fd, w.in)
+	ep, err := s.waiter()
+	if err != nil {
+		return err
+	}
+	defer unix.Close(ep)
+	n, err := s.next(w, ep)
 	if err != nil {
 		return fmt.Errorf("fuse: reading INIT: %w", err)
 	}
