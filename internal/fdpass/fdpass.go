@@ -1,0 +1,165 @@
+// Package fdpass carries messages and open files between processes of one
+// machine: the node plugin, its FUSE connection holder and its successor.
+// A message is one datagram of a SOCK_SEQPACKET unix socket, with at most
+// one file in its SCM_RIGHTS control data. Its bytes:
+//
+//	0..3  magic "JVFD"
+//	4     version, 1
+//	5     type, a byte the protocol using the package defines
+//	6..7  length N of the name, little endian, at most MaxName
+//	8..   the name (a volume id, or text the type defines), N bytes
+//
+// Anything else (another magic or version, a length that does not match
+// the datagram, two files) is refused, and a file that came with it is
+// closed.
+package fdpass
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	magic   = "JVFD"
+	version = 1
+	header  = 8
+	// MaxName bounds a message's name.
+	MaxName = 1024
+)
+
+// Msg is one message.
+type Msg struct {
+	Type byte
+	Name string
+	// File, if not nil, is sent with the message (the receiver gets its own
+	// copy of the open file); received files are the caller's to close.
+	File *os.File
+}
+
+// ErrBadMessage: a datagram that is not a message of this format.
+var ErrBadMessage = errors.New("fdpass: bad message")
+
+// Send sends m.
+func Send(c *net.UnixConn, m Msg) error {
+	if len(m.Name) > MaxName {
+		return fmt.Errorf("%w: name of %d bytes", ErrBadMessage, len(m.Name))
+	}
+	b := make([]byte, header+len(m.Name))
+	copy(b, magic)
+	b[4], b[5] = version, m.Type
+	binary.LittleEndian.PutUint16(b[6:], uint16(len(m.Name)))
+	copy(b[header:], m.Name)
+	var oob []byte
+	if m.File != nil {
+		oob = unix.UnixRights(int(m.File.Fd()))
+	}
+	_, _, err := c.WriteMsgUnix(b, oob, nil)
+	return err
+}
+
+// Recv receives a message; io.EOF once the peer is gone.
+func Recv(c *net.UnixConn) (Msg, error) {
+	b := make([]byte, header+MaxName+1)
+	oob := make([]byte, unix.CmsgSpace(2*4))
+	n, oobn, flags, _, err := c.ReadMsgUnix(b, oob)
+	if err != nil {
+		return Msg{}, err
+	}
+	files, ferr := files(oob[:oobn])
+	closeAll := func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}
+	if ferr != nil || flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 || len(files) > 1 {
+		closeAll()
+		return Msg{}, fmt.Errorf("%w: truncated, or more than one file (%v)", ErrBadMessage, ferr)
+	}
+	if n == 0 && len(files) == 0 {
+		return Msg{}, io.EOF // a zero-length datagram: the peer closed
+	}
+	if n < header || string(b[:4]) != magic || b[4] != version || int(binary.LittleEndian.Uint16(b[6:])) != n-header {
+		closeAll()
+		return Msg{}, fmt.Errorf("%w: %d bytes", ErrBadMessage, n)
+	}
+	m := Msg{Type: b[5], Name: string(b[header:n])}
+	if len(files) == 1 {
+		m.File = files[0]
+	}
+	return m, nil
+}
+
+func files(oob []byte) ([]*os.File, error) {
+	if len(oob) == 0 {
+		return nil, nil
+	}
+	cmsgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil, err
+	}
+	var fs []*os.File
+	for _, cm := range cmsgs {
+		fds, err := unix.ParseUnixRights(&cm)
+		if err != nil {
+			return fs, err
+		}
+		for _, fd := range fds {
+			unix.CloseOnExec(fd)
+			fs = append(fs, os.NewFile(uintptr(fd), "fdpass"))
+		}
+	}
+	return fs, nil
+}
+
+// Dial connects to the socket at path.
+func Dial(path string) (*net.UnixConn, error) {
+	return net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: path, Net: "unixpacket"})
+}
+
+// Listen listens at path (a stale socket there is replaced): see
+// ListenUnix.
+func Listen(path string) (*Listener, error) { return ListenUnix("unixpacket", path) }
+
+// Listener is a unix socket listener that, closed, removes its path only
+// while the path is still its socket: a successor that bound the same path
+// keeps its own.
+type Listener struct {
+	*net.UnixListener
+	path     string
+	dev, ino uint64
+}
+
+// ListenUnix listens on a unix socket of network ("unix" or "unixpacket")
+// at path, replacing whatever socket is there.
+func ListenUnix(network, path string) (*Listener, error) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	l, err := net.ListenUnix(network, &net.UnixAddr{Name: path, Net: network})
+	if err != nil {
+		return nil, err
+	}
+	l.SetUnlinkOnClose(false)
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return &Listener{UnixListener: l, path: path, dev: st.Dev, ino: st.Ino}, nil
+}
+
+// Close closes the listener and removes its path if it is still its socket.
+func (l *Listener) Close() error {
+	err := l.UnixListener.Close()
+	var st unix.Stat_t
+	if unix.Stat(l.path, &st) == nil && st.Dev == l.dev && st.Ino == l.ino {
+		os.Remove(l.path)
+	}
+	return err
+}
