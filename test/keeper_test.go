@@ -1,7 +1,6 @@
 package test
 
 import (
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -14,7 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/jvol-io/jvol/internal/vfs"
+	"github.com/jvol-io/jvol/internal/writecheck"
 )
 
 // serverStatus is what `jvol status --json` says of the server.
@@ -53,51 +52,17 @@ func waitRestarts(t *testing.T, a *attached, dir string, n int) serverStatus {
 // completed write, fsynced or not, before and after a clean detach.
 func TestServerKillsAndHandoversFailNoWrite(t *testing.T) {
 	requireRoot(t)
-	const size, blk = 64 << 20, 4096
+	const size = 64 << 20
 	dir := filepath.Join(t.TempDir(), "vol")
 	a := attach(t, "--dir", dir, "--size", "64Mi", "--journal-size", "64Mi", "--commit-interval", "200ms")
-	f, err := os.OpenFile(a.device, os.O_RDWR|unix.O_DIRECT, 0)
+	w, err := writecheck.Open(a.device, size)
 	if err != nil {
 		t.Fatal(err)
 	}
-	last := map[int64]uint64{} // block -> sequence number of its last completed write
 	progress := make(chan uint64, 1)
 	stop := make(chan struct{})
 	writerDone := make(chan error, 1)
-	var longest time.Duration
-	go func() {
-		rng := rand.New(rand.NewPCG(3, 4))
-		buf := vfs.AlignedBuffer(blk)
-		for seq := uint64(1); ; seq++ {
-			select {
-			case <-stop:
-				writerDone <- nil
-				return
-			default:
-			}
-			b := rng.Int64N(size / blk)
-			for k := 0; k < blk; k += 8 {
-				binary.LittleEndian.PutUint64(buf[k:], seq)
-			}
-			start := time.Now()
-			if _, err := f.WriteAt(buf, b*blk); err != nil {
-				writerDone <- err
-				return
-			}
-			if seq%8 == 0 {
-				if err := f.Sync(); err != nil {
-					writerDone <- err
-					return
-				}
-			}
-			longest = max(longest, time.Since(start))
-			last[b] = seq
-			select {
-			case progress <- seq:
-			default:
-			}
-		}
-	}()
+	go func() { writerDone <- w.Run(stop, 3, progress) }()
 	// wait lets the writer complete a random number of writes.
 	rng := rand.New(rand.NewPCG(5, 6))
 	wait := func() {
@@ -132,23 +97,11 @@ func TestServerKillsAndHandoversFailNoWrite(t *testing.T) {
 	if err := <-writerDone; err != nil {
 		t.Fatalf("a write failed: %v\n%s", err, a.stderr)
 	}
-	t.Logf("%d blocks written; the longest write (or write and fsync) took %v", len(last), longest)
-	check := func(dev *os.File) {
-		t.Helper()
-		buf := vfs.AlignedBuffer(blk)
-		for b, seq := range last {
-			if _, err := dev.ReadAt(buf, b*blk); err != nil {
-				t.Fatal(err)
-			}
-			for k := 0; k < blk; k += 8 {
-				if got := binary.LittleEndian.Uint64(buf[k:]); got != seq {
-					t.Fatalf("block %d holds write %d, want its last completed write %d", b, got, seq)
-				}
-			}
-		}
+	t.Logf("%d blocks written; the longest write (or write and fsync) took %v", w.Blocks(), w.Longest())
+	if err := w.Verify(); err != nil {
+		t.Fatal(err)
 	}
-	check(f)
-	f.Close()
+	w.Close()
 	a.stop(t)
 	leftovers(t, dir)
 	b := attach(t, "--dir", dir)
@@ -156,7 +109,9 @@ func TestServerKillsAndHandoversFailNoWrite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	check(g)
+	if err := w.VerifyFile(g); err != nil {
+		t.Fatal(err)
+	}
 	g.Close()
 	b.stop(t)
 	leftovers(t, dir)

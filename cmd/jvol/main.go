@@ -33,6 +33,9 @@ commands:
                              write a volume's image as a receiver keeps it, at that point
   status --dir DIR [--json]  the volume's figures, attached or not
   journal dump DIR-or-FILE   print the live records of a journal image, one per line
+  writecheck --path DEV --size SIZE
+                             a verifying writer (tests): random 4 KiB direct writes until
+                             SIGTERM, then every block read back; prints a JSON report
   journal demo [--dir DIR]   run the journal engine alone: writers, flushes, checkpoints,
                              live figures, then crash recovery
 
@@ -43,6 +46,8 @@ CSI driver (flags: jvol ROLE -h):
                              CSI Identity and Node; makes and serves this node's volumes
   standalone --endpoint unix://SOCK --node-id NAME --state-dir DIR
                              both, without Kubernetes: Journals kept in DIR/journals
+  holder --socket PATH       keep the node plugin's FUSE connections (the node pod's
+                             holder container): volumes outlive a plugin that dies
 Sizes take Ki, Mi, Gi or Ti.
 `
 
@@ -76,6 +81,10 @@ func run(ctx context.Context, args []string) error {
 		return restoreCmd(args[1:])
 	case "journal":
 		return journalCmd(ctx, args[1:])
+	case "holder":
+		return holderCmd(ctx, args[1:])
+	case "writecheck":
+		return writecheckCmd(ctx, args[1:])
 	case "controller", "node", "standalone":
 		return driverCmd(ctx, driver.Mode(args[0]), args[1:])
 	}
