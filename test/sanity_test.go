@@ -19,10 +19,10 @@ type standalone struct {
 
 // startStandalone runs `jvol standalone` on stateDir and waits until it
 // serves its CSI socket.
-func startStandalone(t *testing.T, stateDir, sock string) *standalone {
+func startStandalone(t *testing.T, stateDir, sock string, flags ...string) *standalone {
 	t.Helper()
 	s := &standalone{endpoint: "unix://" + sock, stderr: &syncBuffer{}}
-	s.cmd = exec.Command(jvolBin, "standalone", "--endpoint", s.endpoint, "--state-dir", stateDir, "--node-id", "node-1", "-v", "4")
+	s.cmd = exec.Command(jvolBin, append([]string{"standalone", "--endpoint", s.endpoint, "--state-dir", stateDir, "--node-id", "node-1", "-v", "4"}, flags...)...)
 	s.cmd.Stderr = s.stderr
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)

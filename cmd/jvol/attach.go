@@ -69,7 +69,7 @@ func attachCmd(ctx context.Context, args []string) error {
 	}
 	o := attach.Options{Dir: *dir, FS: *fsType, Mount: *mnt, GoFuse: *server == "go-fuse"}
 	if served != nil {
-		o.Conn, o.Restarts = served.Conn, served.Restarts
+		o.Conn, o.Restarts, o.PID = served.Conn, served.Restarts, os.Getppid()
 		switch served.Start {
 		case keeper.Handover:
 			o.Resume = volume.ResumeClean

@@ -46,6 +46,9 @@ type Options struct {
 	GoFuse bool
 	// Restarts counts the servers before this one (the status shows it).
 	Restarts int
+	// PID is the process the status names as the volume's (0: this one),
+	// such as a keeper's.
+	PID int
 }
 
 // Attachment is an attached volume.
@@ -99,9 +102,9 @@ func Attach(o Options) (*Attachment, error) {
 	if o.Frontend == nil {
 		o.Frontend = fuseloop.Opener(fuseloop.Options{Conn: o.Conn, Resume: o.Resume != volume.NoResume, GoFuse: o.GoFuse})
 	}
-	a := &Attachment{dir: d, sink: so, pid: os.Getpid(), restarts: o.Restarts}
-	if o.Conn != nil {
-		a.pid = os.Getppid()
+	a := &Attachment{dir: d, sink: so, pid: o.PID, restarts: o.Restarts}
+	if a.pid == 0 {
+		a.pid = os.Getpid()
 	}
 	if err := a.attach(o); err != nil {
 		a.Detach()

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strconv"
 	"sync/atomic"
@@ -22,9 +23,13 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/jvol-io/jvol/internal/catalog"
+	"github.com/jvol-io/jvol/internal/fdpass"
+	"github.com/jvol-io/jvol/internal/holder"
 	"github.com/jvol-io/jvol/internal/host"
 	"github.com/jvol-io/jvol/internal/reconciler"
 	"github.com/jvol-io/jvol/internal/registration"
+	"github.com/jvol-io/jvol/internal/succession"
+	"github.com/jvol-io/jvol/internal/volume"
 )
 
 // Mode is the role a driver process plays.
@@ -61,6 +66,17 @@ type Config struct {
 	Register         bool
 	KubeletDir       string
 	RegistrationPath string
+
+	// HolderSocket, if set, is where the FUSE connection holder listens
+	// (internal/holder): the volumes' connections outlive this process.
+	HolderSocket string
+	// SuccessionSocket, if set, is where a plugin hands its volumes to the
+	// next (internal/succession): this one takes them from the one before
+	// at start, and listens there for its own successor.
+	SuccessionSocket string
+	// SuccessionWait bounds how long a plugin told to stop waits for a
+	// successor to take its volumes.
+	SuccessionWait time.Duration
 }
 
 // Run serves the driver cfg describes until ctx ends, then stops it: the
@@ -76,6 +92,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Mode != ModeController && cfg.NodeID == "" {
 		return errors.New("driver: a node id is required")
 	}
+	parent := ctx // the caller's: a retired plugin waits for its end
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	var ready atomic.Bool
@@ -89,14 +106,68 @@ func Run(ctx context.Context, cfg Config) error {
 		errc       = make(chan error, 4)
 		background = func(f func() error) { go func() { errc <- f() }() }
 	)
+	var (
+		hc      *holder.Client
+		retired = make(chan struct{})
+	)
 	if cfg.Mode != ModeController {
 		changes := reconciler.NewChanges()
-		if volumes, err = host.New(host.Config{StateDir: cfg.StateDir, Changed: changes.Add, OS: cfg.OS}); err != nil {
+		hcfg := host.Config{StateDir: cfg.StateDir, Changed: changes.Add, OS: cfg.OS}
+		if cfg.HolderSocket != "" {
+			if hc, err = dialHolder(ctx, cfg.HolderSocket); err != nil {
+				return err
+			}
+			defer hc.Close()
+			if hc.Succeeded {
+				klog.InfoS("This pod's node plugin handed its volumes to a successor; idle until stopped")
+				<-ctx.Done()
+				return nil
+			}
+			hcfg.Holder = hc
+		}
+		if volumes, err = host.New(hcfg); err != nil {
 			return err
 		}
 		// Pods' volumes first: nothing else is ready until they are served.
+		// Those whose connections outlived the plugin before, then those
+		// a plugin still running hands over, then the rest anew.
+		if hc != nil {
+			if err := volumes.AdoptHeld(hc.Held); err != nil {
+				klog.ErrorS(err, "Some held connections could not be served again")
+			}
+			go keepHolder(ctx, cfg.HolderSocket, hc, volumes)
+		}
+		if cfg.SuccessionSocket != "" {
+			took := time.Now()
+			names, err := succession.Take(cfg.SuccessionSocket, func(name string, conn *os.File) error {
+				return volumes.Adopt(name, conn, volume.ResumeClean)
+			})
+			if err != nil {
+				klog.ErrorS(err, "Taking the volumes from the plugin before failed", "taken", len(names))
+			} else if len(names) > 0 {
+				klog.InfoS("Took the volumes over from the plugin before", "volumes", len(names), "took", time.Since(took))
+			}
+		}
 		if err := volumes.Restore(ctx); err != nil {
 			klog.ErrorS(err, "Some staged volumes could not be served again")
+		}
+		if cfg.SuccessionSocket != "" {
+			l, err := fdpass.Listen(cfg.SuccessionSocket)
+			if err != nil {
+				return err
+			}
+			go func() {
+				ok, err := succession.Serve(ctx, l, giver{volumes})
+				if err != nil {
+					klog.ErrorS(err, "Listening for a successor")
+				}
+				if ok {
+					if hc != nil {
+						hc.MarkSucceeded()
+					}
+					close(retired)
+				}
+			}()
 		}
 		var r *reconciler.Reconciler
 		if cfg.Mode == ModeNode {
@@ -148,7 +219,20 @@ func Run(ctx context.Context, cfg Config) error {
 	ready.Store(true)
 	select {
 	case <-ctx.Done():
+		// Told to stop. A successor may be on its way (the DaemonSet starts
+		// the next pod beside this one): it takes the volumes with no I/O
+		// error, which a stop would give.
+		if cfg.SuccessionSocket != "" && volumes.Served() > 0 {
+			klog.InfoS("Waiting for a successor to take the volumes", "volumes", volumes.Served(), "for", cfg.SuccessionWait)
+			select {
+			case <-retired:
+			case <-time.After(cfg.SuccessionWait):
+				klog.InfoS("No successor came; stopping")
+			}
+		}
 	case err = <-errc:
+	case <-retired:
+		klog.InfoS("The volumes are the successor's; stopping all but the process")
 	}
 	stop()
 	<-served // no CSI call is in flight when the volumes are committed
@@ -156,7 +240,56 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	// Volumes stay staged across a restart: commit them, leave them mounted.
-	return errors.Join(err, volumes.Sync(context.Background()))
+	err = errors.Join(err, volumes.Sync(context.Background()))
+	if volumes.Retired() && err == nil {
+		// Idle until stopped: a plugin that exits is restarted, and one
+		// that restarts would take the volumes back.
+		<-parent.Done()
+	}
+	return err
+}
+
+// dialHolder connects to the connection holder, which may start after the
+// plugin, in the same pod.
+func dialHolder(ctx context.Context, path string) (*holder.Client, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	return holder.Dial(ctx, path)
+}
+
+// keepHolder waits for the holder to die (the connections then live only
+// in this process), connects to its next instance and has it keep them.
+func keepHolder(ctx context.Context, path string, hc *holder.Client, volumes *host.Volumes) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hc.Done():
+		}
+		klog.ErrorS(nil, "The FUSE connection holder is gone: the volumes would not outlive this process; connecting to the next", "socket", path)
+		next, err := holder.Dial(ctx, path)
+		if err != nil {
+			klog.ErrorS(err, "No FUSE connection holder")
+			return
+		}
+		for _, f := range next.Held {
+			f.Close() // a new holder holds nothing: nothing to take over
+		}
+		volumes.SetHolder(next)
+		klog.InfoS("A FUSE connection holder keeps the volumes' connections again", "volumes", volumes.Served())
+		hc = next
+	}
+}
+
+// giver hands host volumes to a successor.
+type giver struct{ *host.Volumes }
+
+func (g giver) Adopt(name string, conn *os.File, clean bool) error {
+	how := volume.ResumeCrash
+	if clean {
+		how = volume.ResumeClean
+	}
+	return g.Volumes.Adopt(name, conn, how)
 }
 
 // serveHealth answers /healthz (the process is up) and /readyz (staged

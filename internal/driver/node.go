@@ -47,6 +47,8 @@ func nodeError(err error) error {
 		return nil
 	case errors.Is(err, host.ErrBadName), errors.Is(err, host.ErrNotFound):
 		return errorf(codes.NotFound, "%v", err)
+	case errors.Is(err, host.ErrRetired):
+		return errorf(codes.Unavailable, "%v", err)
 	case errors.Is(err, host.ErrConflict):
 		return errorf(codes.AlreadyExists, "%v", err)
 	case errors.Is(err, host.ErrNotStaged), errors.Is(err, host.ErrStaged), errors.Is(err, host.ErrPublished):
@@ -82,6 +84,11 @@ func (n *Node) lock(id string, mustExist bool) (func(), error) {
 		return nil, err
 	}
 	unlock := n.Volumes.Lock(id)
+	if n.Volumes.Retired() {
+		unlock()
+		done()
+		return nil, nodeError(host.ErrRetired)
+	}
 	if mustExist {
 		if err := n.exists(id); err != nil {
 			unlock()

@@ -14,6 +14,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
+
+	"github.com/jvol-io/jvol/internal/fdpass"
 )
 
 // DriverName is the CSI driver's name.
@@ -41,10 +43,13 @@ func Listen(endpoint string) (net.Listener, error) {
 		if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 			return nil, err
 		}
-		if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
+		// A successor binds the same path: closed, this one removes it
+		// only while it is still its own.
+		l, err := fdpass.ListenUnix("unix", path)
+		if err != nil {
 			return nil, err
 		}
-		return net.Listen("unix", path)
+		return l, nil
 	case "tcp":
 		return net.Listen("tcp", u.Host)
 	}

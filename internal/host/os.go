@@ -5,7 +5,6 @@ import (
 	"k8s.io/utils/exec"
 
 	"github.com/jvol-io/jvol/internal/frontend"
-	"github.com/jvol-io/jvol/internal/frontend/fuseloop"
 )
 
 // Mounter is what Volumes needs to mount file systems: mount-utils'
@@ -25,6 +24,8 @@ type Resizer interface {
 // and how file systems are made, mounted and grown. A zero field is the
 // real one; tests without root substitute fakes (hosttest).
 type OS struct {
+	// Frontend makes block devices; nil: attach's own (fuseloop), which
+	// can serve a connection this package opened, and resume one.
 	Frontend frontend.Opener
 	Mounter  Mounter
 	Resizer  Resizer
@@ -33,9 +34,6 @@ type OS struct {
 // withDefaults is o with the machine's implementation for every field not
 // set.
 func (o OS) withDefaults() OS {
-	if o.Frontend == nil {
-		o.Frontend = fuseloop.Opener(fuseloop.Options{})
-	}
 	if o.Mounter == nil {
 		o.Mounter = mount.NewSafeFormatAndMount(mount.New(""), exec.New())
 	}

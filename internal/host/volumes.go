@@ -23,6 +23,7 @@ import (
 	mount "k8s.io/mount-utils"
 
 	"github.com/jvol-io/jvol/internal/attach"
+	"github.com/jvol-io/jvol/internal/frontend/fuseconn"
 	"github.com/jvol-io/jvol/internal/vfs"
 	"github.com/jvol-io/jvol/internal/volume"
 )
@@ -35,7 +36,16 @@ var (
 	ErrPublished = errors.New("volume is still published")
 	// ErrConflict: staged or published already, with other parameters.
 	ErrConflict = errors.New("volume already staged or published differently")
+	// ErrRetired: this node plugin handed its volumes to a successor.
+	ErrRetired = errors.New("the node plugin handed its volumes to its successor")
 )
+
+// Holder keeps copies of the volumes' FUSE connections in another process
+// (internal/holder), so that the death of this one aborts none of them.
+type Holder interface {
+	Put(name string, conn *os.File) error
+	Drop(name string) error
+}
 
 // Stage is how a volume is staged and published.
 type Stage struct {
@@ -61,6 +71,9 @@ type Config struct {
 	Changed func(name string)
 	// OS is the machine's side; zero fields are the real ones.
 	OS OS
+	// Holder, if set, keeps a copy of every volume's FUSE connection,
+	// which this package then opens itself.
+	Holder Holder
 }
 
 // Volumes are the volumes of this node.
@@ -69,9 +82,12 @@ type Volumes struct {
 	changed func(name string)
 	os      OS
 
-	mu    sync.Mutex
-	locks map[string]*sync.Mutex
-	att   map[string]*attach.Attachment // staged volumes
+	mu      sync.Mutex
+	locks   map[string]*sync.Mutex
+	att     map[string]*attach.Attachment // staged volumes
+	conns   map[string]*os.File           // their FUSE connections, with a Holder
+	holder  Holder
+	retired bool
 }
 
 // New keeps volumes in cfg.StateDir/volumes.
@@ -90,6 +106,8 @@ func New(cfg Config) (*Volumes, error) {
 		os:      cfg.OS.withDefaults(),
 		locks:   map[string]*sync.Mutex{},
 		att:     map[string]*attach.Attachment{},
+		conns:   map[string]*os.File{},
+		holder:  cfg.Holder,
 	}, nil
 }
 
@@ -155,6 +173,9 @@ func (n *Volumes) Ensure(ctx context.Context, name string, o volume.Options, cre
 	if err := CheckName(name); err != nil {
 		return 0, err
 	}
+	if n.Retired() {
+		return 0, ErrRetired
+	}
 	if a := n.attached(name); a != nil {
 		if o.Size > a.Size() {
 			if err := a.Grow(ctx, o.Size); err != nil {
@@ -208,6 +229,9 @@ func withSettings(m volume.Meta, o volume.Options) volume.Meta {
 func (n *Volumes) Remove(name string) error {
 	if err := CheckName(name); err != nil {
 		return err
+	}
+	if n.Retired() {
+		return ErrRetired
 	}
 	if n.attached(name) != nil {
 		return fmt.Errorf("%w: %s", ErrStaged, name)
@@ -341,20 +365,168 @@ func (n *Volumes) StageVolume(name string, want Stage, so *attach.SinkOptions) e
 // stage attaches the volume with sink settings so (nil: the ones it has)
 // and mounts its file system.
 func (n *Volumes) stage(name string, st Stage, so *attach.SinkOptions) error {
-	a, err := attach.Attach(attach.Options{Dir: n.Path(name), Sink: so, Frontend: n.os.Frontend})
+	var conn *os.File
+	if n.holder != nil && n.os.Frontend == nil {
+		var err error
+		if conn, err = fuseconn.Open(); err != nil {
+			return err
+		}
+	}
+	a, err := attach.Attach(attach.Options{Dir: n.Path(name), Sink: so, Frontend: n.os.Frontend, Conn: conn})
 	if err != nil {
+		closeFile(conn)
 		return err
 	}
 	if !st.Block {
 		if err := n.os.Mounter.FormatAndMount(a.Device, st.StagingPath, st.FSType, st.MountFlags); err != nil {
+			closeFile(conn) // a detached connection: nothing to keep
 			return errors.Join(fmt.Errorf("%s on %s at %s: %w", st.FSType, a.Device, st.StagingPath, err), a.Detach())
 		}
 	}
+	n.served(name, a, conn)
+	return nil
+}
+
+func closeFile(f *os.File) {
+	if f != nil {
+		f.Close()
+	}
+}
+
+// served records a served volume and has the holder keep its connection.
+func (n *Volumes) served(name string, a *attach.Attachment, conn *os.File) {
 	n.mu.Lock()
 	n.att[name] = a
+	if conn != nil {
+		n.conns[name] = conn
+	}
 	n.mu.Unlock()
+	if conn != nil {
+		if err := n.holder.Put(name, conn); err != nil {
+			klog.ErrorS(err, "The holder cannot keep the volume's connection: it would not survive this process", "volume", name)
+		}
+	}
 	n.changed(name)
+}
+
+// Adopt serves a staged volume whose block device, mounts and FUSE
+// connection conn outlived the server before (how says whether that one
+// handed over or died). The caller holds no lock of the volume.
+func (n *Volumes) Adopt(name string, conn *os.File, how volume.Resume) error {
+	unlock := n.Lock(name)
+	defer unlock()
+	if !n.Recorded(name) {
+		return fmt.Errorf("%w: %s", ErrNotStaged, name)
+	}
+	if n.attached(name) != nil {
+		return fmt.Errorf("%w: %s is served already", ErrConflict, name)
+	}
+	a, err := attach.Attach(attach.Options{Dir: n.Path(name), Frontend: n.os.Frontend, Conn: conn, Resume: how})
+	if err != nil {
+		return err
+	}
+	n.served(name, a, conn)
 	return nil
+}
+
+// AdoptHeld adopts every connection in held (by volume) whose volume is
+// staged, after the death of the server before; it closes, and has the
+// holder drop, the others. It goes on past a volume that fails.
+func (n *Volumes) AdoptHeld(held map[string]*os.File) error {
+	var errs []error
+	for _, name := range keys(held) {
+		conn := held[name]
+		err := n.Adopt(name, conn, volume.ResumeCrash)
+		if err == nil {
+			klog.InfoS("Serving a volume again whose connection outlived its server", "volume", name)
+			continue
+		}
+		klog.ErrorS(err, "Could not serve a held connection again; dropping it", "volume", name)
+		errs = append(errs, fmt.Errorf("volume %s: %w", name, err))
+		conn.Close()
+		if n.holder != nil {
+			n.holder.Drop(name)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Retire makes every later call that would change a volume fail with
+// ErrRetired, and returns the volumes served now: they are to be handed
+// to a successor (Give).
+func (n *Volumes) Retire() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.retired = true
+	return keys(n.att)
+}
+
+// Unretire undoes Retire, after a successor that failed.
+func (n *Volumes) Unretire() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.retired = false
+}
+
+// Served returns the number of volumes served.
+func (n *Volumes) Served() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return len(n.att)
+}
+
+// Retired reports whether Retire was called.
+func (n *Volumes) Retired() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.retired
+}
+
+// Give stops serving a volume cleanly (its FIFO flushed and committed, its
+// sink stopped) and returns its FUSE connection, with the block device and
+// the mounts on it, for a successor to Adopt. If the successor does not,
+// Adopt it back.
+func (n *Volumes) Give(name string) (*os.File, error) {
+	unlock := n.Lock(name)
+	defer unlock()
+	n.mu.Lock()
+	a, conn := n.att[name], n.conns[name]
+	n.mu.Unlock()
+	if a == nil || conn == nil {
+		return nil, fmt.Errorf("%w: %s is not served with a connection of its own", ErrNotStaged, name)
+	}
+	if err := a.Handover(); err != nil {
+		return nil, err
+	}
+	n.mu.Lock()
+	delete(n.att, name)
+	delete(n.conns, name)
+	n.mu.Unlock()
+	return conn, nil
+}
+
+// Given tells the holder that a volume Give returned is the successor's.
+func (n *Volumes) Given(name string, conn *os.File) {
+	conn.Close()
+	if n.holder != nil {
+		if err := n.holder.Drop(name); err != nil {
+			klog.ErrorS(err, "The holder did not drop a volume given away", "volume", name)
+		}
+	}
+}
+
+// SetHolder replaces the holder (one that died and came back) and has it
+// keep every connection served now.
+func (n *Volumes) SetHolder(h Holder) {
+	n.mu.Lock()
+	n.holder = h
+	conns := maps.Clone(n.conns)
+	n.mu.Unlock()
+	for name, conn := range conns {
+		if err := h.Put(name, conn); err != nil {
+			klog.ErrorS(err, "The holder cannot keep the volume's connection", "volume", name)
+		}
+	}
 }
 
 // UnstageVolume undoes StageVolume. Unstaging a volume that is not staged
@@ -413,7 +585,15 @@ func (n *Volumes) unstage(name string, st Stage) error {
 		// for it would block every later stage, unstage and delete.
 		n.mu.Lock()
 		delete(n.att, name)
+		conn, holder := n.conns[name], n.holder
+		delete(n.conns, name)
 		n.mu.Unlock()
+		if conn != nil {
+			conn.Close()
+			if err := holder.Drop(name); err != nil {
+				klog.ErrorS(err, "The holder did not drop an unstaged volume", "volume", name)
+			}
+		}
 		n.changed(name)
 		return err
 	}

@@ -7,7 +7,7 @@ package registration
 import (
 	"context"
 	"fmt"
-	"net"
+	"github.com/jvol-io/jvol/internal/fdpass"
 	"os"
 	"path/filepath"
 
@@ -50,10 +50,9 @@ func serve(ctx context.Context, kubeletDir, driver, endpoint string, listening c
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return err
 	}
-	if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
-		return err
-	}
-	l, err := net.Listen("unix", path)
+	// Closed, the socket is removed only while it is still this one's: a
+	// successor's registration stays.
+	l, err := fdpass.ListenUnix("unix", path)
 	if err != nil {
 		return fmt.Errorf("registration: %w", err)
 	}
@@ -66,7 +65,6 @@ func serve(ctx context.Context, kubeletDir, driver, endpoint string, listening c
 	go func() {
 		<-ctx.Done()
 		s.Stop()
-		os.Remove(path)
 		close(stopped)
 	}()
 	err = s.Serve(l)

@@ -150,8 +150,9 @@ func (c *connServer) Wait() {
 	c.conn.Close()
 }
 
-// Stop stops answering requests, for a process about to exit and hand its
-// connection over (see fuseconn.Server.Stop); a go-fuse server cannot.
+// Stop stops serving: once it returns, no request is being handled or
+// read, and the connection, its mount and the loop device are left for
+// the next server (see fuseconn.Server.Stop); a go-fuse server cannot.
 func (f *FuseLoop) Stop() error {
 	cs, ok := f.srv.(*connServer)
 	if !ok {

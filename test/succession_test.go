@@ -1,0 +1,129 @@
+package test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	csi "github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/jvol-io/jvol/internal/writecheck"
+)
+
+// startHolder runs `jvol holder` at sock until the test ends.
+func startHolder(t *testing.T, sock string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(jvolBin, "holder", "--socket", sock)
+	out := &syncBuffer{}
+	cmd.Stderr = out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if !out.waitFor("Holding FUSE connections", time.Minute) {
+		t.Fatalf("jvol holder did not start:\n%s", out)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	return cmd
+}
+
+// TestPluginKillAndSuccessionFailNoWrite: a verifying writer (direct I/O,
+// random 4 KiB writes, fsync batches) on a published block volume of the
+// node plugin (standalone) while the plugin is killed with SIGKILL (its
+// holder keeps the FUSE connection; the restarted plugin serves it again),
+// and then a second plugin, with a holder of its own (a new pod), takes
+// the volume over from it (succession) and the first is stopped. No write
+// may fail, every block holds its last completed write, and the volume
+// unstages cleanly from the successor.
+func TestPluginKillAndSuccessionFailNoWrite(t *testing.T) {
+	requireRoot(t)
+	dir := t.TempDir()
+	state, sock := filepath.Join(dir, "state"), filepath.Join(dir, "csi.sock")
+	succession := filepath.Join(state, "succession.sock")
+	plugin := func(holderSock string) *standalone {
+		t.Helper()
+		return startStandalone(t, state, sock, "--holder-socket", holderSock, "--succession-socket", succession, "--succession-wait", "30s")
+	}
+	holderA := filepath.Join(dir, "a", "holder.sock")
+	startHolder(t, holderA)
+	s := plugin(holderA)
+	conn := dial(t, s.endpoint)
+	cs, ns := csi.NewControllerClient(conn), csi.NewNodeClient(conn)
+	ctx := context.Background()
+	r, err := cs.CreateVolume(ctx, &csi.CreateVolumeRequest{
+		Name: "pvc-live", VolumeCapabilities: []*csi.VolumeCapability{capability(true)},
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 64 << 20}, Parameters: map[string]string{"journalSize": "64Mi", "commitInterval": "1s"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, staging, target := r.GetVolume().GetVolumeId(), filepath.Join(dir, "staging"), filepath.Join(dir, "pods", "dev")
+	os.MkdirAll(staging, 0o750)
+	if _, err := ns.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: capability(true)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ns.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: capability(true)}); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+
+	w, err := writecheck.Open(target, 64<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	progress := make(chan uint64, 1)
+	stop := make(chan struct{})
+	writerDone := make(chan error, 1)
+	go func() { writerDone <- w.Run(stop, 7, progress) }()
+	wait := func() { // a few hundred more writes
+		from := <-progress + 300
+		for seq := range progress {
+			if seq >= from {
+				return
+			}
+		}
+	}
+
+	wait()
+	s.kill()
+	s = plugin(holderA)
+	if !s.stderr.waitFor("Serving a volume again whose connection outlived its server", time.Second) {
+		t.Fatalf("the restarted plugin did not take the held connection:\n%s", s.stderr)
+	}
+	wait()
+	holderB := filepath.Join(dir, "b", "holder.sock")
+	startHolder(t, holderB)
+	next := plugin(holderB)
+	defer next.stop(t)
+	if !next.stderr.waitFor("Took the volumes over from the plugin before", time.Second) {
+		t.Fatalf("the successor took nothing:\n%s", next.stderr)
+	}
+	wait()
+	s.stop(t) // retired: it exits at once, and leaves the volume alone
+	wait()
+	close(stop)
+	if err := <-writerDone; err != nil {
+		t.Fatalf("a write failed: %v", err)
+	}
+	t.Logf("%d writes to %d blocks; the longest write (or write and fsync) took %v", w.Writes(), w.Blocks(), w.Longest())
+	if err := w.Verify(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+
+	conn = dial(t, next.endpoint)
+	defer conn.Close()
+	cs, ns = csi.NewControllerClient(conn), csi.NewNodeClient(conn)
+	if _, err := ns.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ns.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id}); err != nil {
+		t.Fatal(err)
+	}
+	noMountsUnder(t, dir)
+}
