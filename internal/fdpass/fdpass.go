@@ -68,6 +68,9 @@ func Recv(c *net.UnixConn) (Msg, error) {
 	b := make([]byte, header+MaxName+1)
 	oob := make([]byte, unix.CmsgSpace(2*4))
 	n, oobn, flags, _, err := c.ReadMsgUnix(b, oob)
+	if errors.Is(err, io.EOF) {
+		return Msg{}, io.EOF
+	}
 	if err != nil {
 		return Msg{}, err
 	}
@@ -84,15 +87,23 @@ func Recv(c *net.UnixConn) (Msg, error) {
 	if n == 0 && len(files) == 0 {
 		return Msg{}, io.EOF // a zero-length datagram: the peer closed
 	}
-	if n < header || string(b[:4]) != magic || b[4] != version || int(binary.LittleEndian.Uint16(b[6:])) != n-header {
+	m, err := decode(b[:n])
+	if err != nil {
 		closeAll()
-		return Msg{}, fmt.Errorf("%w: %d bytes", ErrBadMessage, n)
+		return Msg{}, err
 	}
-	m := Msg{Type: b[5], Name: string(b[header:n])}
 	if len(files) == 1 {
 		m.File = files[0]
 	}
 	return m, nil
+}
+
+// decode decodes a datagram's bytes.
+func decode(b []byte) (Msg, error) {
+	if len(b) < header || string(b[:4]) != magic || b[4] != version || int(binary.LittleEndian.Uint16(b[6:])) != len(b)-header || len(b)-header > MaxName {
+		return Msg{}, fmt.Errorf("%w: %d bytes", ErrBadMessage, len(b))
+	}
+	return Msg{Type: b[5], Name: string(b[header:])}, nil
 }
 
 func files(oob []byte) ([]*os.File, error) {

@@ -54,11 +54,12 @@ const succeeded = "succeeded"
 
 // OwnerTimeout bounds how long a plugin that connects waits for the one
 // before it to be gone.
-var OwnerTimeout = 10 * time.Second
+const OwnerTimeout = 10 * time.Second
 
 // Holder keeps connections for one plugin at a time.
 type Holder struct {
-	resend func(*os.File) error
+	resend       func(*os.File) error
+	ownerTimeout time.Duration
 
 	mu        sync.Mutex
 	held      map[string]*os.File
@@ -68,7 +69,7 @@ type Holder struct {
 
 // New returns an empty holder.
 func New() *Holder {
-	return &Holder{resend: fuseconn.Resend, held: map[string]*os.File{}}
+	return &Holder{resend: fuseconn.Resend, ownerTimeout: OwnerTimeout, held: map[string]*os.File{}}
 }
 
 // Serve accepts plugins on l until ctx ends.
@@ -118,7 +119,7 @@ func (h *Holder) serve(c *net.UnixConn) {
 
 // own makes the caller the owner once the one before is gone.
 func (h *Holder) own() (chan struct{}, error) {
-	deadline := time.NewTimer(OwnerTimeout)
+	deadline := time.NewTimer(h.ownerTimeout)
 	defer deadline.Stop()
 	for {
 		h.mu.Lock()
@@ -133,7 +134,7 @@ func (h *Holder) own() (chan struct{}, error) {
 		select {
 		case <-prev:
 		case <-deadline.C:
-			return nil, fmt.Errorf("holder: another plugin still owns the connections after %v", OwnerTimeout)
+			return nil, fmt.Errorf("holder: another plugin still owns the connections after %v", h.ownerTimeout)
 		}
 	}
 }

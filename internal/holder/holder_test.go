@@ -1,0 +1,126 @@
+package holder
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jvol-io/jvol/internal/fdpass"
+)
+
+// rig is a holder on a socket, with resends recorded instead of written.
+type rig struct {
+	path string
+	mu   sync.Mutex
+	sent []string // names whose connections were resent, in order
+	h    *Holder
+}
+
+func newRig(t *testing.T, ownerTimeout time.Duration) *rig {
+	t.Helper()
+	r := &rig{path: filepath.Join(t.TempDir(), "holder.sock")}
+	r.h = New()
+	r.h.ownerTimeout = ownerTimeout
+	r.h.resend = func(f *os.File) error {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.sent = append(r.sent, f.Name())
+		return nil
+	}
+	l, err := fdpass.Listen(r.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.h.Serve(ctx, l); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return r
+}
+
+func (r *rig) dial(t *testing.T) *Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	c, err := Dial(ctx, r.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestAPluginGoneItsRequestsAreResentAndTheNextGetsTheConnections: the
+// resend comes only once the plugin that owned the connections is gone,
+// the next plugin gets what was kept (not what was dropped), and a plugin
+// that handed over is told so after a restart.
+func TestAPluginGoneItsRequestsAreResentAndTheNextGetsTheConnections(t *testing.T) {
+	r := newRig(t, OwnerTimeout)
+	a := r.dial(t)
+	if len(a.Held) != 0 || a.Succeeded {
+		t.Fatalf("a new holder holds %v, succeeded %v", a.Held, a.Succeeded)
+	}
+	for _, name := range []string{"pvc-a", "pvc-b"} {
+		rd, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		rd.Close()
+		if err := a.Put(name, w); err != nil {
+			t.Fatal(err)
+		}
+		w.Close()
+	}
+	if err := a.Drop("pvc-b"); err != nil {
+		t.Fatal(err)
+	}
+	// The next plugin waits for the owner to be gone: only then, and
+	// after the resend, does it get the connections.
+	next := make(chan *Client)
+	go func() { next <- r.dial(t) }()
+	r.mu.Lock()
+	if len(r.sent) != 0 {
+		t.Errorf("resent %v while the owner lives", r.sent)
+	}
+	r.mu.Unlock()
+	a.Close()
+	b := <-next
+	r.mu.Lock()
+	if len(r.sent) != 1 {
+		t.Errorf("resent %d connections, want the one kept", len(r.sent))
+	}
+	r.mu.Unlock()
+	if len(b.Held) != 1 || b.Held["pvc-a"] == nil {
+		t.Fatalf("the next plugin got %v, want pvc-a only", b.Held)
+	}
+	for _, f := range b.Held {
+		f.Close()
+	}
+	if err := b.MarkSucceeded(); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	c := r.dial(t)
+	defer c.Close()
+	if !c.Succeeded {
+		t.Fatal("a restarted plugin of a pod that handed over is not told so")
+	}
+}
+
+// TestASecondPluginIsRefusedWhileTheFirstLives: two plugins never own the
+// connections at once.
+func TestASecondPluginIsRefusedWhileTheFirstLives(t *testing.T) {
+	r := newRig(t, 100*time.Millisecond)
+	a := r.dial(t)
+	defer a.Close()
+	c, err := fdpass.Dial(r.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := receive(c); err == nil {
+		t.Fatal("a second plugin was given the connections")
+	}
+}
