@@ -9,11 +9,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -313,8 +315,25 @@ func serveHealth(ctx context.Context, addr string, ready *atomic.Bool) {
 		s.Close()
 	}()
 	go func() {
-		if err := s.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			klog.ErrorS(err, "Health endpoint failed", "addr", addr)
+		// The plugin before (same host network, during a succession) may
+		// hold the port until it hands over: try again until it is free.
+		for {
+			l, err := net.Listen("tcp", addr)
+			if err == nil {
+				err = s.Serve(l)
+			}
+			if err == nil || errors.Is(err, http.ErrServerClosed) || ctx.Err() != nil {
+				return
+			}
+			if !errors.Is(err, syscall.EADDRINUSE) {
+				klog.ErrorS(err, "Health endpoint failed", "addr", addr)
+				return
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second): // a back-off, while the port is taken
+			}
 		}
 	}()
 }
