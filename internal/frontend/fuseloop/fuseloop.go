@@ -108,16 +108,24 @@ func (f *FuseLoop) resume(name string, dev frontend.Device, conn *os.File) error
 	if conn == nil {
 		return errors.New("fuseloop: resuming needs the connection")
 	}
-	devs, err := loop.Backing(f.file)
-	if err != nil {
+	// Serve first: finding the loop device may ask the kernel for its
+	// file's attributes (LOOP_GET_STATUS64), which is a request on this
+	// very connection.
+	var err error
+	if f.srv, err = serve(f.mnt, name, dev, conn, fuseconn.Options{Resume: true}); err != nil {
 		return err
 	}
-	if len(devs) != 1 {
-		return fmt.Errorf("fuseloop: resuming %s: want one loop device on it, found %q", f.file, devs)
+	devs, err := loop.Backing(f.file)
+	if err == nil && len(devs) != 1 {
+		err = fmt.Errorf("fuseloop: resuming %s: want one loop device on it, found %q", f.file, devs)
+	}
+	if err != nil {
+		f.Stop()
+		f.srv.Wait()
+		return err
 	}
 	f.device = devs[0]
-	f.srv, err = serve(f.mnt, name, dev, conn, fuseconn.Options{Resume: true})
-	return err
+	return nil
 }
 
 // connServer is a fuseconn server and its mount point.
