@@ -44,7 +44,9 @@ func TestPluginKillAndSuccessionFailNoWrite(t *testing.T) {
 	succession := filepath.Join(state, "succession.sock")
 	plugin := func(holderSock string) *standalone {
 		t.Helper()
-		return startStandalone(t, state, sock, "--holder-socket", holderSock, "--succession-socket", succession, "--succession-wait", "30s")
+		s := startStandalone(t, state, sock, "--holder-socket", holderSock, "--succession-socket", succession, "--succession-wait", "30s")
+		t.Cleanup(func() { s.cmd.Process.Kill() }) // if the test stops early
+		return s
 	}
 	holderA := filepath.Join(dir, "a", "holder.sock")
 	startHolder(t, holderA)
