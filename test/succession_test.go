@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -33,8 +34,9 @@ func startHolder(t *testing.T, sock string) *exec.Cmd {
 // random 4 KiB writes, fsync batches) on a published block volume of the
 // node plugin (standalone) while the plugin is killed with SIGKILL (its
 // holder keeps the FUSE connection; the restarted plugin serves it again),
-// and then a second plugin, with a holder of its own (a new pod), takes
-// the volume over from it (succession) and the first is stopped. No write
+// and then, told to stop (as a deleted pod's), it serves on until a second
+// plugin with a holder of its own (a new pod) takes the volume over from
+// it (succession), and exits. No write
 // may fail, every block holds its last completed write, and the volume
 // unstages cleanly from the successor.
 func TestPluginKillAndSuccessionFailNoWrite(t *testing.T) {
@@ -95,6 +97,13 @@ func TestPluginKillAndSuccessionFailNoWrite(t *testing.T) {
 		t.Fatalf("the restarted plugin did not take the held connection:\n%s", s.stderr)
 	}
 	wait()
+	// As a deleted pod's: told to stop, the plugin serves on and waits for
+	// its successor.
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	if !s.stderr.waitFor("Waiting for a successor", time.Minute) {
+		t.Fatalf("the plugin did not wait for a successor:\n%s", s.stderr)
+	}
+	wait()
 	holderB := filepath.Join(dir, "b", "holder.sock")
 	startHolder(t, holderB)
 	next := plugin(holderB)
@@ -103,7 +112,9 @@ func TestPluginKillAndSuccessionFailNoWrite(t *testing.T) {
 		t.Fatalf("the successor took nothing:\n%s", next.stderr)
 	}
 	wait()
-	s.stop(t) // retired: it exits at once, and leaves the volume alone
+	if err := s.cmd.Wait(); err != nil { // retired, it exits and leaves the volume alone
+		t.Errorf("the plugin before: %v\n%s", err, s.stderr)
+	}
 	wait()
 	close(stop)
 	if err := <-writerDone; err != nil {

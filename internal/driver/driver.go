@@ -94,8 +94,20 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Mode != ModeController && cfg.NodeID == "" {
 		return errors.New("driver: a node id is required")
 	}
-	parent := ctx // the caller's: a retired plugin waits for its end
-	ctx, stop := context.WithCancel(ctx)
+	// parent's end is the request to stop; what serves runs until stop(),
+	// which may come later: a node plugin told to stop serves on while it
+	// waits for a successor.
+	parent := ctx
+	ctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	go func() {
+		select {
+		case <-parent.Done():
+			if cfg.SuccessionSocket == "" {
+				stop()
+			}
+		case <-ctx.Done():
+		}
+	}()
 	defer stop()
 	var ready atomic.Bool
 	serveHealth(ctx, cfg.HealthAddr, &ready)
@@ -122,7 +134,7 @@ func Run(ctx context.Context, cfg Config) error {
 			defer hc.Close()
 			if hc.Succeeded {
 				klog.InfoS("This pod's node plugin handed its volumes to a successor; idle until stopped")
-				<-ctx.Done()
+				<-parent.Done()
 				return nil
 			}
 			hcfg.Holder = hc
@@ -220,7 +232,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	ready.Store(true)
 	select {
-	case <-ctx.Done():
+	case <-parent.Done():
 		// Told to stop. A successor may be on its way (the DaemonSet starts
 		// the next pod beside this one): it takes the volumes with no I/O
 		// error, which a stop would give.
