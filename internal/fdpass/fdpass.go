@@ -15,6 +15,7 @@
 package fdpass
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -163,6 +164,25 @@ func ListenUnix(network, path string) (*Listener, error) {
 		return nil, err
 	}
 	return &Listener{UnixListener: l, path: path, dev: st.Dev, ino: st.Ino}, nil
+}
+
+// Serve passes each connection accepted to handle until ctx ends (then it
+// closes l and returns false) or handle returns true (then it returns
+// true; l is closed when ctx ends).
+func (l *Listener) Serve(ctx context.Context, handle func(*net.UnixConn) bool) (bool, error) {
+	context.AfterFunc(ctx, func() { l.Close() })
+	for {
+		c, err := l.AcceptUnix()
+		if err != nil {
+			if ctx.Err() != nil {
+				return false, nil
+			}
+			return false, err
+		}
+		if handle(c) {
+			return true, nil
+		}
+	}
 }
 
 // Close closes the listener and removes its path if it is still its socket.

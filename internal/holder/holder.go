@@ -74,20 +74,11 @@ func New() *Holder {
 
 // Serve accepts plugins on l until ctx ends.
 func (h *Holder) Serve(ctx context.Context, l *fdpass.Listener) error {
-	go func() {
-		<-ctx.Done()
-		l.Close()
-	}()
-	for {
-		c, err := l.AcceptUnix()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return err
-		}
+	_, err := l.Serve(ctx, func(c *net.UnixConn) bool {
 		go h.serve(c)
-	}
+		return false
+	})
+	return err
 }
 
 func (h *Holder) serve(c *net.UnixConn) {

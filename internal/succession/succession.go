@@ -64,25 +64,14 @@ type Giver interface {
 // Serve answers successors on l until ctx ends or one took every volume;
 // it returns true in that case.
 func Serve(ctx context.Context, l *fdpass.Listener, g Giver) (bool, error) {
-	go func() {
-		<-ctx.Done()
-		l.Close()
-	}()
-	for {
-		c, err := l.AcceptUnix()
-		if err != nil {
-			if ctx.Err() != nil {
-				return false, nil
-			}
-			return false, err
+	return l.Serve(ctx, func(c *net.UnixConn) bool {
+		defer c.Close()
+		if err := give(c, g); err != nil {
+			klog.ErrorS(err, "Handing the volumes to a successor failed; serving them on")
+			return false
 		}
-		err = give(c, g)
-		c.Close()
-		if err == nil {
-			return true, nil
-		}
-		klog.ErrorS(err, "Handing the volumes to a successor failed; serving them on")
-	}
+		return true
+	})
 }
 
 func give(c *net.UnixConn, g Giver) error {
