@@ -59,10 +59,7 @@ func TestServerKillsAndHandoversFailNoWrite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	progress := make(chan uint64, 1)
-	stop := make(chan struct{})
-	writerDone := make(chan error, 1)
-	go func() { writerDone <- w.Run(stop, 3, progress) }()
+	progress, stopWriter := w.Start(3)
 	// wait lets the writer complete a random number of writes.
 	rng := rand.New(rand.NewPCG(5, 6))
 	wait := func() {
@@ -93,8 +90,7 @@ func TestServerKillsAndHandoversFailNoWrite(t *testing.T) {
 		}
 	}
 	wait()
-	close(stop)
-	if err := <-writerDone; err != nil {
+	if err := stopWriter(); err != nil {
 		t.Fatalf("a write failed: %v\n%s", err, a.stderr)
 	}
 	t.Logf("%d blocks written; the longest write (or write and fsync) took %v", w.Blocks(), w.Longest())

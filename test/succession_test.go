@@ -77,10 +77,7 @@ func TestPluginKillAndSuccessionFailNoWrite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	progress := make(chan uint64, 1)
-	stop := make(chan struct{})
-	writerDone := make(chan error, 1)
-	go func() { writerDone <- w.Run(stop, 7, progress) }()
+	progress, stopWriter := w.Start(7)
 	wait := func() { // a few hundred more writes
 		from := <-progress + 300
 		for seq := range progress {
@@ -116,8 +113,7 @@ func TestPluginKillAndSuccessionFailNoWrite(t *testing.T) {
 		t.Errorf("the plugin before: %v\n%s", err, s.stderr)
 	}
 	wait()
-	close(stop)
-	if err := <-writerDone; err != nil {
+	if err := stopWriter(); err != nil {
 		t.Fatalf("a write failed: %v", err)
 	}
 	t.Logf("%d writes to %d blocks; the longest write (or write and fsync) took %v", w.Writes(), w.Blocks(), w.Longest())

@@ -88,6 +88,20 @@ func (w *Writer) Run(stop <-chan struct{}, seed uint64, progress chan<- uint64) 
 	}
 }
 
+// Start runs Run in the background. progress has each completed write's
+// sequence number when there is room; stop ends the run and returns its
+// error.
+func (w *Writer) Start(seed uint64) (progress <-chan uint64, stop func() error) {
+	p := make(chan uint64, 1)
+	quit := make(chan struct{})
+	done := make(chan error, 1)
+	go func() { done <- w.Run(quit, seed, p) }()
+	return p, func() error {
+		close(quit)
+		return <-done
+	}
+}
+
 // Verify reads every block written and checks that it holds its last
 // completed write, fsynced or not.
 func (w *Writer) Verify() error { return w.VerifyFile(w.f) }
