@@ -290,6 +290,15 @@ ourLoops() {
   losetup -l -n -O NAME,BACK-FILE | awk -v b="$STATE_DIR/" 'index($2, b)==1 || $2 ~ /^\/pvc-/ {print $1}'
 }
 
+# lockLoops lists the loop devices over one of ours: the kubelet takes one
+# on every Block volume a pod maps, as a lock, and detaches it on unmap.
+lockLoops() {
+  local l keys=""
+  for l in $(ourLoops); do keys+=" $(stat -c '%Hd:%Ld/%i' "$l")"; done
+  [ -n "$keys" ] || return 0
+  losetup -l -n -O NAME,BACK-MAJ:MIN,BACK-INO | awk -v k="$keys " 'index(k, " "$2"/"$3" ") {print $1}'
+}
+
 down() {
   if [ ! -e "$T" ]; then
     echo "cluster.sh: no cluster in $T" >&2
@@ -297,7 +306,7 @@ down() {
   fi
   say "stopping the cluster"
   local loops
-  loops=$(ourLoops)
+  loops="$(lockLoops) $(ourLoops)"
   stop kubelet
   # Pod sandboxes go through CRI while containerd still runs: containers
   # stop, network namespaces and CNI addresses are released.
@@ -325,7 +334,7 @@ down() {
     [ -z "$m" ] && break
     while read -r p; do umount "$p" 2>/dev/null || umount -l "$p" 2>/dev/null || true; done <<<"$m"
   done
-  for dev in $loops $(ourLoops); do
+  for dev in $loops $(lockLoops) $(ourLoops); do
     losetup -d "$dev" 2>/dev/null || true
   done
   say "network, cgroups, files"
@@ -344,6 +353,7 @@ down() {
 leftovers() {
   pgrep -a -f "$T|$KUBELET_DIR|$(dirname "$(bin kubelet)")/" || true
   grep -E " ($KUBELET_DIR|$STATE_DIR|$T|/run/jvol-dockerd)[/ ]" /proc/self/mountinfo || true
+  lockLoops
   ourLoops
   ip -o link show "$BRIDGE" 2>/dev/null || true
   ip -o addr show dev lo | grep " $NODE_IP/" || true
@@ -352,6 +362,7 @@ leftovers() {
 
 case ${1:-} in
 up | demo | down | leftovers) "$1" ;;
+locks) lockLoops ;;
 images) images ;;
-*) echo "usage: $0 up|demo|down|images|leftovers" >&2; exit 2 ;;
+*) echo "usage: $0 up|demo|down|images|leftovers|locks" >&2; exit 2 ;;
 esac

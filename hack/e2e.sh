@@ -33,6 +33,15 @@ rc=${PIPESTATUS[0]}
 set -e
 [ "$rc" = 0 ] || keep_logs
 
+# Every pod is gone, so no Block volume should still carry the kubelet's
+# lock loop device. One leaked once in CI; down detaches it, this says when.
+locks=$("$hack/cluster.sh" locks)
+if [ -n "$locks" ]; then
+  printf 'e2e.sh: warning: kubelet lock loop devices left after the tests: %s\n' "$locks" >&2
+  losetup -l >&2
+  grep -h "file descriptor lock\|AttachFileDevice\|DetachFileDevice" "$JVOL_CLUSTER/logs/kubelet.log" >&2 || true
+fi
+
 trap - EXIT
 "$hack/cluster.sh" down
 left=$("$hack/cluster.sh" leftovers)
