@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -32,6 +33,8 @@ type Writer struct {
 	last    map[int64]uint64 // block -> sequence number of its last completed write
 	writes  uint64
 	longest time.Duration
+	lap     atomic.Int64 // the longest write since the last Lap, in ns
+	began   atomic.Int64 // when the write under way began, in Unix ns; 0 between writes
 }
 
 // Open opens path (a block device, or a file made size bytes long if it is
@@ -70,6 +73,7 @@ func (w *Writer) Run(stop <-chan struct{}, seed uint64, progress chan<- uint64) 
 			binary.LittleEndian.PutUint64(buf[k:], seq)
 		}
 		start := time.Now()
+		w.began.Store(start.UnixNano())
 		if _, err := w.f.WriteAt(buf, b*Block); err != nil {
 			return fmt.Errorf("write %d (block %d): %w", seq, b, err)
 		}
@@ -78,7 +82,11 @@ func (w *Writer) Run(stop <-chan struct{}, seed uint64, progress chan<- uint64) 
 				return fmt.Errorf("fsync after write %d: %w", seq, err)
 			}
 		}
-		w.longest = max(w.longest, time.Since(start))
+		took := time.Since(start)
+		w.began.Store(0)
+		w.longest = max(w.longest, took)
+		for l := w.lap.Load(); int64(took) > l && !w.lap.CompareAndSwap(l, int64(took)); l = w.lap.Load() {
+		}
 		w.last[b] = seq
 		w.writes = seq
 		select {
@@ -129,6 +137,17 @@ func (w *Writer) VerifyFile(f *os.File) error {
 func (w *Writer) Writes() uint64         { return w.writes }
 func (w *Writer) Blocks() int            { return len(w.last) }
 func (w *Writer) Longest() time.Duration { return w.longest }
+
+// Lap returns the longest a write has taken since the last Lap, counting
+// the one under way for as long as it has waited so far, and starts the
+// next lap. It may be called while Run runs.
+func (w *Writer) Lap() time.Duration {
+	d := time.Duration(w.lap.Swap(0))
+	if b := w.began.Load(); b != 0 {
+		d = max(d, time.Since(time.Unix(0, b)))
+	}
+	return d
+}
 
 // Close closes the file.
 func (w *Writer) Close() error { return errors.Join(w.f.Sync(), w.f.Close()) }
