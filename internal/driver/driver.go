@@ -280,6 +280,7 @@ func keepHolder(ctx context.Context, path string, hc *holder.Client, volumes *ho
 			return
 		case <-hc.Done():
 		}
+		volumes.HolderGone()
 		klog.ErrorS(nil, "The FUSE connection holder is gone: the volumes would not outlive this process; connecting to the next", "socket", path)
 		next, err := holder.Dial(ctx, path)
 		if err != nil {

@@ -87,6 +87,7 @@ type Volumes struct {
 	att     map[string]*attach.Attachment // staged volumes
 	conns   map[string]*os.File           // their FUSE connections, with a Holder
 	holder  Holder
+	held    map[string]bool // connections the holder has taken and not lost
 	retired bool
 }
 
@@ -108,6 +109,7 @@ func New(cfg Config) (*Volumes, error) {
 		att:     map[string]*attach.Attachment{},
 		conns:   map[string]*os.File{},
 		holder:  cfg.Holder,
+		held:    map[string]bool{},
 	}, nil
 }
 
@@ -400,13 +402,45 @@ func (n *Volumes) served(name string, a *attach.Attachment, conn *os.File) {
 	if conn != nil {
 		n.conns[name] = conn
 	}
+	h := n.holder
 	n.mu.Unlock()
 	if conn != nil {
-		if err := n.holder.Put(name, conn); err != nil {
-			klog.ErrorS(err, "The holder cannot keep the volume's connection: it would not survive this process", "volume", name)
-		}
+		n.hold(h, name, conn)
 	}
 	n.changed(name)
+}
+
+// hold has the holder h keep a copy of a volume's connection.
+func (n *Volumes) hold(h Holder, name string, conn *os.File) {
+	err := h.Put(name, conn)
+	if err != nil {
+		klog.ErrorS(err, "The holder cannot keep the volume's connection: it would not survive this process", "volume", name)
+	}
+	n.mu.Lock()
+	if n.conns[name] == conn {
+		n.held[name] = err == nil
+	}
+	n.mu.Unlock()
+}
+
+// Held reports whether volumes are to have a holder (want), and whether
+// one keeps the connection of the volume called name now (held): if not,
+// the volume's I/O fails when this process dies.
+func (n *Volumes) Held(name string) (want, held bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.holder != nil, n.held[name]
+}
+
+// HolderGone records that the holder died: it keeps no connection now.
+func (n *Volumes) HolderGone() {
+	n.mu.Lock()
+	clear(n.held)
+	names := keys(n.att)
+	n.mu.Unlock()
+	for _, name := range names {
+		n.changed(name)
+	}
 }
 
 // Adopt serves a staged volume whose block device, mounts and FUSE
@@ -501,6 +535,7 @@ func (n *Volumes) Give(name string) (*os.File, error) {
 	n.mu.Lock()
 	delete(n.att, name)
 	delete(n.conns, name)
+	delete(n.held, name)
 	n.mu.Unlock()
 	return conn, nil
 }
@@ -522,10 +557,9 @@ func (n *Volumes) SetHolder(h Holder) {
 	n.holder = h
 	conns := maps.Clone(n.conns)
 	n.mu.Unlock()
-	for name, conn := range conns {
-		if err := h.Put(name, conn); err != nil {
-			klog.ErrorS(err, "The holder cannot keep the volume's connection", "volume", name)
-		}
+	for _, name := range keys(conns) {
+		n.hold(h, name, conns[name])
+		n.changed(name)
 	}
 }
 
@@ -587,6 +621,7 @@ func (n *Volumes) unstage(name string, st Stage) error {
 		delete(n.att, name)
 		conn, holder := n.conns[name], n.holder
 		delete(n.conns, name)
+		delete(n.held, name)
 		n.mu.Unlock()
 		if conn != nil {
 			conn.Close()

@@ -127,6 +127,11 @@ func (r *Reconciler) Reconcile(ctx context.Context, name string) (time.Duration,
 				r.sinkOutOfSync(j, next)
 			}
 		}
+		if want, held := r.Volumes.Held(name); want {
+			r.setHeld(j, next, held)
+		} else {
+			meta.RemoveStatusCondition(&next.Conditions, v1.ConditionConnectionHeld)
+		}
 		again = r.Refresh
 		if again == 0 {
 			again = DefaultRefresh
@@ -134,6 +139,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, name string) (time.Duration,
 	} else {
 		next.FIFOSize, next.FIFOUsed, next.JournalUsed, next.BytesUnacked, next.Lag = 0, 0, 0, 0, ""
 		noSink(next)
+		meta.RemoveStatusCondition(&next.Conditions, v1.ConditionConnectionHeld)
 	}
 	return again, r.setStatus(ctx, j, next)
 }
@@ -189,6 +195,25 @@ func (r *Reconciler) sinkOutOfSync(j *v1.Journal, next *v1.JournalStatus) {
 	if r.Recorder != nil {
 		r.Recorder.Event(j, corev1.EventTypeWarning, v1.EventSinkOutOfSync, msg)
 	}
+}
+
+// setHeld sets the ConnectionHeld condition of an attached volume. One no
+// holder keeps is Degraded, and losing the holder is a Warning event.
+func (r *Reconciler) setHeld(j *v1.Journal, next *v1.JournalStatus, held bool) {
+	c := metav1.Condition{Type: v1.ConditionConnectionHeld, Status: metav1.ConditionTrue, Reason: v1.ReasonHeld,
+		Message: "the node pod's holder keeps the FUSE connection: the volume's I/O outlives the node plugin"}
+	if !held {
+		c.Status, c.Reason = metav1.ConditionFalse, v1.ReasonHolderGone
+		c.Message = "no holder keeps the FUSE connection: the node plugin's death would fail the volume's I/O"
+		next.Phase = v1.PhaseDegraded
+		if !meta.IsStatusConditionFalse(j.Status.Conditions, v1.ConditionConnectionHeld) {
+			klog.InfoS("No holder keeps the volume's connection", "journal", j.Name)
+			if r.Recorder != nil {
+				r.Recorder.Event(j, corev1.EventTypeWarning, v1.EventHolderGone, c.Message)
+			}
+		}
+	}
+	meta.SetStatusCondition(&next.Conditions, c)
 }
 
 // SinkOptions returns the sink settings the Journal called name is staged

@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/record"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/jvol-io/jvol/internal/attach"
@@ -264,4 +265,71 @@ func newVolumes(t *testing.T) *host.Volumes {
 		t.Fatal(err)
 	}
 	return v
+}
+
+// holderFake keeps connections, or refuses them with err.
+type holderFake struct{ err error }
+
+func (h holderFake) Put(string, *os.File) error { return h.err }
+func (h holderFake) Drop(string) error          { return nil }
+
+// An attached volume's Journal says whether a holder keeps its FUSE
+// connection: the holder's death makes it Degraded with one Warning event,
+// a holder that takes the connection again makes it Attached.
+func TestJournalSaysWhetherItsConnectionIsHeld(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: attaches through FUSE and a loop device")
+	}
+	files, err := catalog.OpenFiles(filepath.Join(t.TempDir(), "journals"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := host.New(host.Config{StateDir: t.TempDir(), Holder: holderFake{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := record.NewFakeRecorder(10)
+	r := &Reconciler{Store: files, Volumes: n, NodeID: "n1", Recorder: events}
+	ctx := context.Background()
+	createJournal(t, files, "v", func(*v1.JournalSpec) {})
+	if _, err := n.Ensure(ctx, "v", volume.Options{Size: 8 << 20, JournalSize: volume.MinJournalSize}, true); err != nil {
+		t.Fatal(err)
+	}
+	staging := t.TempDir()
+	if err := n.StageVolume("v", host.Stage{StagingPath: staging, Block: true}, nil); err != nil {
+		t.Fatal(err)
+	}
+	defer n.UnstageVolume("v", staging)
+	check := func(when string, phase v1.Phase, status metav1.ConditionStatus, reason string, nEvents int) {
+		t.Helper()
+		if _, err := r.Reconcile(ctx, "v"); err != nil {
+			t.Fatal(err)
+		}
+		j, err := files.Get(ctx, "v")
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := meta.FindStatusCondition(j.Status.Conditions, v1.ConditionConnectionHeld)
+		if j.Status.Phase != phase || (c == nil) != (status == "") || c != nil && (c.Status != status || c.Reason != reason) {
+			t.Errorf("%s: phase %s, condition %+v; want %s, %s %s", when, j.Status.Phase, c, phase, status, reason)
+		}
+		if len(events.Events) != nEvents {
+			t.Errorf("%s: %d events queued, want %d", when, len(events.Events), nEvents)
+		}
+	}
+	check("held", v1.PhaseAttached, metav1.ConditionTrue, v1.ReasonHeld, 0)
+	n.HolderGone()
+	check("holder gone", v1.PhaseDegraded, metav1.ConditionFalse, v1.ReasonHolderGone, 1)
+	check("still gone", v1.PhaseDegraded, metav1.ConditionFalse, v1.ReasonHolderGone, 1)
+	if e := <-events.Events; !strings.HasPrefix(e, "Warning "+v1.EventHolderGone+" ") {
+		t.Errorf("event %q", e)
+	}
+	n.SetHolder(holderFake{})
+	check("a holder again", v1.PhaseAttached, metav1.ConditionTrue, v1.ReasonHeld, 0)
+	n.SetHolder(holderFake{err: errors.New("refused")})
+	check("a holder that refuses", v1.PhaseDegraded, metav1.ConditionFalse, v1.ReasonHolderGone, 1)
+	if err := n.UnstageVolume("v", staging); err != nil {
+		t.Fatal(err)
+	}
+	check("unstaged", v1.PhaseReady, "", "", 1)
 }

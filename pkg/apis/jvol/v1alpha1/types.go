@@ -38,6 +38,18 @@ const (
 	// Connected or CatchingUp), false when it is down (Disconnected) or the
 	// sink has lost the stream (OutOfSync); absent without a sink.
 	ConditionSinkInSync = "SinkInSync"
+	// ConditionConnectionHeld is true (reason Held) while the node pod's
+	// holder keeps a copy of the attached volume's FUSE connection, so
+	// that its I/O outlives the node plugin; false (HolderGone) while no
+	// holder does, when the plugin's death would fail the volume's I/O.
+	// Absent when the volume is not attached or the node runs no holder.
+	ConditionConnectionHeld = "ConnectionHeld"
+)
+
+// Reasons of the ConnectionHeld condition.
+const (
+	ReasonHeld       = "Held"
+	ReasonHolderGone = "HolderGone"
 )
 
 // Reasons of the Ready condition; the controller turns them into gRPC codes.
@@ -53,6 +65,10 @@ const (
 	// EventSinkOutOfSync (Warning): the sink has lost the stream and needs
 	// a new baseline.
 	EventSinkOutOfSync = "SinkOutOfSync"
+	// EventHolderGone (Warning): no holder keeps the volume's FUSE
+	// connection; until one does again, the node plugin's death fails
+	// the volume's I/O.
+	EventHolderGone = "HolderGone"
 )
 
 // Limits, in bytes, that the schema and Validate both enforce.
