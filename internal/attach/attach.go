@@ -14,10 +14,10 @@ import (
 
 	"k8s.io/klog/v2"
 	mount "k8s.io/mount-utils"
-	"k8s.io/utils/exec"
 
 	"github.com/jvol-io/jvol/internal/frontend"
 	"github.com/jvol-io/jvol/internal/frontend/fuseloop"
+	"github.com/jvol-io/jvol/internal/fsmount"
 	"github.com/jvol-io/jvol/internal/sink"
 	"github.com/jvol-io/jvol/internal/vfs"
 	"github.com/jvol-io/jvol/internal/volume"
@@ -143,8 +143,7 @@ func (a *Attachment) attach(o Options) error {
 	if err := os.MkdirAll(o.Mount, 0o755); err != nil {
 		return err
 	}
-	m := mount.NewSafeFormatAndMount(mount.New(""), exec.New())
-	if err := m.FormatAndMount(a.Device, o.Mount, o.FS, nil); err != nil {
+	if err := fsmount.New().FormatAndMount(a.Device, o.Mount, o.FS, nil); err != nil {
 		return fmt.Errorf("attach: %s on %s at %s: %w", o.FS, a.Device, o.Mount, err)
 	}
 	a.MountPath = o.Mount

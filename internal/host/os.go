@@ -5,6 +5,7 @@ import (
 	"k8s.io/utils/exec"
 
 	"github.com/jvol-io/jvol/internal/frontend"
+	"github.com/jvol-io/jvol/internal/fsmount"
 )
 
 // Mounter is what Volumes needs to mount file systems: mount-utils'
@@ -35,7 +36,7 @@ type OS struct {
 // set.
 func (o OS) withDefaults() OS {
 	if o.Mounter == nil {
-		o.Mounter = mount.NewSafeFormatAndMount(mount.New(""), exec.New())
+		o.Mounter = fsmount.New()
 	}
 	if o.Resizer == nil {
 		o.Resizer = mount.NewResizeFs(exec.New())
