@@ -44,6 +44,9 @@ func (c *Controller) ControllerGetCapabilities(context.Context, *csi.ControllerG
 	types := []csi.ControllerServiceCapability_RPC_Type{
 		csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
 		csi.ControllerServiceCapability_RPC_EXPAND_VOLUME,
+		// SINGLE_NODE_SINGLE_WRITER (ReadWriteOncePod) and
+		// SINGLE_NODE_MULTI_WRITER: a volume lives on one node anyway.
+		csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
 	}
 	if c.Capacity != nil {
 		types = append(types, csi.ControllerServiceCapability_RPC_GET_CAPACITY)
@@ -107,6 +110,9 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 				Name:        id,
 				Labels:      map[string]string{catalog.NodeLabel: catalog.NodeLabelValue(spec.Node)},
 				Annotations: map[string]string{catalog.NameAnnotation: name},
+				// The node's, set here so that the node need not add it
+				// to a Journal the controller may still be writing.
+				Finalizers: []string{v1.Finalizer},
 			},
 			Spec: spec,
 		}

@@ -115,6 +115,7 @@ func (n *Node) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequ
 		csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
 		csi.NodeServiceCapability_RPC_EXPAND_VOLUME,
 		csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
+		csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
 	} {
 		caps = append(caps, &csi.NodeServiceCapability{Type: &csi.NodeServiceCapability_Rpc{
 			Rpc: &csi.NodeServiceCapability_RPC{Type: t}}})
@@ -221,6 +222,14 @@ func (n *Node) NodePublishVolume(_ context.Context, req *csi.NodePublishVolumeRe
 	if st.Block != (req.GetVolumeCapability().GetBlock() != nil) {
 		return nil, errorf(codes.InvalidArgument, "volume %s is staged as block=%v", req.GetVolumeId(), st.Block)
 	}
+	if req.GetVolumeCapability().GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER {
+		// Published once as read/write at any time (ReadWriteOncePod).
+		for target, p := range st.Publishes {
+			if target != req.GetTargetPath() && !(p.ReadOnly && req.GetReadonly()) {
+				return nil, errorf(codes.FailedPrecondition, "volume %s is single-writer and published at %s already", req.GetVolumeId(), target)
+			}
+		}
+	}
 	err = n.Volumes.PublishVolume(req.GetVolumeId(), req.GetTargetPath(), req.GetReadonly())
 	return &csi.NodePublishVolumeResponse{}, nodeError(err)
 }
@@ -249,14 +258,12 @@ func (n *Node) NodeGetVolumeStats(_ context.Context, req *csi.NodeGetVolumeStats
 		return nil, err
 	}
 	st, ok := n.Volumes.Staged(id)
-	_, published := st.Publishes[path]
-	if !ok || path != st.StagingPath && !published {
-		return nil, errorf(codes.NotFound, "volume %s is not at %s", id, path)
-	}
-	if _, err := os.Stat(path); err != nil {
-		return nil, errorf(codes.NotFound, "volume %s: %v", id, err)
+	if !ok {
+		return nil, errorf(codes.NotFound, "volume %s is not staged", id)
 	}
 	if st.Block {
+		// Whatever the path (the kubelet asks at one it is unpublishing):
+		// the figures are the device's while it is staged.
 		size, err := n.Volumes.Size(id)
 		if err != nil {
 			return nil, nodeError(err)
@@ -267,6 +274,12 @@ func (n *Node) NodeGetVolumeStats(_ context.Context, req *csi.NodeGetVolumeStats
 		return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{
 			{Unit: csi.VolumeUsage_BYTES, Total: size, Used: used, Available: size - used},
 		}}, nil
+	}
+	if _, published := st.Publishes[path]; path != st.StagingPath && !published {
+		return nil, errorf(codes.NotFound, "volume %s is not at %s", id, path)
+	}
+	if _, err := os.Stat(path); err != nil {
+		return nil, errorf(codes.NotFound, "volume %s: %v", id, err)
 	}
 	var fs unix.Statfs_t
 	if err := unix.Statfs(path, &fs); err != nil {

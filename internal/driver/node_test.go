@@ -30,6 +30,12 @@ func fsCap(fs string) *csi.VolumeCapability {
 	}
 }
 
+// singleWriterCap is a mount capability of ReadWriteOncePod.
+var singleWriterCap = &csi.VolumeCapability{
+	AccessType: mountCap.AccessType,
+	AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER},
+}
+
 var multiNodeCap = &csi.VolumeCapability{
 	AccessType: mountCap.AccessType,
 	AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER},
@@ -348,6 +354,11 @@ func TestNodePublishVolume(t *testing.T) {
 				d.wantMounts(t, v.target, 1)
 				d.wantMounts(t, v.target+"-2", 1)
 			}},
+		{name: "publishing a single-writer volume at a second target is FailedPrecondition",
+			at: isPublished, cap: singleWriterCap, req: edited(vol.publishReq, func(r *csi.NodePublishVolumeRequest) { r.TargetPath += "-2" }),
+			code: codes.FailedPrecondition},
+		{name: "publishing a single-writer volume again at its target succeeds",
+			at: isPublished, cap: singleWriterCap, req: vol.publishReq, check: wantPublished()},
 		{name: "publishing a published volume again read-only is AlreadyExists",
 			at: isPublished, req: readOnly, code: codes.AlreadyExists},
 		{name: "publishing a volume not staged is FailedPrecondition",
@@ -417,6 +428,18 @@ func TestNodeGetVolumeStats(t *testing.T) {
 			check: func(t *testing.T, _ *driver, _ vol, r *csi.NodeGetVolumeStatsResponse) {
 				u := r.GetUsage()
 				if len(u) != 1 || u[0].GetTotal() != volSize || u[0].GetUsed()+u[0].GetAvailable() != volSize {
+					t.Errorf("usage %v, want %d bytes in all", u, volSize)
+				}
+			}},
+		{name: "a staged block volume's stats answer at a target it is being unpublished from",
+			at: isPublished, cap: blockCap, before: func(t *testing.T, d *driver, v vol) {
+				if _, err := d.n.NodeUnpublishVolume(context.Background(), v.unpublishReq()); err != nil {
+					t.Fatal(err)
+				}
+			},
+			req: func(v vol) *csi.NodeGetVolumeStatsRequest { return v.statsReq(v.target) },
+			check: func(t *testing.T, _ *driver, _ vol, r *csi.NodeGetVolumeStatsResponse) {
+				if u := r.GetUsage(); len(u) != 1 || u[0].GetTotal() != volSize {
 					t.Errorf("usage %v, want %d bytes in all", u, volSize)
 				}
 			}},
@@ -515,6 +538,7 @@ func TestNodeGetCapabilities(t *testing.T) {
 					csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
 					csi.NodeServiceCapability_RPC_EXPAND_VOLUME,
 					csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
+					csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
 				}
 				if !slices.Equal(got, want) {
 					t.Errorf("capabilities %v, want %v", got, want)
