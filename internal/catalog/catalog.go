@@ -46,6 +46,11 @@ type Store interface {
 	Update(ctx context.Context, j *v1.Journal) error
 	// UpdateStatus stores j's status if j.ResourceVersion is current.
 	UpdateStatus(ctx context.Context, j *v1.Journal) error
+	// ApplyStatus stores j's status as the node's, whatever
+	// j.ResourceVersion: the node owns the status once it has made the
+	// volume, so its writes never conflict, and what it no longer sets
+	// is removed.
+	ApplyStatus(ctx context.Context, j *v1.Journal) error
 	// Delete marks the Journal deleted; it goes once it has no finalizers.
 	Delete(ctx context.Context, name string) error
 }

@@ -200,9 +200,18 @@ func (f *Files) Update(_ context.Context, j *v1.Journal) error {
 }
 
 func (f *Files) UpdateStatus(_ context.Context, j *v1.Journal) error {
+	return f.setStatus(j, f.current)
+}
+
+func (f *Files) ApplyStatus(_ context.Context, j *v1.Journal) error {
+	return f.setStatus(j, func(j *v1.Journal) (*v1.Journal, error) { return f.read(j.Name) })
+}
+
+// setStatus stores j's status on the Journal get returns.
+func (f *Files) setStatus(j *v1.Journal, get func(*v1.Journal) (*v1.Journal, error)) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	old, err := f.current(j)
+	old, err := get(j)
 	if err != nil {
 		return err
 	}

@@ -2,11 +2,13 @@ package catalog
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strconv"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
 
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -46,6 +48,29 @@ func (k Kube) Update(ctx context.Context, j *v1.Journal) error { return k.Client
 
 func (k Kube) UpdateStatus(ctx context.Context, j *v1.Journal) error {
 	return k.Client.Status().Update(ctx, j)
+}
+
+// NodeFieldOwner is the field manager of the node's status writes.
+const NodeFieldOwner = "jvol-node"
+
+// ApplyStatus sets j's status by server-side apply as NodeFieldOwner,
+// forcing ownership (of the phase the controller sets at creation).
+func (k Kube) ApplyStatus(ctx context.Context, j *v1.Journal) error {
+	var apply struct {
+		APIVersion string `json:"apiVersion"`
+		Kind       string `json:"kind"`
+		Metadata   struct {
+			Name string `json:"name"`
+		} `json:"metadata"`
+		Status v1.JournalStatus `json:"status"`
+	}
+	apply.APIVersion, apply.Kind = v1.GroupVersion.String(), "Journal"
+	apply.Metadata.Name, apply.Status = j.Name, j.Status
+	body, err := json.Marshal(&apply)
+	if err != nil {
+		return err
+	}
+	return k.Client.Status().Patch(ctx, j, client.RawPatch(types.ApplyPatchType, body), client.FieldOwner(NodeFieldOwner), client.ForceOwnership)
 }
 
 func (k Kube) Delete(ctx context.Context, name string) error {

@@ -288,7 +288,7 @@ func (r *Reconciler) setStatus(ctx context.Context, j *v1.Journal, next *v1.Jour
 	now := metav1.Now()
 	next.Updated = &now
 	j.Status = *next
-	return r.Store.UpdateStatus(ctx, j)
+	return r.Store.ApplyStatus(ctx, j)
 }
 
 func (r *Reconciler) remove(ctx context.Context, j *v1.Journal) (time.Duration, error) {

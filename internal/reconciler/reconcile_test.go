@@ -333,3 +333,37 @@ func TestJournalSaysWhetherItsConnectionIsHeld(t *testing.T) {
 	}
 	check("unstaged", v1.PhaseReady, "", "", 1)
 }
+
+// staleStore reads an old copy of the Journal, as the node's cache does
+// just after something wrote it.
+type staleStore struct {
+	catalog.Store
+	stale *v1.Journal
+}
+
+func (s staleStore) Get(context.Context, string) (*v1.Journal, error) { return s.stale.DeepCopy(), nil }
+
+// The node writes the status from what may be an old read (its cache):
+// the write must not fail for it, since the node owns the status.
+func TestStatusFromAStaleReadIsWritten(t *testing.T) {
+	r, files := newReconciler(t)
+	ctx := context.Background()
+	j := createJournal(t, files, "v", func(*v1.JournalSpec) {})
+	j.Finalizers = []string{v1.Finalizer} // as the controller makes it
+	if err := files.Update(ctx, j); err != nil {
+		t.Fatal(err)
+	}
+	stale := j.DeepCopy()
+	// Someone else writes it meanwhile: the controller's Pending, say.
+	j.Status.Phase = v1.PhasePending
+	if err := files.UpdateStatus(ctx, j); err != nil {
+		t.Fatal(err)
+	}
+	r.Store = staleStore{Store: files, stale: stale}
+	if _, err := r.Reconcile(ctx, "v"); err != nil {
+		t.Fatalf("reconcile from a stale read: %v", err)
+	}
+	if j, err := files.Get(ctx, "v"); err != nil || j.Status.Phase != v1.PhaseReady {
+		t.Errorf("status %+v, %v; want Ready", j.Status, err)
+	}
+}
