@@ -166,6 +166,77 @@ func TestOnlineExpansion(t *testing.T) {
 	}
 }
 
+// TestOfflineExpansion grows claims while no pod uses them: the next pod
+// sees the grown file system, and what was written before. An ext4 is
+// grown before it is mounted, which takes no capability (growing a
+// mounted one takes CAP_SYS_RESOURCE); an xfs grows once mounted.
+func TestOfflineExpansion(t *testing.T) {
+	storageClass(t, "journal-xfs-offline", map[string]string{"csi.storage.k8s.io/fstype": "xfs"})
+	for _, c := range []struct{ name, class string }{{"ext4", "journal"}, {"xfs", "journal-xfs-offline"}} {
+		t.Run(c.name, func(t *testing.T) {
+			name := "offline-" + c.name
+			pvc(t, name, c.class, "512Mi", false)
+			wrote := runPod(t, name+"-a", name, false, writeFile)
+			volume := volumeOf(t, name)
+			unstaged(t, volume)
+			patch := `{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}`
+			if _, err := kube.CoreV1().PersistentVolumeClaims(ns).Patch(t.Context(), name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, waitLong, "the volume's images grown to 2Gi", func(ctx context.Context) (bool, string) {
+				got := journal(t, volume).Status.Capacity
+				return got != nil && got.Cmp(resource.MustParse("2Gi")) == 0, fmt.Sprint(got)
+			})
+			startPod(t, name+"-b", name, false, "")
+			if read := strings.TrimSpace(kubectl(t, "exec", name+"-b", "--", "sh", "-c", readFile)); read != strings.TrimSpace(wrote) {
+				t.Errorf("read %q after the growth, wrote %q", read, wrote)
+			}
+			eventually(t, waitLong, "the pod's file system grown", func(ctx context.Context) (bool, string) {
+				kib := sizeKiB(t, name+"-b", false)
+				return kib > 3<<19, fmt.Sprintf("%d KiB", kib) // 1.5 GiB
+			})
+			eventually(t, waitLong, "the claim's capacity 2Gi", func(ctx context.Context) (bool, string) {
+				c, err := kube.CoreV1().PersistentVolumeClaims(ns).Get(ctx, name, metav1.GetOptions{})
+				if err != nil {
+					return false, err.Error()
+				}
+				got := c.Status.Capacity[corev1.ResourceStorage]
+				return got.Cmp(resource.MustParse("2Gi")) == 0, got.String()
+			})
+			deletePod(t, name+"-b")
+			deleteClaim(t, name, volume)
+		})
+	}
+}
+
+// TestReadWriteOncePod: a claim of ReadWriteOncePod is provisioned and
+// used by one pod; a second pod on it stays Pending with the scheduler's
+// reason, and runs once the first is gone.
+func TestReadWriteOncePod(t *testing.T) {
+	pvcOf(t, "rwop", "journal", "256Mi", false, corev1.ReadWriteOncePod)
+	wrote := strings.TrimSpace(runPod(t, "rwop-a", "rwop", false, writeFile))
+	startPod(t, "rwop-b", "rwop", false, "")
+	pod(t, "rwop-c", "rwop", false, false, "")
+	eventually(t, waitLong, "a FailedScheduling event on the second pod", func(ctx context.Context) (bool, string) {
+		ev, err := kube.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=rwop-c,reason=FailedScheduling"})
+		if err != nil || len(ev.Items) == 0 {
+			return false, fmt.Sprint("no event yet ", err)
+		}
+		return strings.Contains(ev.Items[0].Message, "ReadWriteOncePod"), ev.Items[0].Message
+	})
+	if p, err := kube.CoreV1().Pods(ns).Get(t.Context(), "rwop-c", metav1.GetOptions{}); err != nil || p.Status.Phase != corev1.PodPending {
+		t.Errorf("the second pod: %v %v", p.Status.Phase, err)
+	}
+	deletePod(t, "rwop-b")
+	kubectl(t, "wait", "--for=condition=Ready", "pod/rwop-c", "--timeout="+waitLong.String())
+	if read := strings.TrimSpace(kubectl(t, "exec", "rwop-c", "--", "sh", "-c", readFile)); read != wrote {
+		t.Errorf("read %q, wrote %q", read, wrote)
+	}
+	volume := volumeOf(t, "rwop")
+	deletePod(t, "rwop-c")
+	deleteClaim(t, "rwop", volume)
+}
+
 // TestBadStorageClassParameters: a claim of a class whose parameters jvol
 // refuses gets an event saying why, and nothing is made.
 func TestBadStorageClassParameters(t *testing.T) {

@@ -117,6 +117,12 @@ func eventually(t *testing.T, d time.Duration, what string, cond func(ctx contex
 // pvc makes a claim of class sc; block claims have volumeMode Block.
 func pvc(t *testing.T, name, sc, size string, block bool) *corev1.PersistentVolumeClaim {
 	t.Helper()
+	return pvcOf(t, name, sc, size, block, corev1.ReadWriteOnce)
+}
+
+// pvcOf is pvc with access mode access.
+func pvcOf(t *testing.T, name, sc, size string, block bool, access corev1.PersistentVolumeAccessMode) *corev1.PersistentVolumeClaim {
+	t.Helper()
 	mode := corev1.PersistentVolumeFilesystem
 	if block {
 		mode = corev1.PersistentVolumeBlock
@@ -124,7 +130,7 @@ func pvc(t *testing.T, name, sc, size string, block bool) *corev1.PersistentVolu
 	c := &corev1.PersistentVolumeClaim{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
 		Spec: corev1.PersistentVolumeClaimSpec{
-			AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+			AccessModes:      []corev1.PersistentVolumeAccessMode{access},
 			StorageClassName: &sc,
 			VolumeMode:       &mode,
 			Resources: corev1.VolumeResourceRequirements{
