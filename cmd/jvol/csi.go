@@ -36,6 +36,7 @@ func driverCmd(ctx context.Context, mode driver.Mode, args []string) error {
 		fs.StringVar(&cfg.HolderSocket, "holder-socket", "", "the FUSE connection holder's socket (jvol holder): volumes outlive this process")
 		fs.StringVar(&cfg.SuccessionSocket, "succession-socket", "", "where volumes are handed from one node plugin to the next (in the state directory)")
 		fs.DurationVar(&cfg.SuccessionWait, "succession-wait", time.Minute, "how long a plugin told to stop waits for a successor to take its volumes")
+		fs.Int64Var(&cfg.MaxVolumes, "max-volumes", 0, "the most volumes this node takes, told to the scheduler (0: a quarter of the memory at 32 MiB a volume, at most 256)")
 	}
 	if mode == driver.ModeNode {
 		fs.StringVar(&cfg.KubeletDir, "kubelet-dir", "/var/lib/kubelet", "the kubelet's root directory")

@@ -51,7 +51,7 @@ func newDriverIn(t *testing.T, dir string) *driver {
 			t.Error(err)
 		}
 	})
-	return &driver{c: &Controller{Store: files, DefaultNode: "n1"}, n: &Node{Volumes: volumes, NodeID: "n1", Journals: r}, dir: dir, fakes: fakes}
+	return &driver{c: &Controller{Store: files, DefaultNode: "n1"}, n: &Node{Volumes: volumes, NodeID: "n1", Journals: r, MaxVolumes: 7}, dir: dir, fakes: fakes}
 }
 
 var mountCap = &csi.VolumeCapability{

@@ -79,6 +79,9 @@ type Config struct {
 	// SuccessionWait bounds how long a plugin told to stop waits for a
 	// successor to take its volumes.
 	SuccessionWait time.Duration
+	// MaxVolumes is the most volumes the node takes (NodeGetInfo); 0:
+	// DefaultMaxVolumes of the machine's memory.
+	MaxVolumes int64
 }
 
 // Run serves the driver cfg describes until ctx ends, then stops it: the
@@ -203,7 +206,14 @@ func Run(ctx context.Context, cfg Config) error {
 				return volumes.Available()
 			}}
 		}
-		ns = &Node{Volumes: volumes, NodeID: cfg.NodeID, Journals: r}
+		ns = &Node{Volumes: volumes, NodeID: cfg.NodeID, Journals: r, MaxVolumes: cfg.MaxVolumes}
+		if ns.MaxVolumes == 0 {
+			mem, err := memTotal()
+			if err != nil {
+				return err
+			}
+			ns.MaxVolumes = DefaultMaxVolumes(mem)
+		}
 	}
 	if cfg.Mode == ModeController {
 		ctrl.SetLogger(klog.NewKlogr())

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 
 	csi "github.com/container-storage-interface/spec/lib/go/csi"
@@ -23,6 +25,8 @@ type Node struct {
 	csi.UnimplementedNodeServer
 	Volumes *host.Volumes
 	NodeID  string
+	// MaxVolumes is the most volumes the node takes; 0: no limit.
+	MaxVolumes int64
 	// Journals, if set, says how a volume streams to its sink and brings
 	// its Journal's status up to date; without it a volume keeps the sink
 	// settings it has.
@@ -126,8 +130,52 @@ func (n *Node) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequ
 func (n *Node) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
 	return &csi.NodeGetInfoResponse{
 		NodeId:             n.NodeID,
+		MaxVolumesPerNode:  n.MaxVolumes,
 		AccessibleTopology: &csi.Topology{Segments: map[string]string{TopologyKey: n.NodeID}},
 	}, nil
+}
+
+// Per-volume memory DefaultMaxVolumes counts: an attached volume holds its
+// FIFO (16 MiB by default), its FUSE server's request buffers and the
+// engine's, about 8 MiB together, and the loop device's queue; 32 MiB
+// leaves room for a FIFO a little larger.
+const (
+	volumeMemory   = 32 << 20
+	maxVolumesCeil = 256
+)
+
+// DefaultMaxVolumes is the most volumes a node with mem bytes of memory
+// takes: as many as a quarter of its memory holds at volumeMemory each
+// (a node runs its pods too), at least 1 and at most 256.
+func DefaultMaxVolumes(mem int64) int64 {
+	return min(max(mem/4/volumeMemory, 1), maxVolumesCeil)
+}
+
+// memTotal is the machine's memory in bytes.
+func memTotal() (int64, error) {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0, err
+	}
+	return parseMemTotal(b)
+}
+
+// parseMemTotal reads the line "MemTotal: N kB" of /proc/meminfo.
+func parseMemTotal(meminfo []byte) (int64, error) {
+	for line := range strings.Lines(string(meminfo)) {
+		if v, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+			f := strings.Fields(v)
+			if len(f) != 2 || f[1] != "kB" {
+				return 0, fmt.Errorf("/proc/meminfo: %q", line)
+			}
+			kb, err := strconv.ParseInt(f[0], 10, 64)
+			if err != nil || kb < 0 || kb > 1<<53 {
+				return 0, fmt.Errorf("/proc/meminfo: %q", line)
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, errors.New("/proc/meminfo has no MemTotal")
 }
 
 func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {

@@ -515,10 +515,11 @@ func TestNodeExpandVolume(t *testing.T) {
 
 func TestNodeGetInfo(t *testing.T) {
 	testNodeRPC(t, (*Node).NodeGetInfo, []nodeCase[*csi.NodeGetInfoRequest, *csi.NodeGetInfoResponse]{
-		{name: "the node's id is its topology segment",
+		{name: "the node's id is its topology segment, with its most volumes",
 			req: func(vol) *csi.NodeGetInfoRequest { return &csi.NodeGetInfoRequest{} },
 			check: func(t *testing.T, _ *driver, _ vol, r *csi.NodeGetInfoResponse) {
-				if r.GetNodeId() != "n1" || r.GetAccessibleTopology().GetSegments()[TopologyKey] != "n1" || len(r.GetAccessibleTopology().GetSegments()) != 1 {
+				if r.GetNodeId() != "n1" || r.GetAccessibleTopology().GetSegments()[TopologyKey] != "n1" || len(r.GetAccessibleTopology().GetSegments()) != 1 ||
+					r.GetMaxVolumesPerNode() != 7 {
 					t.Errorf("info %v", r)
 				}
 			}},
@@ -544,5 +545,35 @@ func TestNodeGetCapabilities(t *testing.T) {
 					t.Errorf("capabilities %v, want %v", got, want)
 				}
 			}},
+	})
+}
+
+func TestDefaultMaxVolumes(t *testing.T) {
+	for _, c := range []struct{ mem, want int64 }{
+		{0, 1}, {64 << 20, 1}, {1 << 30, 8}, {4 << 30, 32}, {16 << 30, 128}, {64 << 30, 256}, {1 << 40, 256},
+	} {
+		if got := DefaultMaxVolumes(c.mem); got != c.want {
+			t.Errorf("%d bytes of memory: %d volumes, want %d", c.mem, got, c.want)
+		}
+	}
+}
+
+func TestParseMemTotal(t *testing.T) {
+	if got, err := parseMemTotal([]byte("MemTotal:        8029876 kB\nMemFree:         1180000 kB\n")); err != nil || got != 8029876<<10 {
+		t.Errorf("got %d, %v", got, err)
+	}
+	for _, bad := range []string{"", "MemFree: 1 kB\n", "MemTotal: 1 MB\n", "MemTotal: x kB\n", "MemTotal: -1 kB\n", "MemTotal: 99999999999999999 kB\n"} {
+		if _, err := parseMemTotal([]byte(bad)); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+}
+
+func FuzzParseMemTotal(f *testing.F) {
+	f.Add([]byte("MemTotal:        8029876 kB\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if n, err := parseMemTotal(b); err == nil && n < 0 {
+			t.Errorf("%d from %q", n, b)
+		}
 	})
 }

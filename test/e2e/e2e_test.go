@@ -237,6 +237,48 @@ func TestReadWriteOncePod(t *testing.T) {
 	deleteClaim(t, "rwop", volume)
 }
 
+// TestVolumeLimit: with node.maxVolumes 2, the node's CSINode says 2, and
+// a pod with a third volume stays Pending with the scheduler's reason until
+// a pod with one of the others is gone.
+func TestVolumeLimit(t *testing.T) {
+	helm(t, "upgrade", release, chart, "--namespace", "kube-system", "--reuse-values", "--set", "node.maxVolumes=2", "--wait", "--timeout", "3m")
+	defer helm(t, "upgrade", release, chart, "--namespace", "kube-system", "--reuse-values", "--set", "node.maxVolumes=0", "--wait", "--timeout", "3m")
+	node := nodePod(t).Spec.NodeName
+	eventually(t, waitLong, "the CSINode's count 2", func(ctx context.Context) (bool, string) {
+		n, err := kube.StorageV1().CSINodes().Get(ctx, node, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, d := range n.Spec.Drivers {
+			if d.Name == "jvol.io" && d.Allocatable != nil && d.Allocatable.Count != nil {
+				return *d.Allocatable.Count == 2, fmt.Sprint(*d.Allocatable.Count)
+			}
+		}
+		return false, "no count for jvol.io"
+	})
+	for _, name := range []string{"limit-a", "limit-b", "limit-c"} {
+		pvc(t, name, "journal", "64Mi", false)
+	}
+	startPod(t, "limit-a", "limit-a", false, "")
+	startPod(t, "limit-b", "limit-b", false, "")
+	pod(t, "limit-c", "limit-c", false, false, "")
+	eventually(t, waitLong, "a FailedScheduling event on the third pod", func(ctx context.Context) (bool, string) {
+		ev, err := kube.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=limit-c,reason=FailedScheduling"})
+		if err != nil || len(ev.Items) == 0 {
+			return false, fmt.Sprint("no event yet ", err)
+		}
+		return strings.Contains(ev.Items[0].Message, "max volume count"), ev.Items[0].Message
+	})
+	deletePod(t, "limit-a")
+	kubectl(t, "wait", "--for=condition=Ready", "pod/limit-c", "--timeout="+waitLong.String())
+	for _, name := range []string{"limit-b", "limit-c"} {
+		deletePod(t, name)
+	}
+	for _, name := range []string{"limit-a", "limit-b", "limit-c"} {
+		deleteClaim(t, name, volumeOf(t, name))
+	}
+}
+
 // TestBadStorageClassParameters: a claim of a class whose parameters jvol
 // refuses gets an event saying why, and nothing is made.
 func TestBadStorageClassParameters(t *testing.T) {
