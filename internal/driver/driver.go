@@ -362,17 +362,22 @@ func serveHealth(ctx context.Context, addr string, ready *atomic.Bool) {
 }
 
 // publishAvailable keeps the node's free bytes in an annotation of its
-// Node, where the controller's GetCapacity reads them.
+// Node, where the controller's GetCapacity reads them: it looks every 5 s
+// and writes what changed, in whole MiB.
 func publishAvailable(ctx context.Context, c client.Client, nodeName string, volumes *host.Volumes) {
-	t := time.NewTicker(30 * time.Second)
+	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
+	published := int64(-1)
 	for {
-		if n, err := volumes.Available(); err == nil {
+		n, err := volumes.Available()
+		if n &^= 1<<20 - 1; err == nil && n != published {
 			patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, catalog.AvailableAnnotation, strconv.FormatInt(n, 10))
 			obj := &corev1.Node{}
 			obj.Name = nodeName
 			if err := c.Patch(ctx, obj, client.RawPatch("application/merge-patch+json", []byte(patch))); err != nil {
 				klog.ErrorS(err, "Could not publish free space", "node", nodeName)
+			} else {
+				published = n
 			}
 		}
 		select {

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -113,14 +114,43 @@ func New(cfg Config) (*Volumes, error) {
 	}, nil
 }
 
-// Available returns the bytes free for volumes on the state directory's
-// file system.
+// Available returns the bytes the state directory's file system can still
+// give new volumes: its free bytes less what the volumes' sparse images
+// may yet take (their sizes less the blocks they hold). Writes to the
+// volumes move both alike; a new volume takes its size off at once.
 func (n *Volumes) Available() (int64, error) {
 	var st unix.Statfs_t
 	if err := unix.Statfs(n.dir, &st); err != nil {
 		return 0, err
 	}
-	return int64(st.Bavail) * st.Bsize, nil
+	free := int64(st.Bavail) * st.Bsize
+	ents, err := os.ReadDir(n.dir)
+	if err != nil {
+		return 0, err
+	}
+	for _, e := range ents {
+		l := volume.Layout(filepath.Join(n.dir, e.Name()))
+		for _, f := range []string{l.Data(), l.Journal()} {
+			var fs unix.Stat_t
+			if unix.Stat(f, &fs) == nil {
+				free -= max(fs.Size-fs.Blocks*512, 0)
+			}
+		}
+	}
+	return max(free, 0), nil
+}
+
+// room fails with ENOSPC unless need more bytes are Available: a volume
+// is not made or grown past what the disk can give it, sparse as it is.
+func (n *Volumes) room(need int64) error {
+	avail, err := n.Available()
+	if err != nil {
+		return err
+	}
+	if need > avail {
+		return fmt.Errorf("%w: %d bytes more asked, %d available for volumes", syscall.ENOSPC, need, avail)
+	}
+	return nil
 }
 
 // CheckName reports whether name may name a volume: a DNS subdomain, so
@@ -180,6 +210,9 @@ func (n *Volumes) Ensure(ctx context.Context, name string, o volume.Options, cre
 	}
 	if a := n.attached(name); a != nil {
 		if o.Size > a.Size() {
+			if err := n.room(o.Size - a.Size()); err != nil {
+				return 0, err
+			}
 			if err := a.Grow(ctx, o.Size); err != nil {
 				return 0, err
 			}
@@ -198,10 +231,17 @@ func (n *Volumes) Ensure(ctx context.Context, name string, o volume.Options, cre
 				return 0, err
 			}
 		}
+		if err := n.room(o.Size + o.Journal()); err != nil {
+			return 0, err
+		}
 	case err != nil:
 		return 0, err
 	case m.Size >= o.Size && withSettings(m, o) == m:
 		return m.Size, nil // nothing to change: no need to open and recover it
+	case o.Size > m.Size:
+		if err := n.room(o.Size - m.Size); err != nil {
+			return 0, err
+		}
 	}
 	o.Name = name
 	d, err := volume.OpenDir(path, o)

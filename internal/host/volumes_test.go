@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -136,5 +137,77 @@ func TestStageServesARecordedVolumeAgain(t *testing.T) {
 	}
 	if mounted, err := n.os.Mounter.IsMountPoint(target); err != nil || !mounted {
 		t.Errorf("publish target not served again: %v %v", mounted, err)
+	}
+}
+
+// A new volume's sparse images take their size off what is available at
+// once; writing into them takes nothing more. (Other tests may write on
+// the same file system meanwhile: the bounds leave them room.)
+func TestAvailableCountsWhatSparseImagesMayTake(t *testing.T) {
+	n := newNode(t)
+	ctx := context.Background()
+	before, err := n.Available()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size, slack = 1 << 30, 128 << 20
+	if before < size+volume.MinJournalSize+2*slack {
+		t.Skipf("%d bytes available: too few for the test", before)
+	}
+	if _, err := n.Ensure(ctx, "v", volume.Options{Size: size, JournalSize: volume.MinJournalSize}, true); err != nil {
+		t.Fatal(err)
+	}
+	made, err := n.Available()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := before - made; d < size-slack || d > size+volume.MinJournalSize+slack {
+		t.Errorf("a volume of %d bytes took %d off", size, d)
+	}
+	f, err := os.OpenFile(volume.Layout(n.Path("v")).Data(), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(make([]byte, 64<<20), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	written, err := n.Available()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := made - written; d < -slack/2 || d > slack/2 {
+		t.Errorf("writing 64 MiB into the volume took %d more off", d)
+	}
+}
+
+// A volume is not made, nor grown, past what is available.
+func TestEnsureRefusesWhatTheDiskCannotGive(t *testing.T) {
+	n := newNode(t)
+	ctx := context.Background()
+	avail, err := n.Available()
+	if err != nil {
+		t.Fatal(err)
+	}
+	huge := (avail + 1<<30) &^ (1<<20 - 1)
+	if _, err := n.Ensure(ctx, "big", volume.Options{Size: huge, JournalSize: volume.MinJournalSize}, true); !errors.Is(err, syscall.ENOSPC) {
+		t.Errorf("a volume of %d bytes with %d available: %v, want ENOSPC", huge, avail, err)
+	}
+	if n.Exists("big") {
+		t.Error("made anyway")
+	}
+	o := volume.Options{Size: 8 << 20, JournalSize: volume.MinJournalSize}
+	if _, err := n.Ensure(ctx, "v", o, true); err != nil {
+		t.Fatal(err)
+	}
+	o.Size = huge
+	if size, err := n.Ensure(ctx, "v", o, false); !errors.Is(err, syscall.ENOSPC) || size != 0 {
+		t.Errorf("growing to %d bytes: %d, %v; want ENOSPC", huge, size, err)
+	}
+	if size, err := n.Size("v"); err != nil || size != 8<<20 {
+		t.Errorf("size after the refused growth: %d, %v", size, err)
 	}
 }

@@ -183,10 +183,7 @@ func create(path string, o Options) (Meta, error) {
 	if o.Size < 0 || o.Size%vfs.BlockSize != 0 {
 		return Meta{}, fmt.Errorf("%w: %d", ErrAlignment, o.Size)
 	}
-	js := o.JournalSize
-	if js == 0 {
-		js = max(o.Size/10&^(vfs.BlockSize-1), MinJournalSize)
-	}
+	js := o.Journal()
 	switch {
 	case js < MinJournalSize:
 		return Meta{}, fmt.Errorf("volume: journal of %d bytes is smaller than the minimum %d", js, MinJournalSize)
@@ -266,4 +263,13 @@ func writeMeta(fsys vfs.FS, path string, m Meta) error {
 		return err
 	}
 	return vfs.WriteFileAtomic(fsys, Layout(path).Meta(), append(b, '\n'))
+}
+
+// Journal is the size of the journal image a volume made with o has:
+// JournalSize, or by default a tenth of Size, at least MinJournalSize.
+func (o Options) Journal() int64 {
+	if o.JournalSize != 0 {
+		return o.JournalSize
+	}
+	return max(o.Size/10&^(vfs.BlockSize-1), MinJournalSize)
 }

@@ -279,6 +279,61 @@ func TestVolumeLimit(t *testing.T) {
 	}
 }
 
+// TestCapacity: csi-provisioner publishes the node's capacity for the
+// journal class; a new volume takes its size off it; a claim larger than
+// the node can give leaves its pod Pending with the scheduler's reason,
+// and no Journal is made for it.
+func TestCapacity(t *testing.T) {
+	node := nodePod(t).Spec.NodeName
+	capacity := func(ctx context.Context) (int64, string) {
+		l, err := kube.StorageV1().CSIStorageCapacities("kube-system").List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return -1, err.Error()
+		}
+		for _, c := range l.Items {
+			if c.StorageClassName == "journal" && c.NodeTopology != nil && c.NodeTopology.MatchLabels["topology.jvol.io/node"] == node && c.Capacity != nil {
+				return c.Capacity.Value(), c.Capacity.String()
+			}
+		}
+		return -1, fmt.Sprintf("none of %d for the journal class on %s", len(l.Items), node)
+	}
+	var before int64
+	eventually(t, waitLong, "the node's capacity for the journal class", func(ctx context.Context) (bool, string) {
+		var s string
+		before, s = capacity(ctx)
+		return before > 0, s
+	})
+	t.Logf("capacity before: %d bytes", before)
+
+	pvc(t, "cap-a", "journal", "2Gi", false)
+	startPod(t, "cap-a", "cap-a", false, "")
+	eventually(t, waitLong, "the capacity less the new volume", func(ctx context.Context) (bool, string) {
+		now, s := capacity(ctx)
+		return now >= 0 && now <= before-(2<<30)+(64<<20), s
+	})
+
+	huge := fmt.Sprintf("%dGi", before>>30+16)
+	c := pvc(t, "cap-huge", "journal", huge, false)
+	pod(t, "cap-huge", "cap-huge", false, false, "")
+	eventually(t, waitLong, "a FailedScheduling event on the pod of "+huge, func(ctx context.Context) (bool, string) {
+		ev, err := kube.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=cap-huge,reason=FailedScheduling"})
+		if err != nil || len(ev.Items) == 0 {
+			return false, fmt.Sprint("no event yet ", err)
+		}
+		return strings.Contains(ev.Items[len(ev.Items)-1].Message, "enough free storage"), ev.Items[len(ev.Items)-1].Message
+	})
+	if err := ctrl.Get(t.Context(), client.ObjectKey{Name: "pvc-" + string(c.UID)}, &jvolv1.Journal{}); !apierrors.IsNotFound(err) {
+		t.Errorf("a Journal exists for the claim too large: %v", err)
+	}
+	deletePod(t, "cap-huge")
+	if err := kube.CoreV1().PersistentVolumeClaims(ns).Delete(t.Context(), "cap-huge", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	volume := volumeOf(t, "cap-a")
+	deletePod(t, "cap-a")
+	deleteClaim(t, "cap-a", volume)
+}
+
 // TestBadStorageClassParameters: a claim of a class whose parameters jvol
 // refuses gets an event saying why, and nothing is made.
 func TestBadStorageClassParameters(t *testing.T) {
