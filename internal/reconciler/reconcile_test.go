@@ -208,13 +208,7 @@ func TestStageWithTheJournalsSink(t *testing.T) {
 	// The Journal's status shows the link.
 	sinkInSync := func() (*v1.Journal, *metav1.Condition) {
 		t.Helper()
-		if _, err := r.Reconcile(ctx, "v"); err != nil {
-			t.Fatal(err)
-		}
-		j, err := files.Get(ctx, "v")
-		if err != nil {
-			t.Fatal(err)
-		}
+		j := reconciled(t, r, files, "v")
 		return j, meta.FindStatusCondition(j.Status.Conditions, v1.ConditionSinkInSync)
 	}
 	j, c := sinkInSync()
@@ -256,6 +250,19 @@ func TestStageWithTheJournalsSink(t *testing.T) {
 	if j, c := sinkInSync(); j.Status.SinkState != "" || c != nil {
 		t.Errorf("unstaged: status %+v, condition %+v", j.Status, c)
 	}
+}
+
+// reconciled reconciles the Journal called name and returns it.
+func reconciled(t *testing.T, r *Reconciler, files *catalog.Files, name string) *v1.Journal {
+	t.Helper()
+	if _, err := r.Reconcile(context.Background(), name); err != nil {
+		t.Fatal(err)
+	}
+	j, err := files.Get(context.Background(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j
 }
 
 func newVolumes(t *testing.T) *host.Volumes {
@@ -302,13 +309,7 @@ func TestJournalSaysWhetherItsConnectionIsHeld(t *testing.T) {
 	defer n.UnstageVolume("v", staging)
 	check := func(when string, phase v1.Phase, status metav1.ConditionStatus, reason string, nEvents int) {
 		t.Helper()
-		if _, err := r.Reconcile(ctx, "v"); err != nil {
-			t.Fatal(err)
-		}
-		j, err := files.Get(ctx, "v")
-		if err != nil {
-			t.Fatal(err)
-		}
+		j := reconciled(t, r, files, "v")
 		c := meta.FindStatusCondition(j.Status.Conditions, v1.ConditionConnectionHeld)
 		if j.Status.Phase != phase || (c == nil) != (status == "") || c != nil && (c.Status != status || c.Reason != reason) {
 			t.Errorf("%s: phase %s, condition %+v; want %s, %s %s", when, j.Status.Phase, c, phase, status, reason)

@@ -209,6 +209,26 @@ func TestOfflineExpansion(t *testing.T) {
 	}
 }
 
+// unschedulable waits for the scheduler to say, in a FailedScheduling event
+// on pod, that it was not placed for reason.
+func unschedulable(t *testing.T, pod, reason string) {
+	t.Helper()
+	eventually(t, waitLong, "a FailedScheduling event on "+pod+" saying "+reason, func(ctx context.Context) (bool, string) {
+		ev, err := kube.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + pod + ",reason=FailedScheduling"})
+		if err != nil {
+			return false, err.Error()
+		}
+		var said []string
+		for _, e := range ev.Items {
+			if strings.Contains(e.Message, reason) {
+				return true, ""
+			}
+			said = append(said, e.Message)
+		}
+		return false, fmt.Sprint(said)
+	})
+}
+
 // TestReadWriteOncePod: a claim of ReadWriteOncePod is provisioned and
 // used by one pod; a second pod on it stays Pending with the scheduler's
 // reason, and runs once the first is gone.
@@ -217,13 +237,7 @@ func TestReadWriteOncePod(t *testing.T) {
 	wrote := strings.TrimSpace(runPod(t, "rwop-a", "rwop", false, writeFile))
 	startPod(t, "rwop-b", "rwop", false, "")
 	pod(t, "rwop-c", "rwop", false, false, "")
-	eventually(t, waitLong, "a FailedScheduling event on the second pod", func(ctx context.Context) (bool, string) {
-		ev, err := kube.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=rwop-c,reason=FailedScheduling"})
-		if err != nil || len(ev.Items) == 0 {
-			return false, fmt.Sprint("no event yet ", err)
-		}
-		return strings.Contains(ev.Items[0].Message, "ReadWriteOncePod"), ev.Items[0].Message
-	})
+	unschedulable(t, "rwop-c", "ReadWriteOncePod")
 	if p, err := kube.CoreV1().Pods(ns).Get(t.Context(), "rwop-c", metav1.GetOptions{}); err != nil || p.Status.Phase != corev1.PodPending {
 		t.Errorf("the second pod: %v %v", p.Status.Phase, err)
 	}
@@ -262,13 +276,7 @@ func TestVolumeLimit(t *testing.T) {
 	startPod(t, "limit-a", "limit-a", false, "")
 	startPod(t, "limit-b", "limit-b", false, "")
 	pod(t, "limit-c", "limit-c", false, false, "")
-	eventually(t, waitLong, "a FailedScheduling event on the third pod", func(ctx context.Context) (bool, string) {
-		ev, err := kube.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=limit-c,reason=FailedScheduling"})
-		if err != nil || len(ev.Items) == 0 {
-			return false, fmt.Sprint("no event yet ", err)
-		}
-		return strings.Contains(ev.Items[0].Message, "max volume count"), ev.Items[0].Message
-	})
+	unschedulable(t, "limit-c", "max volume count")
 	deletePod(t, "limit-a")
 	kubectl(t, "wait", "--for=condition=Ready", "pod/limit-c", "--timeout="+waitLong.String())
 	for _, name := range []string{"limit-b", "limit-c"} {
@@ -315,13 +323,7 @@ func TestCapacity(t *testing.T) {
 	huge := fmt.Sprintf("%dGi", before>>30+16)
 	c := pvc(t, "cap-huge", "journal", huge, false)
 	pod(t, "cap-huge", "cap-huge", false, false, "")
-	eventually(t, waitLong, "a FailedScheduling event on the pod of "+huge, func(ctx context.Context) (bool, string) {
-		ev, err := kube.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=cap-huge,reason=FailedScheduling"})
-		if err != nil || len(ev.Items) == 0 {
-			return false, fmt.Sprint("no event yet ", err)
-		}
-		return strings.Contains(ev.Items[len(ev.Items)-1].Message, "enough free storage"), ev.Items[len(ev.Items)-1].Message
-	})
+	unschedulable(t, "cap-huge", "enough free storage")
 	if err := ctrl.Get(t.Context(), client.ObjectKey{Name: "pvc-" + string(c.UID)}, &jvolv1.Journal{}); !apierrors.IsNotFound(err) {
 		t.Errorf("a Journal exists for the claim too large: %v", err)
 	}
