@@ -114,6 +114,19 @@ func capSysResource(t *testing.T) bool {
 	return in == 1
 }
 
+// claimCapacity waits for claim's status to say it has size.
+func claimCapacity(t *testing.T, claim, size string) {
+	t.Helper()
+	eventually(t, waitLong, "the claim's capacity "+size, func(ctx context.Context) (bool, string) {
+		c, err := kube.CoreV1().PersistentVolumeClaims(ns).Get(ctx, claim, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		got := c.Status.Capacity[corev1.ResourceStorage]
+		return got.Cmp(resource.MustParse(size)) == 0, got.String()
+	})
+}
+
 // TestOnlineExpansion grows claims while their pods run: the file system or
 // the block device the pod sees grows, without a restart.
 func TestOnlineExpansion(t *testing.T) {
@@ -143,14 +156,7 @@ func TestOnlineExpansion(t *testing.T) {
 				after := sizeKiB(t, name, c.block)
 				return after > before*3, fmt.Sprintf("%d KiB, was %d", after, before)
 			})
-			eventually(t, waitLong, "the claim's capacity 2Gi", func(ctx context.Context) (bool, string) {
-				c, err := kube.CoreV1().PersistentVolumeClaims(ns).Get(ctx, name, metav1.GetOptions{})
-				if err != nil {
-					return false, err.Error()
-				}
-				got := c.Status.Capacity[corev1.ResourceStorage]
-				return got.Cmp(resource.MustParse("2Gi")) == 0, got.String()
-			})
+			claimCapacity(t, name, "2Gi")
 			if got := journal(t, volume).Spec.Capacity; got.Cmp(resource.MustParse("2Gi")) != 0 {
 				t.Errorf("Journal capacity %s, want 2Gi", got.String())
 			}
@@ -195,14 +201,7 @@ func TestOfflineExpansion(t *testing.T) {
 				kib := sizeKiB(t, name+"-b", false)
 				return kib > 3<<19, fmt.Sprintf("%d KiB", kib) // 1.5 GiB
 			})
-			eventually(t, waitLong, "the claim's capacity 2Gi", func(ctx context.Context) (bool, string) {
-				c, err := kube.CoreV1().PersistentVolumeClaims(ns).Get(ctx, name, metav1.GetOptions{})
-				if err != nil {
-					return false, err.Error()
-				}
-				got := c.Status.Capacity[corev1.ResourceStorage]
-				return got.Cmp(resource.MustParse("2Gi")) == 0, got.String()
-			})
+			claimCapacity(t, name, "2Gi")
 			deletePod(t, name+"-b")
 			deleteClaim(t, name, volume)
 		})
