@@ -56,11 +56,12 @@ func requireRoot(t *testing.T) {
 
 // attached is a running `jvol attach`.
 type attached struct {
-	cmd    *exec.Cmd
-	device string
-	mount  string
-	stderr *syncBuffer
-	extra  chan string // what stdout said after the ready lines
+	cmd     *exec.Cmd
+	device  string
+	mount   string
+	metrics string // with --metrics-address: where
+	stderr  *syncBuffer
+	extra   chan string // what stdout said after the ready lines
 }
 
 // syncBuffer is a bytes.Buffer safe to read while a process writes to it;
@@ -110,7 +111,8 @@ func (s *syncBuffer) String() string {
 }
 
 // attach starts `jvol attach` with args and waits for its device line
-// (and mount line, with --mount).
+// (and mount line, with --mount; and metrics line first, with
+// --metrics-address).
 func attach(t *testing.T, args ...string) *attached {
 	t.Helper()
 	return attachUnder(t, nil, args...)
@@ -138,8 +140,9 @@ func attachUnder(t *testing.T, prefix []string, args ...string) *attached {
 	})
 	want := 1
 	for _, arg := range args {
-		if arg == "--mount" {
-			want = 2
+		switch arg {
+		case "--mount", "--metrics-address":
+			want++
 		}
 	}
 	sc := bufio.NewScanner(out)
@@ -154,6 +157,8 @@ func attachUnder(t *testing.T, prefix []string, args ...string) *attached {
 			a.device = v
 		case "mount":
 			a.mount = v
+		case "metrics":
+			a.metrics = v
 		default:
 			t.Fatalf("unexpected line %q", sc.Text())
 		}

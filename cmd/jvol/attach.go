@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"net"
 	"net/http"
 	_ "net/http/pprof"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"github.com/jvol-io/jvol/internal/attach"
 	"github.com/jvol-io/jvol/internal/journal"
 	"github.com/jvol-io/jvol/internal/keeper"
+	"github.com/jvol-io/jvol/internal/metrics"
 	"github.com/jvol-io/jvol/internal/sizes"
 	"github.com/jvol-io/jvol/internal/volume"
 )
@@ -47,6 +49,7 @@ func attachCmd(ctx context.Context, args []string) error {
 	fs.StringVar(&so.KeyFile, "sink-key", "", "its key")
 	keep := fs.Bool("keeper", true, "keep the FUSE connection in this process and serve it from a child process, restarted if it dies (SIGHUP: hand over to a new one of the binary on disk)")
 	server := fs.String("fuse", "jvol", "FUSE server: jvol, or go-fuse (for comparison; without a keeper)")
+	metricsAddr := fs.String("metrics-address", "", "serve the volume's metrics at /metrics here (host:port; port 0 picks one, printed as metrics=HOST:PORT)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -59,6 +62,13 @@ func attachCmd(ctx context.Context, args []string) error {
 	served, err := keeper.FromEnv()
 	if err != nil {
 		return err
+	}
+	if served == nil && *metricsAddr != "" {
+		// The first process serves them, from the status each server
+		// publishes: they outlive a server's restart.
+		if err := serveMetrics(ctx, *metricsAddr, *dir); err != nil {
+			return err
+		}
 	}
 	if served == nil && *keep && *server == "jvol" {
 		exe, err := os.Executable()
@@ -184,4 +194,29 @@ func handover(a *attach.Attachment, served *keeper.Served) {
 	}
 	klog.Flush()
 	os.Exit(keeper.ExitHandedOver)
+}
+
+// serveMetrics serves the metrics of the volume in dir at addr until ctx
+// ends, and prints the address it listens on.
+func serveMetrics(ctx context.Context, addr, dir string) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("--metrics-address: %w", err)
+	}
+	fmt.Printf("metrics=%s\n", l.Addr())
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", metrics.Handler(metrics.NewVolumes(func() []attach.Status {
+		s, err := attach.ReadStatus(dir)
+		if err != nil {
+			return nil
+		}
+		return []attach.Status{s}
+	})))
+	s := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		s.Close()
+	}()
+	go s.Serve(l)
+	return nil
 }

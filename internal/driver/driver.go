@@ -24,10 +24,12 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/jvol-io/jvol/internal/attach"
 	"github.com/jvol-io/jvol/internal/catalog"
 	"github.com/jvol-io/jvol/internal/fdpass"
 	"github.com/jvol-io/jvol/internal/holder"
 	"github.com/jvol-io/jvol/internal/host"
+	"github.com/jvol-io/jvol/internal/metrics"
 	"github.com/jvol-io/jvol/internal/reconciler"
 	"github.com/jvol-io/jvol/internal/registration"
 	"github.com/jvol-io/jvol/internal/succession"
@@ -112,8 +114,17 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}()
 	defer stop()
-	var ready atomic.Bool
-	serveHealth(ctx, cfg.HealthAddr, &ready)
+	var (
+		ready    atomic.Bool
+		nodeVols atomic.Pointer[host.Volumes] // the node's, once made: their metrics
+		metered  = metrics.NewVolumes(func() []attach.Status {
+			if v := nodeVols.Load(); v != nil {
+				return v.Statuses()
+			}
+			return nil
+		})
+	)
+	serveHealth(ctx, cfg.HealthAddr, &ready, metrics.Handler(metered))
 	var (
 		ids        = &Identity{Controller: cfg.Mode != ModeNode, Ready: &ready}
 		cs         *Controller
@@ -145,6 +156,7 @@ func Run(ctx context.Context, cfg Config) error {
 		if volumes, err = host.New(hcfg); err != nil {
 			return err
 		}
+		nodeVols.Store(volumes)
 		// Pods' volumes first: nothing else is ready until they are served.
 		// Those whose connections outlived the plugin before, then those
 		// a plugin still running hands over, then the rest anew.
@@ -319,7 +331,7 @@ func (g giver) Adopt(name string, conn *os.File, clean bool) error {
 
 // serveHealth answers /healthz (the process is up) and /readyz (staged
 // volumes are served again and the CSI socket is open) at addr, if set.
-func serveHealth(ctx context.Context, addr string, ready *atomic.Bool) {
+func serveHealth(ctx context.Context, addr string, ready *atomic.Bool, metrics http.Handler) {
 	if addr == "" {
 		return
 	}
@@ -332,6 +344,7 @@ func serveHealth(ctx context.Context, addr string, ready *atomic.Bool) {
 		}
 		fmt.Fprintln(w, "ok")
 	})
+	mux.Handle("/metrics", metrics)
 	s := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()

@@ -290,6 +290,18 @@ func (n *Volumes) attached(name string) *attach.Attachment {
 	return n.att[name]
 }
 
+// Statuses returns the figures of every volume served.
+func (n *Volumes) Statuses() []attach.Status {
+	n.mu.Lock()
+	att := slices.Collect(maps.Values(n.att))
+	n.mu.Unlock()
+	s := make([]attach.Status, 0, len(att))
+	for _, a := range att {
+		s = append(s, a.Status())
+	}
+	return s
+}
+
 // Status returns the figures of a staged volume.
 func (n *Volumes) Status(name string) (attach.Status, bool) {
 	a := n.attached(name)

@@ -5,6 +5,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -373,8 +375,9 @@ func TestBadStorageClassParameters(t *testing.T) {
 }
 
 // TestJournalsShowLiveValues: `kubectl get journals` lists the volume with
-// its node, capacity, FIFO and phase, its figures move as the pod writes,
-// and an edited fifoSize takes effect.
+// its node, capacity, FIFO and phase, its figures (and the node plugin's
+// metrics of it) move as the pod writes, and an edited fifoSize takes
+// effect.
 func TestJournalsShowLiveValues(t *testing.T) {
 	pvc(t, "live", "journal", "256Mi", false)
 	startPod(t, "live", "live", false, "")
@@ -403,6 +406,27 @@ func TestJournalsShowLiveValues(t *testing.T) {
 		return s.Transid > before.Transid && s.AckedTransid > before.AckedTransid && s.Updated != nil &&
 				(before.Updated == nil || s.Updated.After(before.Updated.Time)),
 			fmt.Sprintf("transid %d acked %d, were %d %d", s.Transid, s.AckedTransid, before.Transid, before.AckedTransid)
+	})
+	// And so do its metrics, on the node plugin's health port (the chart's
+	// node.healthPort, on the host network here).
+	written := fmt.Sprintf(`jvol_volume_written_bytes_total{volume=%q} `, volume)
+	eventually(t, waitLong, "the node plugin's metrics of the volume", func(ctx context.Context) (bool, string) {
+		resp, err := http.Get("http://127.0.0.1:9809/metrics")
+		if err != nil {
+			return false, err.Error()
+		}
+		out, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return false, err.Error()
+		}
+		for line := range strings.Lines(string(out)) {
+			if v, ok := strings.CutPrefix(strings.TrimSpace(line), written); ok {
+				n, err := strconv.ParseFloat(v, 64)
+				return err == nil && n >= 8<<20, line
+			}
+		}
+		return false, "no " + written
 	})
 
 	// A FIFO is sized when the volume is staged: the edit applies at the

@@ -1,0 +1,137 @@
+// Package metrics exports volumes' figures in the Prometheus text format.
+// A Collector reads each volume's status when it is scraped, so the I/O
+// path pays nothing: the engine keeps its counters anyway.
+//
+// Every family has the label volume (the volume's name: its Journal's in
+// Kubernetes); the sink's state has state too, one series per state, 1 for
+// the one the link is in. charts/README.md lists the families.
+package metrics
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/jvol-io/jvol/internal/attach"
+	"github.com/jvol-io/jvol/internal/sink"
+)
+
+// family is one metric of a volume, read from its status.
+type family struct {
+	desc  *prometheus.Desc
+	typ   prometheus.ValueType
+	value func(attach.Status) float64
+}
+
+func newFamily(name, help string, typ prometheus.ValueType, value func(attach.Status) float64) family {
+	return family{prometheus.NewDesc(name, help, []string{"volume"}, nil), typ, value}
+}
+
+var (
+	volumeFamilies = []family{
+		newFamily("jvol_volume_size_bytes", "Size of the volume's block device.", prometheus.GaugeValue,
+			func(s attach.Status) float64 { return float64(s.Size) }),
+		newFamily("jvol_volume_written_bytes_total", "Bytes written to the volume since its server started.", prometheus.CounterValue,
+			func(s attach.Status) float64 { return float64(s.BytesWritten) }),
+		newFamily("jvol_volume_flushes_total", "Flushes the volume answered (each once every earlier write was durable).", prometheus.CounterValue,
+			func(s attach.Status) float64 { return float64(s.Flushes) }),
+		newFamily("jvol_volume_journal_syncs_total", "Syncs of the journal image.", prometheus.CounterValue,
+			func(s attach.Status) float64 { return float64(s.Syncs) }),
+		newFamily("jvol_volume_commits_total", "Commits of journal areas to the data image.", prometheus.CounterValue,
+			func(s attach.Status) float64 { return float64(s.Commits) }),
+		newFamily("jvol_volume_fifo_size_bytes", "Size of the volume's memory FIFO.", prometheus.GaugeValue,
+			func(s attach.Status) float64 { return float64(s.FIFOSize) }),
+		newFamily("jvol_volume_fifo_used_bytes", "Bytes in the memory FIFO not yet freed.", prometheus.GaugeValue,
+			func(s attach.Status) float64 { return float64(s.FIFOUsed) }),
+		newFamily("jvol_volume_fifo_stalls_total", "Times a writer waited for room in the FIFO.", prometheus.CounterValue,
+			func(s attach.Status) float64 { return float64(s.FIFOStalls) }),
+		newFamily("jvol_volume_journal_size_bytes", "Size of the journal ring.", prometheus.GaugeValue,
+			func(s attach.Status) float64 { return float64(s.JournalSize) }),
+		newFamily("jvol_volume_journal_used_bytes", "Bytes of the journal ring not yet committed to the data image.", prometheus.GaugeValue,
+			func(s attach.Status) float64 { return float64(s.JournalUsed) }),
+		newFamily("jvol_volume_journal_stalls_total", "Times the FIFO's worker waited for room in the journal ring.", prometheus.CounterValue,
+			func(s attach.Status) float64 { return float64(s.JournalStalls) }),
+		newFamily("jvol_volume_transid", "Last transaction id handed out.", prometheus.GaugeValue,
+			func(s attach.Status) float64 { return float64(s.Transid) }),
+		newFamily("jvol_volume_acked_transid", "Last transaction id that is durable (in the journal, or at the sink in full duplex).", prometheus.GaugeValue,
+			func(s attach.Status) float64 { return float64(s.AckedTransid) }),
+		newFamily("jvol_volume_checkpoint_transid", "Last transaction id committed to the data image.", prometheus.GaugeValue,
+			func(s attach.Status) float64 { return float64(s.CheckpointTransid) }),
+		newFamily("jvol_volume_server_restarts_total", "Handovers and restarts of the volume's FUSE server since it was attached.", prometheus.CounterValue,
+			func(s attach.Status) float64 { return float64(s.ServerRestarts) }),
+	}
+	sinkFamilies = []family{
+		newFamily("jvol_sink_unacked_bytes", "Bytes written to the volume that the sink does not have yet.", prometheus.GaugeValue,
+			func(s attach.Status) float64 { return float64(s.Sink.LagBytes) }),
+		newFamily("jvol_sink_lag_seconds", "How far behind the volume the sink is.", prometheus.GaugeValue,
+			func(s attach.Status) float64 { return s.Sink.LagSeconds }),
+		newFamily("jvol_sink_last_ack_timestamp_seconds", "When the sink last acknowledged (0: never).", prometheus.GaugeValue,
+			func(s attach.Status) float64 {
+				t, err := time.Parse(time.RFC3339Nano, s.Sink.LastAck)
+				if err != nil {
+					return 0
+				}
+				return float64(t.UnixNano()) / 1e9
+			}),
+	}
+	sinkState = prometheus.NewDesc("jvol_sink_state", "1 for the state the volume's link to its sink is in, 0 for the others.", []string{"volume", "state"}, nil)
+)
+
+// SinkStates are the states of a link to a sink, each a series of
+// jvol_sink_state.
+var SinkStates = []string{sink.Connected, sink.CatchingUp, sink.OutOfSync, sink.Disconnected}
+
+// Volumes collects the figures of the volumes that statuses returns.
+type Volumes struct {
+	statuses func() []attach.Status
+}
+
+// NewVolumes returns a Collector of the attached volumes statuses returns
+// when it is called, at each scrape.
+func NewVolumes(statuses func() []attach.Status) *Volumes { return &Volumes{statuses} }
+
+func (v *Volumes) Describe(ch chan<- *prometheus.Desc) {
+	for _, f := range volumeFamilies {
+		ch <- f.desc
+	}
+	for _, f := range sinkFamilies {
+		ch <- f.desc
+	}
+	ch <- sinkState
+}
+
+func (v *Volumes) Collect(ch chan<- prometheus.Metric) {
+	for _, s := range v.statuses() {
+		if !s.Attached {
+			continue
+		}
+		for _, f := range volumeFamilies {
+			ch <- prometheus.MustNewConstMetric(f.desc, f.typ, f.value(s), s.Volume)
+		}
+		if s.Sink == nil {
+			continue
+		}
+		for _, f := range sinkFamilies {
+			ch <- prometheus.MustNewConstMetric(f.desc, f.typ, f.value(s), s.Volume)
+		}
+		for _, state := range SinkStates {
+			v := 0.0
+			if s.Sink.State == state {
+				v = 1
+			}
+			ch <- prometheus.MustNewConstMetric(sinkState, prometheus.GaugeValue, v, s.Volume, state)
+		}
+	}
+}
+
+// Handler serves the collectors' metrics, with the process's and the Go
+// runtime's, in the Prometheus text format.
+func Handler(cs ...prometheus.Collector) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(cs...)
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
+}

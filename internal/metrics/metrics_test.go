@@ -1,0 +1,88 @@
+package metrics
+
+import (
+	"io"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/jvol-io/jvol/internal/attach"
+	"github.com/jvol-io/jvol/internal/journal"
+	"github.com/jvol-io/jvol/internal/sink"
+)
+
+// Each family has its type, help and labels, reads the live status at
+// every scrape, and follows Prometheus' naming rules.
+func TestVolumesCollectLiveFigures(t *testing.T) {
+	written := uint64(4096)
+	statuses := func() []attach.Status {
+		return []attach.Status{
+			{Volume: "pvc-a", Attached: true, Size: 1 << 30, BytesWritten: written, Flushes: 3, Syncs: 2, Commits: 1,
+				FIFOSize: 16 << 20, FIFOUsed: 4096, FIFOStalls: 5, JournalSize: 64 << 20, JournalUsed: 8192, JournalStalls: 6,
+				Transid: 9, AckedTransid: 8, CheckpointTransid: 7, ServerRestarts: 2,
+				Sink: &attach.SinkStatus{URL: "tcp://sink:7070", Duplex: journal.Full, State: sink.CatchingUp, LagBytes: 4096, LagSeconds: 1.5, LastAck: "2026-01-02T03:04:05Z"}},
+			{Volume: "pvc-b", Attached: false}, // not attached: nothing
+		}
+	}
+	v := NewVolumes(statuses)
+	want := `
+# HELP jvol_volume_written_bytes_total Bytes written to the volume since its server started.
+# TYPE jvol_volume_written_bytes_total counter
+jvol_volume_written_bytes_total{volume="pvc-a"} 4096
+# HELP jvol_volume_fifo_used_bytes Bytes in the memory FIFO not yet freed.
+# TYPE jvol_volume_fifo_used_bytes gauge
+jvol_volume_fifo_used_bytes{volume="pvc-a"} 4096
+# HELP jvol_sink_state 1 for the state the volume's link to its sink is in, 0 for the others.
+# TYPE jvol_sink_state gauge
+jvol_sink_state{state="CatchingUp",volume="pvc-a"} 1
+jvol_sink_state{state="Connected",volume="pvc-a"} 0
+jvol_sink_state{state="Disconnected",volume="pvc-a"} 0
+jvol_sink_state{state="OutOfSync",volume="pvc-a"} 0
+# HELP jvol_sink_last_ack_timestamp_seconds When the sink last acknowledged (0: never).
+# TYPE jvol_sink_last_ack_timestamp_seconds gauge
+jvol_sink_last_ack_timestamp_seconds{volume="pvc-a"} 1.767323045e+09
+`
+	if err := testutil.CollectAndCompare(v, strings.NewReader(want), "jvol_volume_written_bytes_total", "jvol_volume_fifo_used_bytes", "jvol_sink_state", "jvol_sink_last_ack_timestamp_seconds"); err != nil {
+		t.Error(err)
+	}
+	if n := testutil.CollectAndCount(v); n != len(volumeFamilies)+len(sinkFamilies)+len(SinkStates) {
+		t.Errorf("%d series, want %d", n, len(volumeFamilies)+len(sinkFamilies)+len(SinkStates))
+	}
+	written = 8192
+	again := `
+# HELP jvol_volume_written_bytes_total Bytes written to the volume since its server started.
+# TYPE jvol_volume_written_bytes_total counter
+jvol_volume_written_bytes_total{volume="pvc-a"} 8192
+`
+	if err := testutil.CollectAndCompare(v, strings.NewReader(again), "jvol_volume_written_bytes_total"); err != nil {
+		t.Errorf("a second scrape: %v", err)
+	}
+	problems, err := testutil.CollectAndLint(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("lint: %s: %s", p.Metric, p.Text)
+	}
+}
+
+// The handler serves the text format, the volumes' and the process's.
+func TestHandlerServesTheTextFormat(t *testing.T) {
+	s := httptest.NewServer(Handler(NewVolumes(func() []attach.Status {
+		return []attach.Status{{Volume: "v", Attached: true, Flushes: 1}}
+	})))
+	defer s.Close()
+	resp, err := s.Client().Get(s.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{`jvol_volume_flushes_total{volume="v"} 1`, "go_goroutines", "process_cpu_seconds_total"} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("no %q in:\n%s", want, b)
+		}
+	}
+}

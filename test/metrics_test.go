@@ -1,0 +1,99 @@
+package test
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+)
+
+// scrape reads the metrics at addr with the text-format parser and
+// returns the value of each counter and gauge of volume.
+func scrape(t *testing.T, addr, volume string) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var p expfmt.TextParser
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for name, f := range fams {
+		for _, m := range f.GetMetric() {
+			if !hasLabel(m, "volume", volume) {
+				continue
+			}
+			switch {
+			case m.GetCounter() != nil:
+				got[name] = m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				got[name] = m.GetGauge().GetValue()
+			}
+		}
+	}
+	return got
+}
+
+func hasLabel(m *dto.Metric, name, value string) bool {
+	for _, l := range m.GetLabel() {
+		if l.GetName() == name && l.GetValue() == value {
+			return true
+		}
+	}
+	return false
+}
+
+// TestAttachServesMetrics: `jvol attach --metrics-address`, writes and
+// fsyncs through the device, and two scrapes: written bytes, flushes and
+// the transaction id grow; the sizes are the volume's.
+func TestAttachServesMetrics(t *testing.T) {
+	requireRoot(t)
+	dir := filepath.Join(t.TempDir(), "vol")
+	a := attach(t, "--dir", dir, "--size", "16Mi", "--fifo-size", "2Mi", "--metrics-address", "127.0.0.1:0")
+	f, err := os.OpenFile(a.device, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	write := func(off int64) {
+		t.Helper()
+		if _, err := f.WriteAt(make([]byte, 1<<20), off); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Sync(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var m map[string]float64
+	// The metrics are the status the server publishes once a second.
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		poll(t, func() string { return fmt.Sprintf("%s: %v", what, m) }, func() bool {
+			m = scrape(t, a.metrics, "vol")
+			return cond()
+		})
+	}
+	write(0)
+	waitFor("1 MiB written", func() bool { return m["jvol_volume_written_bytes_total"] >= 1<<20 })
+	first := m
+	if first["jvol_volume_size_bytes"] != 16<<20 || first["jvol_volume_fifo_size_bytes"] != 2<<20 || first["jvol_volume_flushes_total"] < 1 {
+		t.Errorf("first scrape: %v", first)
+	}
+	write(4 << 20)
+	waitFor("2 MiB written", func() bool { return m["jvol_volume_written_bytes_total"] >= 2<<20 })
+	for _, name := range []string{"jvol_volume_flushes_total", "jvol_volume_transid"} {
+		if m[name] <= first[name] {
+			t.Errorf("%s went from %v to %v", name, first[name], m[name])
+		}
+	}
+	f.Close()
+	a.stop(t)
+}
