@@ -9,10 +9,12 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
+	"golang.org/x/sys/unix"
 )
 
 // scrape reads the metrics at addr with the text-format parser and
-// returns the value of each counter and gauge of volume.
+// returns the value of each counter and gauge of volume, and each
+// histogram's count as NAME_count.
 func scrape(t *testing.T, addr, volume string) map[string]float64 {
 	t.Helper()
 	resp, err := http.Get("http://" + addr + "/metrics")
@@ -36,6 +38,8 @@ func scrape(t *testing.T, addr, volume string) map[string]float64 {
 				got[name] = m.GetCounter().GetValue()
 			case m.GetGauge() != nil:
 				got[name] = m.GetGauge().GetValue()
+			case m.GetHistogram() != nil:
+				got[name+"_count"] = float64(m.GetHistogram().GetSampleCount())
 			}
 		}
 	}
@@ -52,13 +56,14 @@ func hasLabel(m *dto.Metric, name, value string) bool {
 }
 
 // TestAttachServesMetrics: `jvol attach --metrics-address`, writes and
-// fsyncs through the device, and two scrapes: written bytes, flushes and
-// the transaction id grow; the sizes are the volume's.
+// fsyncs through the device, and two scrapes: written bytes, flushes, the
+// flush duration histogram's count and the transaction id grow, reads
+// count; the sizes are the volume's.
 func TestAttachServesMetrics(t *testing.T) {
 	requireRoot(t)
 	dir := filepath.Join(t.TempDir(), "vol")
 	a := attach(t, "--dir", dir, "--size", "16Mi", "--fifo-size", "2Mi", "--metrics-address", "127.0.0.1:0")
-	f, err := os.OpenFile(a.device, os.O_WRONLY, 0)
+	f, err := os.OpenFile(a.device, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,12 +89,22 @@ func TestAttachServesMetrics(t *testing.T) {
 	write(0)
 	waitFor("1 MiB written", func() bool { return m["jvol_volume_written_bytes_total"] >= 1<<20 })
 	first := m
-	if first["jvol_volume_size_bytes"] != 16<<20 || first["jvol_volume_fifo_size_bytes"] != 2<<20 || first["jvol_volume_flushes_total"] < 1 {
+	if first["jvol_volume_size_bytes"] != 16<<20 || first["jvol_volume_fifo_size_bytes"] != 2<<20 || first["jvol_volume_flushes_total"] < 1 ||
+		first["jvol_volume_flush_duration_seconds_count"] < 1 {
 		t.Errorf("first scrape: %v", first)
 	}
 	write(4 << 20)
-	waitFor("2 MiB written", func() bool { return m["jvol_volume_written_bytes_total"] >= 2<<20 })
-	for _, name := range []string{"jvol_volume_flushes_total", "jvol_volume_transid"} {
+	// Past the page cache (the device's), so the volume serves the read.
+	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.ReadAt(make([]byte, 1<<20), 8<<20); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("2 MiB written, 1 MiB read", func() bool {
+		return m["jvol_volume_written_bytes_total"] >= 2<<20 && m["jvol_volume_read_bytes_total"] >= 1<<20
+	})
+	for _, name := range []string{"jvol_volume_flushes_total", "jvol_volume_flush_duration_seconds_count", "jvol_volume_transid"} {
 		if m[name] <= first[name] {
 			t.Errorf("%s went from %v to %v", name, first[name], m[name])
 		}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/jvol-io/jvol/internal/hist"
 	"github.com/jvol-io/jvol/internal/journal"
 	"github.com/jvol-io/jvol/internal/vfs"
 	"github.com/jvol-io/jvol/internal/volume"
@@ -34,6 +35,16 @@ type Status struct {
 	Flushes      uint64 `json:"flushes"`
 	Syncs        uint64 `json:"syncs"`
 	Commits      uint64 `json:"commits"`
+
+	// Requests since the server started, and how long flushes and
+	// commits took.
+	Reads        uint64        `json:"reads"`
+	ReadBytes    uint64        `json:"readBytes"`
+	Writes       uint64        `json:"writes"`
+	Discards     uint64        `json:"discards"`
+	DiscardBytes uint64        `json:"discardBytes"`
+	FlushTimes   hist.Snapshot `json:"flushTimes"`
+	CommitTimes  hist.Snapshot `json:"commitTimes"`
 
 	FIFOSize   int    `json:"fifoSize"`
 	FIFOUsed   uint64 `json:"fifoUsed"`
@@ -73,6 +84,8 @@ func (a *Attachment) Status() Status {
 		Volume: a.Name(), Attached: true, PID: a.pid, ServerPID: os.Getpid(), ServerRestarts: a.restarts, Device: a.Device, Mount: a.MountPath, Size: s.Size,
 		Transid: j.LastTransid, AckedTransid: j.AckedTransid, CheckpointTransid: j.CheckpointTransid,
 		BytesWritten: j.BytesWritten, Flushes: j.Flushes, Syncs: j.Syncs, Commits: s.Commits,
+		Reads: s.Reads, ReadBytes: s.ReadBytes, Writes: s.Writes, Discards: s.Discards, DiscardBytes: s.DiscardBytes,
+		FlushTimes: s.FlushTimes, CommitTimes: s.CommitTimes,
 		FIFOSize: j.FIFO.Size, FIFOUsed: j.FIFO.Used, FIFOStalls: j.FIFO.Stalls,
 		JournalSize: j.RingSize, JournalUsed: j.Used, JournalStalls: j.RingStalls, CommittedPosition: j.Checkpoint,
 		Updated: time.Now().UTC().Format(time.RFC3339Nano),

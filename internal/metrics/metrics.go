@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/jvol-io/jvol/internal/attach"
+	"github.com/jvol-io/jvol/internal/hist"
 	"github.com/jvol-io/jvol/internal/sink"
 )
 
@@ -38,6 +39,16 @@ var (
 			func(s attach.Status) float64 { return float64(s.BytesWritten) }),
 		newFamily("jvol_volume_flushes_total", "Flushes the volume answered (each once every earlier write was durable).", prometheus.CounterValue,
 			func(s attach.Status) float64 { return float64(s.Flushes) }),
+		newFamily("jvol_volume_reads_total", "Read requests the volume served since its server started.", prometheus.CounterValue,
+			func(s attach.Status) float64 { return float64(s.Reads) }),
+		newFamily("jvol_volume_read_bytes_total", "Bytes read from the volume since its server started.", prometheus.CounterValue,
+			func(s attach.Status) float64 { return float64(s.ReadBytes) }),
+		newFamily("jvol_volume_writes_total", "Write requests the volume served since its server started.", prometheus.CounterValue,
+			func(s attach.Status) float64 { return float64(s.Writes) }),
+		newFamily("jvol_volume_discards_total", "Discard requests the volume served since its server started.", prometheus.CounterValue,
+			func(s attach.Status) float64 { return float64(s.Discards) }),
+		newFamily("jvol_volume_discarded_bytes_total", "Bytes discarded since the volume's server started.", prometheus.CounterValue,
+			func(s attach.Status) float64 { return float64(s.DiscardBytes) }),
 		newFamily("jvol_volume_journal_syncs_total", "Syncs of the journal image.", prometheus.CounterValue,
 			func(s attach.Status) float64 { return float64(s.Syncs) }),
 		newFamily("jvol_volume_commits_total", "Commits of journal areas to the data image.", prometheus.CounterValue,
@@ -77,6 +88,15 @@ var (
 				return float64(t.UnixNano()) / 1e9
 			}),
 	}
+	histograms = []struct {
+		desc  *prometheus.Desc
+		value func(attach.Status) hist.Snapshot
+	}{
+		{prometheus.NewDesc("jvol_volume_flush_duration_seconds", "How long flushes took: until every earlier write was durable.", []string{"volume"}, nil),
+			func(s attach.Status) hist.Snapshot { return s.FlushTimes }},
+		{prometheus.NewDesc("jvol_volume_commit_duration_seconds", "How long commits of the journal to the data image took.", []string{"volume"}, nil),
+			func(s attach.Status) hist.Snapshot { return s.CommitTimes }},
+	}
 	sinkState = prometheus.NewDesc("jvol_sink_state", "1 for the state the volume's link to its sink is in, 0 for the others.", []string{"volume", "state"}, nil)
 )
 
@@ -100,6 +120,9 @@ func (v *Volumes) Describe(ch chan<- *prometheus.Desc) {
 	for _, f := range sinkFamilies {
 		ch <- f.desc
 	}
+	for _, h := range histograms {
+		ch <- h.desc
+	}
 	ch <- sinkState
 }
 
@@ -110,6 +133,9 @@ func (v *Volumes) Collect(ch chan<- prometheus.Metric) {
 		}
 		for _, f := range volumeFamilies {
 			ch <- prometheus.MustNewConstMetric(f.desc, f.typ, f.value(s), s.Volume)
+		}
+		for _, h := range histograms {
+			ch <- constHistogram(h.desc, h.value(s), s.Volume)
 		}
 		if s.Sink == nil {
 			continue
@@ -125,6 +151,23 @@ func (v *Volumes) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(sinkState, prometheus.GaugeValue, v, s.Volume, state)
 		}
 	}
+}
+
+// bounds are the histograms' bucket bounds in seconds.
+var bounds = func() []float64 {
+	b := make([]float64, hist.Buckets)
+	for i := range b {
+		b[i] = hist.Bound(i).Seconds()
+	}
+	return b
+}()
+
+func constHistogram(d *prometheus.Desc, s hist.Snapshot, volume string) prometheus.Metric {
+	buckets := make(map[float64]uint64, hist.Buckets)
+	for i, c := range s.Cumulative {
+		buckets[bounds[i]] = c
+	}
+	return prometheus.MustNewConstHistogram(d, s.Count, s.Sum.Seconds(), buckets, volume)
 }
 
 // Handler serves the collectors' metrics, with the process's and the Go

@@ -1,14 +1,17 @@
 package metrics
 
 import (
+	"fmt"
 	"io"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/jvol-io/jvol/internal/attach"
+	"github.com/jvol-io/jvol/internal/hist"
 	"github.com/jvol-io/jvol/internal/journal"
 	"github.com/jvol-io/jvol/internal/sink"
 )
@@ -17,11 +20,15 @@ import (
 // every scrape, and follows Prometheus' naming rules.
 func TestVolumesCollectLiveFigures(t *testing.T) {
 	written := uint64(4096)
+	var flushes hist.Durations
+	flushes.Observe(10 * time.Microsecond)
+	flushes.Observe(20 * time.Microsecond)
+	flushes.Observe(time.Hour)
 	statuses := func() []attach.Status {
 		return []attach.Status{
 			{Volume: "pvc-a", Attached: true, Size: 1 << 30, BytesWritten: written, Flushes: 3, Syncs: 2, Commits: 1,
 				FIFOSize: 16 << 20, FIFOUsed: 4096, FIFOStalls: 5, JournalSize: 64 << 20, JournalUsed: 8192, JournalStalls: 6,
-				Transid: 9, AckedTransid: 8, CheckpointTransid: 7, ServerRestarts: 2,
+				Transid: 9, AckedTransid: 8, CheckpointTransid: 7, ServerRestarts: 2, FlushTimes: flushes.Snapshot(),
 				Sink: &attach.SinkStatus{URL: "tcp://sink:7070", Duplex: journal.Full, State: sink.CatchingUp, LagBytes: 4096, LagSeconds: 1.5, LastAck: "2026-01-02T03:04:05Z"}},
 			{Volume: "pvc-b", Attached: false}, // not attached: nothing
 		}
@@ -44,11 +51,22 @@ jvol_sink_state{state="OutOfSync",volume="pvc-a"} 0
 # TYPE jvol_sink_last_ack_timestamp_seconds gauge
 jvol_sink_last_ack_timestamp_seconds{volume="pvc-a"} 1.767323045e+09
 `
-	if err := testutil.CollectAndCompare(v, strings.NewReader(want), "jvol_volume_written_bytes_total", "jvol_volume_fifo_used_bytes", "jvol_sink_state", "jvol_sink_last_ack_timestamp_seconds"); err != nil {
+	// Buckets of 16 µs, 32 µs, ...: one flush in the first, one in the
+	// second, one beyond them all.
+	want += "# HELP jvol_volume_flush_duration_seconds How long flushes took: until every earlier write was durable.\n" +
+		"# TYPE jvol_volume_flush_duration_seconds histogram\n"
+	for i := range hist.Buckets {
+		want += fmt.Sprintf("jvol_volume_flush_duration_seconds_bucket{volume=\"pvc-a\",le=\"%g\"} %d\n", hist.Bound(i).Seconds(), min(i+1, 2))
+	}
+	want += "jvol_volume_flush_duration_seconds_bucket{volume=\"pvc-a\",le=\"+Inf\"} 3\n" +
+		"jvol_volume_flush_duration_seconds_sum{volume=\"pvc-a\"} 3600.00003\n" +
+		"jvol_volume_flush_duration_seconds_count{volume=\"pvc-a\"} 3\n"
+	if err := testutil.CollectAndCompare(v, strings.NewReader(want), "jvol_volume_written_bytes_total", "jvol_volume_fifo_used_bytes",
+		"jvol_sink_state", "jvol_sink_last_ack_timestamp_seconds", "jvol_volume_flush_duration_seconds"); err != nil {
 		t.Error(err)
 	}
-	if n := testutil.CollectAndCount(v); n != len(volumeFamilies)+len(sinkFamilies)+len(SinkStates) {
-		t.Errorf("%d series, want %d", n, len(volumeFamilies)+len(sinkFamilies)+len(SinkStates))
+	if n, want := testutil.CollectAndCount(v), len(volumeFamilies)+len(histograms)+len(sinkFamilies)+len(SinkStates); n != want {
+		t.Errorf("%d series, want %d", n, want)
 	}
 	written = 8192
 	again := `

@@ -21,9 +21,11 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jvol-io/jvol/internal/blockrec"
+	"github.com/jvol-io/jvol/internal/hist"
 	"github.com/jvol-io/jvol/internal/journal"
 	"github.com/jvol-io/jvol/internal/vfs"
 )
@@ -105,6 +107,15 @@ type Volume struct {
 
 	closeOnce sync.Once
 	closeErr  error
+
+	stats ioStats
+}
+
+// ioStats counts the volume's requests for its Stats: atomics and a histogram,
+// nothing that allocates or locks.
+type ioStats struct {
+	reads, readBytes, writes, discards, discardBytes atomic.Uint64
+	flushes, commits                                 hist.Durations
 }
 
 // Open opens a volume on its data and journal images (the journal already
@@ -207,6 +218,8 @@ func (v *Volume) ReadAt(p []byte, off int64) (int, error) {
 	if err := v.readData(p, off); err != nil {
 		return 0, err
 	}
+	v.stats.reads.Add(1)
+	v.stats.readBytes.Add(uint64(len(p)))
 	return len(p), nil
 }
 
@@ -232,6 +245,7 @@ func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
 	if err := v.check(off, int64(len(p))); err != nil {
 		return 0, err
 	}
+	v.stats.writes.Add(1)
 	done := 0
 	for done < len(p) {
 		n := min(len(p)-done, v.maxChunk())
@@ -281,6 +295,8 @@ func (v *Volume) Discard(off, n int64) error {
 		return err
 	}
 	r.Commit(len(r.Payload))
+	v.stats.discards.Add(1)
+	v.stats.discardBytes.Add(uint64(n))
 	return nil
 }
 
@@ -330,7 +346,10 @@ func (v *Volume) Flush(ctx context.Context) error {
 	}
 	ctx, done := v.bind(ctx)
 	defer done()
-	return v.cause(v.j.Flush(ctx))
+	start := time.Now()
+	err := v.j.Flush(ctx)
+	v.stats.flushes.Observe(time.Since(start))
+	return v.cause(err)
 }
 
 // bind returns ctx, also ended when the volume fails.
@@ -394,6 +413,7 @@ func (v *Volume) commitHeld(force bool) error {
 	if pos <= v.lastCkpt {
 		return nil
 	}
+	start := time.Now()
 	// A failed fdatasync is final: the kernel may have dropped the pages
 	// and tells only one caller, so no later commit may checkpoint.
 	if err := v.data.Sync(); err != nil {
@@ -407,6 +427,7 @@ func (v *Volume) commitHeld(force bool) error {
 	}
 	v.lastCkpt = pos
 	v.commits++
+	v.stats.commits.Observe(time.Since(start))
 	return nil
 }
 
@@ -441,6 +462,10 @@ type Stats struct {
 	Size    int64
 	Commits uint64
 	Journal journal.Stats
+	// Requests: reads and their bytes, writes (bytes in Journal),
+	// discards and their bytes; how long flushes and commits took.
+	Reads, ReadBytes, Writes, Discards, DiscardBytes uint64
+	FlushTimes, CommitTimes                          hist.Snapshot
 }
 
 // Stats returns the volume's figures; cheap enough to call often.
@@ -448,5 +473,8 @@ func (v *Volume) Stats() Stats {
 	v.commitMu.Lock()
 	c := v.commits
 	v.commitMu.Unlock()
-	return Stats{Size: v.Size(), Commits: c, Journal: v.j.Stats()}
+	return Stats{Size: v.Size(), Commits: c, Journal: v.j.Stats(),
+		Reads: v.stats.reads.Load(), ReadBytes: v.stats.readBytes.Load(), Writes: v.stats.writes.Load(),
+		Discards: v.stats.discards.Load(), DiscardBytes: v.stats.discardBytes.Load(),
+		FlushTimes: v.stats.flushes.Snapshot(), CommitTimes: v.stats.commits.Snapshot()}
 }
