@@ -104,6 +104,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, name string) (time.Duration,
 		}
 		next.Phase = v1.PhaseFailed
 		setReady(next, metav1.ConditionFalse, reason, err.Error())
+		if j.Status.Phase != v1.PhaseFailed && r.Recorder != nil {
+			r.Recorder.Eventf(j, corev1.EventTypeWarning, v1.EventFailed, "%s: %v", reason, err)
+		}
 		if uerr := r.setStatus(ctx, j, next); uerr != nil {
 			return 0, uerr
 		}
@@ -141,7 +144,34 @@ func (r *Reconciler) Reconcile(ctx context.Context, name string) (time.Duration,
 		noSink(next)
 		meta.RemoveStatusCondition(&next.Conditions, v1.ConditionConnectionHeld)
 	}
+	r.changes(j, next)
 	return again, r.setStatus(ctx, j, next)
+}
+
+// changes records an event for each change of j's status to next that a
+// person wants to know of.
+func (r *Reconciler) changes(j *v1.Journal, next *v1.JournalStatus) {
+	if r.Recorder == nil {
+		return
+	}
+	was := j.Status
+	served := func(p v1.Phase) bool { return p == v1.PhaseAttached || p == v1.PhaseDegraded }
+	switch {
+	case next.Device != "" && was.Device != next.Device:
+		r.Recorder.Eventf(j, corev1.EventTypeNormal, v1.EventAttached, "served as %s on node %s", next.Device, r.NodeID)
+	case next.Device == "" && was.Device != "" && served(was.Phase):
+		r.Recorder.Eventf(j, corev1.EventTypeNormal, v1.EventDetached, "no longer served on node %s", r.NodeID)
+	}
+	switch {
+	case next.SinkState == sink.CatchingUp && was.SinkState != sink.CatchingUp:
+		r.Recorder.Event(j, corev1.EventTypeNormal, v1.EventSinkCatchingUp, "the sink is being brought up to date")
+	case next.SinkState == sink.Connected && was.SinkState == sink.CatchingUp:
+		r.Recorder.Event(j, corev1.EventTypeNormal, v1.EventSinkInSync, "the sink has every write again")
+	}
+	if next.Device != "" && was.Device == next.Device && next.FIFOStalls > was.FIFOStalls {
+		r.Recorder.Eventf(j, corev1.EventTypeWarning, v1.EventJournalFull,
+			"writers waited %d times for room in the FIFO since the last report: the journal falls behind", next.FIFOStalls-was.FIFOStalls)
+	}
 }
 
 // setFigures sets next, a copy of the Journal's status, to the figures of

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -307,32 +308,46 @@ func TestJournalSaysWhetherItsConnectionIsHeld(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer n.UnstageVolume("v", staging)
-	check := func(when string, phase v1.Phase, status metav1.ConditionStatus, reason string, nEvents int) {
+	// check reconciles, and wants the phase, the condition, and the events
+	// (type and reason) recorded since the last check.
+	check := func(when string, phase v1.Phase, status metav1.ConditionStatus, reason string, want ...string) {
 		t.Helper()
 		j := reconciled(t, r, files, "v")
 		c := meta.FindStatusCondition(j.Status.Conditions, v1.ConditionConnectionHeld)
 		if j.Status.Phase != phase || (c == nil) != (status == "") || c != nil && (c.Status != status || c.Reason != reason) {
 			t.Errorf("%s: phase %s, condition %+v; want %s, %s %s", when, j.Status.Phase, c, phase, status, reason)
 		}
-		if len(events.Events) != nEvents {
-			t.Errorf("%s: %d events queued, want %d", when, len(events.Events), nEvents)
+		if got := recorded(events); !slices.Equal(got, want) {
+			t.Errorf("%s: events %q, want %q", when, got, want)
 		}
 	}
-	check("held", v1.PhaseAttached, metav1.ConditionTrue, v1.ReasonHeld, 0)
+	check("held", v1.PhaseAttached, metav1.ConditionTrue, v1.ReasonHeld, "Normal "+v1.EventAttached)
 	n.HolderGone()
-	check("holder gone", v1.PhaseDegraded, metav1.ConditionFalse, v1.ReasonHolderGone, 1)
-	check("still gone", v1.PhaseDegraded, metav1.ConditionFalse, v1.ReasonHolderGone, 1)
-	if e := <-events.Events; !strings.HasPrefix(e, "Warning "+v1.EventHolderGone+" ") {
-		t.Errorf("event %q", e)
-	}
+	check("holder gone", v1.PhaseDegraded, metav1.ConditionFalse, v1.ReasonHolderGone, "Warning "+v1.EventHolderGone)
+	check("still gone", v1.PhaseDegraded, metav1.ConditionFalse, v1.ReasonHolderGone)
 	n.SetHolder(holderFake{})
-	check("a holder again", v1.PhaseAttached, metav1.ConditionTrue, v1.ReasonHeld, 0)
+	check("a holder again", v1.PhaseAttached, metav1.ConditionTrue, v1.ReasonHeld)
 	n.SetHolder(holderFake{err: errors.New("refused")})
-	check("a holder that refuses", v1.PhaseDegraded, metav1.ConditionFalse, v1.ReasonHolderGone, 1)
+	check("a holder that refuses", v1.PhaseDegraded, metav1.ConditionFalse, v1.ReasonHolderGone, "Warning "+v1.EventHolderGone)
 	if err := n.UnstageVolume("v", staging); err != nil {
 		t.Fatal(err)
 	}
-	check("unstaged", v1.PhaseReady, "", "", 1)
+	check("unstaged", v1.PhaseReady, "", "", "Normal "+v1.EventDetached)
+}
+
+// recorded returns the type and reason of each event recorded, and takes
+// them.
+func recorded(events *record.FakeRecorder) []string {
+	var got []string
+	for {
+		select {
+		case e := <-events.Events:
+			f := strings.Fields(e)
+			got = append(got, strings.Join(f[:min(2, len(f))], " "))
+		default:
+			return got
+		}
+	}
 }
 
 // staleStore reads an old copy of the Journal, as the node's cache does
@@ -366,5 +381,49 @@ func TestStatusFromAStaleReadIsWritten(t *testing.T) {
 	}
 	if j, err := files.Get(ctx, "v"); err != nil || j.Status.Phase != v1.PhaseReady {
 		t.Errorf("status %+v, %v; want Ready", j.Status, err)
+	}
+}
+
+// Each change a person wants to know of is one event.
+func TestChangesAreEvents(t *testing.T) {
+	events := record.NewFakeRecorder(10)
+	r := &Reconciler{NodeID: "n1", Recorder: events}
+	attached := v1.JournalStatus{Phase: v1.PhaseAttached, Device: "/dev/loop3", FIFOStalls: 2}
+	for _, c := range []struct {
+		name      string
+		was, next v1.JournalStatus
+		want      []string
+	}{
+		{"attached", v1.JournalStatus{Phase: v1.PhaseReady}, attached, []string{"Normal " + v1.EventAttached}},
+		{"detached", attached, v1.JournalStatus{Phase: v1.PhaseReady}, []string{"Normal " + v1.EventDetached}},
+		{"no change", attached, attached, nil},
+		{"writers waited", attached, func() v1.JournalStatus { s := attached; s.FIFOStalls = 5; return s }(), []string{"Warning " + v1.EventJournalFull}},
+		{"stalls of a server before", attached, func() v1.JournalStatus { s := attached; s.FIFOStalls = 0; return s }(), nil},
+		{"sink catching up", func() v1.JournalStatus { s := attached; s.SinkState = sink.OutOfSync; return s }(),
+			func() v1.JournalStatus { s := attached; s.SinkState = sink.CatchingUp; return s }(), []string{"Normal " + v1.EventSinkCatchingUp}},
+		{"sink in sync", func() v1.JournalStatus { s := attached; s.SinkState = sink.CatchingUp; return s }(),
+			func() v1.JournalStatus { s := attached; s.SinkState = sink.Connected; return s }(), []string{"Normal " + v1.EventSinkInSync}},
+	} {
+		r.changes(&v1.Journal{ObjectMeta: metav1.ObjectMeta{Name: "v"}, Status: c.was}, &c.next)
+		if got := recorded(events); !slices.Equal(got, c.want) {
+			t.Errorf("%s: events %q, want %q", c.name, got, c.want)
+		}
+	}
+}
+
+// A volume the node cannot make is Failed, with a Warning event saying
+// why, once.
+func TestFailureIsAnEvent(t *testing.T) {
+	r, files := newReconciler(t)
+	events := record.NewFakeRecorder(10)
+	r.Recorder = events
+	createJournal(t, files, "v", func(s *v1.JournalSpec) { s.Capacity = resource.MustParse("1Pi") })
+	for i, want := range [][]string{{"Warning " + v1.EventFailed}, nil} {
+		if _, err := r.Reconcile(context.Background(), "v"); err == nil {
+			t.Fatal("a volume of 1 PiB was made")
+		}
+		if got := recorded(events); !slices.Equal(got, want) {
+			t.Errorf("reconcile %d: events %q, want %q", i, got, want)
+		}
 	}
 }

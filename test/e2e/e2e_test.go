@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -375,9 +376,9 @@ func TestBadStorageClassParameters(t *testing.T) {
 }
 
 // TestJournalsShowLiveValues: `kubectl get journals` lists the volume with
-// its node, capacity, FIFO and phase, its figures (and the node plugin's
-// metrics of it) move as the pod writes, and an edited fifoSize takes
-// effect.
+// its node, capacity, FIFO and phase, `kubectl describe` its Attached
+// event, its figures (and the node plugin's metrics of it) move as the pod
+// writes, and an edited fifoSize takes effect.
 func TestJournalsShowLiveValues(t *testing.T) {
 	pvc(t, "live", "journal", "256Mi", false)
 	startPod(t, "live", "live", false, "")
@@ -398,6 +399,11 @@ func TestJournalsShowLiveValues(t *testing.T) {
 	if f := strings.Fields(row); len(f) < 7 || f[1] != node || f[2] != "256Mi" || f[3] != "16Mi" || f[4] != "Half" || f[5] != "Attached" {
 		t.Errorf("row %q of\n%s", row, table)
 	}
+
+	eventually(t, waitLong, "an Attached event in kubectl describe journal", func(ctx context.Context) (bool, string) {
+		out := kubectl(t, "describe", "journal", volume)
+		return regexp.MustCompile(`\bNormal\s+` + jvolv1.EventAttached + `\s`).MatchString(out), out
+	})
 
 	before := journal(t, volume).Status
 	kubectl(t, "exec", "live", "--", "sh", "-c", writeFile)

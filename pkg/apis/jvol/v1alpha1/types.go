@@ -65,6 +65,22 @@ const (
 	// EventSinkOutOfSync (Warning): the sink has lost the stream and needs
 	// a new baseline.
 	EventSinkOutOfSync = "SinkOutOfSync"
+	// EventAttached (Normal): the volume is served as a block device on
+	// its node; EventDetached (Normal): no longer.
+	EventAttached = "Attached"
+	EventDetached = "Detached"
+	// EventFailed (Warning): the node cannot make or serve the volume;
+	// the message says why.
+	EventFailed = "Failed"
+	// EventSinkCatchingUp (Normal): the sink is being brought up to date
+	// (after a time away, or a baseline after it lost the stream);
+	// EventSinkInSync (Normal): it has everything again.
+	EventSinkCatchingUp = "SinkCatchingUp"
+	EventSinkInSync     = "SinkInSync"
+	// EventJournalFull (Warning): writers waited for room in the FIFO
+	// since the last report: the journal (or, in full duplex, the sink)
+	// falls behind the writes.
+	EventJournalFull = "JournalFull"
 	// EventHolderGone (Warning): no holder keeps the volume's FUSE
 	// connection; until one does again, the node plugin's death fails
 	// the volume's I/O.
