@@ -205,7 +205,7 @@ func serveMetrics(ctx context.Context, addr, dir string) error {
 	}
 	fmt.Printf("metrics=%s\n", l.Addr())
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", metrics.Handler(metrics.NewVolumes(func() []attach.Status {
+	mux.Handle("/metrics", metrics.Handler(nil, metrics.NewVolumes(func() []attach.Status {
 		s, err := attach.ReadStatus(dir)
 		if err != nil {
 			return nil

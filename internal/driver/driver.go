@@ -23,6 +23,7 @@ import (
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	"github.com/jvol-io/jvol/internal/attach"
 	"github.com/jvol-io/jvol/internal/catalog"
@@ -124,7 +125,7 @@ func Run(ctx context.Context, cfg Config) error {
 			return nil
 		})
 	)
-	serveHealth(ctx, cfg.HealthAddr, &ready, metrics.Handler(metered))
+	serveHealth(ctx, cfg.HealthAddr, &ready, metrics.Handler(ctrlmetrics.Registry, metered))
 	var (
 		ids        = &Identity{Controller: cfg.Mode != ModeNode, Ready: &ready}
 		cs         *Controller

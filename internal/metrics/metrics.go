@@ -170,11 +170,18 @@ func constHistogram(d *prometheus.Desc, s hist.Snapshot, volume string) promethe
 	return prometheus.MustNewConstHistogram(d, s.Count, s.Sum.Seconds(), buckets, volume)
 }
 
-// Handler serves the collectors' metrics, with the process's and the Go
-// runtime's, in the Prometheus text format.
-func Handler(cs ...prometheus.Collector) http.Handler {
+// Handler serves the collectors' metrics in the Prometheus text format,
+// with those of base if it is not nil (controller-runtime's registry: the
+// process's, the Go runtime's, the API client's and the reconciler's),
+// else with the process's and the Go runtime's.
+func Handler(base prometheus.Gatherer, cs ...prometheus.Collector) http.Handler {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(cs...)
-	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
+	g := prometheus.Gatherers{reg}
+	if base != nil {
+		g = append(g, base)
+	} else {
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	return promhttp.HandlerFor(g, promhttp.HandlerOpts{Registry: reg})
 }

@@ -1,13 +1,17 @@
 package metrics
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http/httptest"
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/jvol-io/jvol/internal/attach"
@@ -88,7 +92,7 @@ jvol_volume_written_bytes_total{volume="pvc-a"} 8192
 
 // The handler serves the text format, the volumes' and the process's.
 func TestHandlerServesTheTextFormat(t *testing.T) {
-	s := httptest.NewServer(Handler(NewVolumes(func() []attach.Status {
+	s := httptest.NewServer(Handler(nil, NewVolumes(func() []attach.Status {
 		return []attach.Status{{Volume: "v", Attached: true, Flushes: 1}}
 	})))
 	defer s.Close()
@@ -102,5 +106,72 @@ func TestHandlerServesTheTextFormat(t *testing.T) {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("no %q in:\n%s", want, b)
 		}
+	}
+}
+
+// families returns the name of every family the collector exports.
+func families(t *testing.T) []string {
+	t.Helper()
+	ch := make(chan *prometheus.Desc, 64)
+	NewVolumes(nil).Describe(ch)
+	close(ch)
+	re := regexp.MustCompile(`fqName: "([^"]+)"`)
+	var names []string
+	for d := range ch {
+		m := re.FindStringSubmatch(d.String())
+		if m == nil {
+			t.Fatalf("no name in %s", d)
+		}
+		names = append(names, m[1])
+	}
+	return names
+}
+
+// charts/README.md lists every family.
+func TestEveryFamilyIsListed(t *testing.T) {
+	b, err := os.ReadFile("../../charts/README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range families(t) {
+		if !strings.Contains(string(b), "`"+name+"`") {
+			t.Errorf("charts/README.md does not list %s", name)
+		}
+	}
+}
+
+// The Grafana dashboard asks only for families that exist.
+func TestTheDashboardAsksForOurFamilies(t *testing.T) {
+	b, err := os.ReadFile("../../charts/jvol/dashboards/jvol.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d struct {
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+	}
+	if err := json.Unmarshal(b, &d); err != nil {
+		t.Fatal(err)
+	}
+	known := map[string]bool{}
+	for _, name := range families(t) {
+		known[name] = true
+	}
+	re := regexp.MustCompile(`jvol_[a-z_]+`)
+	asked := 0
+	for _, p := range d.Panels {
+		for _, target := range p.Targets {
+			for _, name := range re.FindAllString(target.Expr, -1) {
+				asked++
+				if !known[strings.TrimSuffix(name, "_bucket")] {
+					t.Errorf("panel %q asks for %s, which is not exported", p.Title, name)
+				}
+			}
+		}
+	}
+	if asked == 0 {
+		t.Error("the dashboard asks for nothing")
 	}
 }

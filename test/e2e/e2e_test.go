@@ -375,6 +375,20 @@ func TestBadStorageClassParameters(t *testing.T) {
 	}
 }
 
+// metricsAt returns what /metrics at addr (host:port) serves.
+func metricsAt(addr string) (string, error) {
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("GET /metrics: %s", resp.Status)
+	}
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
 // TestJournalsShowLiveValues: `kubectl get journals` lists the volume with
 // its node, capacity, FIFO and phase, `kubectl describe` its Attached
 // event, its figures (and the node plugin's metrics of it) move as the pod
@@ -417,16 +431,11 @@ func TestJournalsShowLiveValues(t *testing.T) {
 	// node.healthPort, on the host network here).
 	written := fmt.Sprintf(`jvol_volume_written_bytes_total{volume=%q} `, volume)
 	eventually(t, waitLong, "the node plugin's metrics of the volume", func(ctx context.Context) (bool, string) {
-		resp, err := http.Get("http://127.0.0.1:9809/metrics")
+		out, err := metricsAt("127.0.0.1:9809")
 		if err != nil {
 			return false, err.Error()
 		}
-		out, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if err != nil {
-			return false, err.Error()
-		}
-		for line := range strings.Lines(string(out)) {
+		for line := range strings.Lines(out) {
 			if v, ok := strings.CutPrefix(strings.TrimSpace(line), written); ok {
 				n, err := strconv.ParseFloat(v, 64)
 				return err == nil && n >= 8<<20, line
@@ -434,6 +443,12 @@ func TestJournalsShowLiveValues(t *testing.T) {
 		}
 		return false, "no " + written
 	})
+	// With the reconciler's, and the controller's own.
+	for addr, want := range map[string]string{"127.0.0.1:9809": "controller_runtime_reconcile_total", "127.0.0.1:9808": "process_cpu_seconds_total"} {
+		if out, err := metricsAt(addr); err != nil || !strings.Contains(out, "\n"+want) {
+			t.Errorf("metrics at %s: no %s (%v)", addr, want, err)
+		}
+	}
 
 	// A FIFO is sized when the volume is staged: the edit applies at the
 	// next stage, here when the pod is replaced.
