@@ -112,3 +112,56 @@ func TestAttachServesMetrics(t *testing.T) {
 	f.Close()
 	a.stop(t)
 }
+
+// TestSinkServesMetrics: `jvol sink --metrics-address` while a volume
+// streams to it in full duplex, and two scrapes: the stream stored and
+// the id synced grow, the sender is connected, nobody was cut off; the
+// volume's own metrics say its link is Connected.
+func TestSinkServesMetrics(t *testing.T) {
+	requireRoot(t)
+	base := t.TempDir()
+	rc := startReceiver(t, filepath.Join(base, "sink"), "127.0.0.1:0", "--metrics-address", "127.0.0.1:0")
+	a := attach(t, "--dir", filepath.Join(base, "vol"), "--size", "16Mi", "--sink", "tcp://"+rc.addr, "--duplex", "full",
+		"--metrics-address", "127.0.0.1:0")
+	f, err := os.OpenFile(a.device, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var m map[string]float64
+	// round writes 1 MiB at off and fsyncs, then waits for the volume's
+	// metrics (published once a second) to count written bytes in all,
+	// and for the receiver's to have synced the id the volume has acked.
+	round := func(off int64, written float64, what string) map[string]float64 {
+		t.Helper()
+		if _, err := f.WriteAt(make([]byte, 1<<20), off); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Sync(); err != nil { // full duplex: acknowledged by the receiver
+			t.Fatal(err)
+		}
+		var vm map[string]float64
+		poll(t, func() string { return fmt.Sprintf("%s: receiver %v, volume %v", what, m, vm) }, func() bool {
+			m = scrape(t, rc.metrics, "vol")
+			vm = scrape(t, a.metrics, "vol")
+			return vm["jvol_volume_written_bytes_total"] >= written && vm["jvol_volume_acked_transid"] > 0 &&
+				m["jvol_receiver_synced_transid"] >= vm["jvol_volume_acked_transid"]
+		})
+		return m
+	}
+	first := round(0, 1<<20, "the first round synced")
+	second := round(4<<20, 2<<20, "the second round synced")
+	if second["jvol_receiver_stored_bytes_total"] <= first["jvol_receiver_stored_bytes_total"] || second["jvol_receiver_stored_bytes_total"] < 2<<20 {
+		t.Errorf("stored bytes went from %v to %v", first["jvol_receiver_stored_bytes_total"], second["jvol_receiver_stored_bytes_total"])
+	}
+	if second["jvol_receiver_connected"] != 1 || second["jvol_receiver_sync_duration_seconds_count"] < 1 {
+		t.Errorf("receiver: %v", second)
+	}
+	vm := scrape(t, a.metrics, "vol")
+	if vm["jvol_sink_connects_total"] < 1 {
+		t.Errorf("volume: %v", vm)
+	}
+	f.Close()
+	a.stop(t)
+	rc.stop(t)
+}

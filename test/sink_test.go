@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -25,17 +26,18 @@ import (
 
 // receiver is a running `jvol sink`.
 type receiver struct {
-	cmd    *exec.Cmd
-	addr   string // host:port it listens on
-	stderr *syncBuffer
+	cmd     *exec.Cmd
+	addr    string // host:port it listens on
+	metrics string // with --metrics-address: where its metrics are
+	stderr  *syncBuffer
 }
 
 // startReceiver starts `jvol sink` on listen, retrying for a while if it
 // fails to start (a port just freed by a killed receiver).
-func startReceiver(t *testing.T, dir, listen string) *receiver {
+func startReceiver(t *testing.T, dir, listen string, args ...string) *receiver {
 	t.Helper()
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		r, err := tryReceiver(t, dir, listen)
+		r, err := tryReceiver(t, dir, listen, args...)
 		if err == nil {
 			return r
 		}
@@ -46,8 +48,8 @@ func startReceiver(t *testing.T, dir, listen string) *receiver {
 	}
 }
 
-func tryReceiver(t *testing.T, dir, listen string) (*receiver, error) {
-	cmd := exec.Command(jvolBin, "sink", "--listen", listen, "--dir", dir)
+func tryReceiver(t *testing.T, dir, listen string, args ...string) (*receiver, error) {
+	cmd := exec.Command(jvolBin, append([]string{"sink", "--listen", listen, "--dir", dir}, args...)...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
@@ -69,6 +71,14 @@ func tryReceiver(t *testing.T, dir, listen string) (*receiver, error) {
 		t.Fatalf("sink printed %q, want listen=HOST:PORT", sc.Text())
 	}
 	r.addr = addr
+	if slices.Contains(args, "--metrics-address") {
+		if !sc.Scan() {
+			t.Fatalf("sink printed no metrics= line: %s", r.stderr)
+		}
+		if r.metrics, ok = strings.CutPrefix(sc.Text(), "metrics="); !ok {
+			t.Fatalf("sink printed %q, want metrics=HOST:PORT", sc.Text())
+		}
+	}
 	go io.Copy(io.Discard, out)
 	t.Cleanup(func() {
 		if cmd.ProcessState == nil {

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/klog/v2"
 
 	"github.com/jvol-io/jvol/internal/attach"
@@ -66,7 +67,7 @@ func attachCmd(ctx context.Context, args []string) error {
 	if served == nil && *metricsAddr != "" {
 		// The first process serves them, from the status each server
 		// publishes: they outlive a server's restart.
-		if err := serveMetrics(ctx, *metricsAddr, *dir); err != nil {
+		if err := serveMetrics(ctx, *metricsAddr, volumeMetrics(*dir)); err != nil {
 			return err
 		}
 	}
@@ -196,22 +197,28 @@ func handover(a *attach.Attachment, served *keeper.Served) {
 	os.Exit(keeper.ExitHandedOver)
 }
 
-// serveMetrics serves the metrics of the volume in dir at addr until ctx
-// ends, and prints the address it listens on.
-func serveMetrics(ctx context.Context, addr, dir string) error {
+// volumeMetrics collects the metrics of the volume in dir, from the
+// status its server publishes.
+func volumeMetrics(dir string) prometheus.Collector {
+	return metrics.NewVolumes(func() []attach.Status {
+		s, err := attach.ReadStatus(dir)
+		if err != nil {
+			return nil
+		}
+		return []attach.Status{s}
+	})
+}
+
+// serveMetrics serves c's metrics at /metrics on addr until ctx ends, and
+// prints the address it listens on (metrics=HOST:PORT).
+func serveMetrics(ctx context.Context, addr string, c prometheus.Collector) error {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("--metrics-address: %w", err)
 	}
 	fmt.Printf("metrics=%s\n", l.Addr())
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", metrics.Handler(nil, metrics.NewVolumes(func() []attach.Status {
-		s, err := attach.ReadStatus(dir)
-		if err != nil {
-			return nil
-		}
-		return []attach.Status{s}
-	})))
+	mux.Handle("/metrics", metrics.Handler(nil, c))
 	s := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()

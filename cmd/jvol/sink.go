@@ -15,6 +15,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/jvol-io/jvol/internal/metrics"
 	"github.com/jvol-io/jvol/internal/sink"
 )
 
@@ -27,6 +28,7 @@ func sinkCmd(ctx context.Context, args []string) error {
 	clientCA := fs.String("client-ca", "", "require client certificates signed by this CA (PEM)")
 	tokenFile := fs.String("token-file", "", "require senders to present the token in this file")
 	retain := fs.Duration("retain", 0, "keep the stream this long for restore; older segments are folded into the base image (default: keep all)")
+	metricsAddr := fs.String("metrics-address", "", "serve the receiver's metrics at /metrics here (host:port; port 0 picks one, printed as metrics=HOST:PORT after listen=)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -69,6 +71,13 @@ func sinkCmd(ctx context.Context, args []string) error {
 	}
 	klog.InfoS("Receiving journal streams", "listen", l.Addr().String(), "dir", *dir, "tls", *certFile != "", "retain", *retain)
 	fmt.Printf("listen=%s\n", l.Addr())
+	if *metricsAddr != "" {
+		if err := serveMetrics(ctx, *metricsAddr, metrics.NewReceiver(rc.Stats)); err != nil {
+			l.Close()
+			rc.Close()
+			return err
+		}
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- rc.Serve(l) }()
 	select {

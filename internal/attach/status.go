@@ -74,6 +74,10 @@ type SinkStatus struct {
 	LagSeconds   float64 `json:"lagSeconds"`
 	LastAck      string  `json:"lastAck,omitempty"`
 	LastError    string  `json:"lastError,omitempty"`
+	// Connects counts the handshakes with the receiver, Baselines the
+	// full copies begun, since the server started.
+	Connects  uint64 `json:"connects"`
+	Baselines uint64 `json:"baselines"`
 }
 
 // Status returns the attachment's figures.
@@ -93,7 +97,7 @@ func (a *Attachment) Status() Status {
 	if a.sender != nil {
 		ss := a.sender.Stats()
 		st.Sink = &SinkStatus{URL: a.sink.URL, Duplex: a.sink.Duplex, State: ss.State, AckedTransid: ss.AckedTransid,
-			LagBytes: ss.LagBytes, LagSeconds: ss.LagSeconds, LastError: ss.LastError}
+			LagBytes: ss.LagBytes, LagSeconds: ss.LagSeconds, LastError: ss.LastError, Connects: ss.Connects, Baselines: ss.Baselines}
 		if !ss.LastAck.IsZero() {
 			st.Sink.LastAck = ss.LastAck.UTC().Format(time.RFC3339Nano)
 		}

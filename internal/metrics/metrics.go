@@ -77,6 +77,10 @@ var (
 	sinkFamilies = []family{
 		newFamily("jvol_sink_unacked_bytes", "Bytes written to the volume that the sink does not have yet.", prometheus.GaugeValue,
 			func(s attach.Status) float64 { return float64(s.Sink.LagBytes) }),
+		newFamily("jvol_sink_connects_total", "Handshakes with the sink since the volume's server started (reconnects and one).", prometheus.CounterValue,
+			func(s attach.Status) float64 { return float64(s.Sink.Connects) }),
+		newFamily("jvol_sink_baselines_total", "Full copies to the sink begun since the volume's server started.", prometheus.CounterValue,
+			func(s attach.Status) float64 { return float64(s.Sink.Baselines) }),
 		newFamily("jvol_sink_lag_seconds", "How far behind the volume the sink is.", prometheus.GaugeValue,
 			func(s attach.Status) float64 { return s.Sink.LagSeconds }),
 		newFamily("jvol_sink_last_ack_timestamp_seconds", "When the sink last acknowledged (0: never).", prometheus.GaugeValue,
@@ -184,4 +188,46 @@ func Handler(base prometheus.Gatherer, cs ...prometheus.Collector) http.Handler 
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
 	return promhttp.HandlerFor(g, promhttp.HandlerOpts{Registry: reg})
+}
+
+// A receiver's families, each labelled volume.
+var (
+	recvConnected = prometheus.NewDesc("jvol_receiver_connected", "1 while a sender of the volume is connected.", []string{"volume"}, nil)
+	recvStored    = prometheus.NewDesc("jvol_receiver_stored_bytes_total", "Bytes of the volume's stream stored since the receiver started.", []string{"volume"}, nil)
+	recvSegments  = prometheus.NewDesc("jvol_receiver_segments_total", "Segments of the volume's stream begun since the receiver started.", []string{"volume"}, nil)
+	recvSynced    = prometheus.NewDesc("jvol_receiver_synced_transid", "Last transaction id of the volume synced (acknowledged, in full duplex).", []string{"volume"}, nil)
+	recvSyncs     = prometheus.NewDesc("jvol_receiver_sync_duration_seconds", "How long syncs of the volume's stream took.", []string{"volume"}, nil)
+	recvCutOff    = prometheus.NewDesc("jvol_receiver_cutoffs_total", "Senders of the volume the receiver cut off, by reason.", []string{"volume", "reason"}, nil)
+)
+
+// Receiver collects the figures of a sink's receiver.
+type Receiver struct {
+	stats func() []sink.VolumeStats
+}
+
+// NewReceiver returns a Collector of the figures stats returns (a
+// sink.Receiver's Stats) at each scrape.
+func NewReceiver(stats func() []sink.VolumeStats) *Receiver { return &Receiver{stats} }
+
+func (r *Receiver) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{recvConnected, recvStored, recvSegments, recvSynced, recvSyncs, recvCutOff} {
+		ch <- d
+	}
+}
+
+func (r *Receiver) Collect(ch chan<- prometheus.Metric) {
+	for _, s := range r.stats() {
+		connected := 0.0
+		if s.Connected {
+			connected = 1
+		}
+		ch <- prometheus.MustNewConstMetric(recvConnected, prometheus.GaugeValue, connected, s.Volume)
+		ch <- prometheus.MustNewConstMetric(recvStored, prometheus.CounterValue, float64(s.StoredBytes), s.Volume)
+		ch <- prometheus.MustNewConstMetric(recvSegments, prometheus.CounterValue, float64(s.Segments), s.Volume)
+		ch <- prometheus.MustNewConstMetric(recvSynced, prometheus.GaugeValue, float64(s.SyncedTransid), s.Volume)
+		ch <- constHistogram(recvSyncs, s.Syncs, s.Volume)
+		for i, reason := range sink.CutReasons {
+			ch <- prometheus.MustNewConstMetric(recvCutOff, prometheus.CounterValue, float64(s.CutOff[i]), s.Volume, reason)
+		}
+	}
 }

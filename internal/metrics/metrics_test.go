@@ -109,11 +109,12 @@ func TestHandlerServesTheTextFormat(t *testing.T) {
 	}
 }
 
-// families returns the name of every family the collector exports.
+// families returns the name of every family the collectors export.
 func families(t *testing.T) []string {
 	t.Helper()
 	ch := make(chan *prometheus.Desc, 64)
 	NewVolumes(nil).Describe(ch)
+	NewReceiver(nil).Describe(ch)
 	close(ch)
 	re := regexp.MustCompile(`fqName: "([^"]+)"`)
 	var names []string
@@ -173,5 +174,33 @@ func TestTheDashboardAsksForOurFamilies(t *testing.T) {
 	}
 	if asked == 0 {
 		t.Error("the dashboard asks for nothing")
+	}
+}
+
+// A receiver's figures, per volume, cut-offs by reason.
+func TestReceiverCollectsItsFigures(t *testing.T) {
+	r := NewReceiver(func() []sink.VolumeStats {
+		return []sink.VolumeStats{{Volume: "pvc-a", Connected: true, StoredBytes: 1 << 20, Segments: 2, SyncedTransid: 7, CutOff: [4]uint64{0, 3, 0, 1}}}
+	})
+	want := `
+# HELP jvol_receiver_cutoffs_total Senders of the volume the receiver cut off, by reason.
+# TYPE jvol_receiver_cutoffs_total counter
+jvol_receiver_cutoffs_total{reason="authentication",volume="pvc-a"} 0
+jvol_receiver_cutoffs_total{reason="connection",volume="pvc-a"} 1
+jvol_receiver_cutoffs_total{reason="protocol",volume="pvc-a"} 3
+jvol_receiver_cutoffs_total{reason="storage",volume="pvc-a"} 0
+# HELP jvol_receiver_stored_bytes_total Bytes of the volume's stream stored since the receiver started.
+# TYPE jvol_receiver_stored_bytes_total counter
+jvol_receiver_stored_bytes_total{volume="pvc-a"} 1.048576e+06
+`
+	if err := testutil.CollectAndCompare(r, strings.NewReader(want), "jvol_receiver_cutoffs_total", "jvol_receiver_stored_bytes_total"); err != nil {
+		t.Error(err)
+	}
+	problems, err := testutil.CollectAndLint(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("lint: %s: %s", p.Metric, p.Text)
 	}
 }

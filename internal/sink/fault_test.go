@@ -86,6 +86,7 @@ func TestSpoolExhaustedResyncs(t *testing.T) {
 	before := r.write(8)
 	r.waitAcked(before)
 	beforeImg := r.image()
+	first := r.s.Stats()
 	// The link goes down for longer than the journal can spool.
 	p.set(func(p *faultProxy) { p.down = true })
 	p.cut()
@@ -102,6 +103,9 @@ func TestSpoolExhaustedResyncs(t *testing.T) {
 	after := r.write(4)
 	r.waitAcked(after)
 	r.eventually("the sender to leave OutOfSync", func() bool { return r.s.Stats().State != OutOfSync })
+	if st := r.s.Stats(); st.Connects <= first.Connects || st.Baselines <= first.Baselines {
+		t.Errorf("connects %d, baselines %d; were %d, %d before the resync", st.Connects, st.Baselines, first.Connects, first.Baselines)
+	}
 	sameImage(t, "mirror after resync", r.mirror(), r.image())
 	sameImage(t, "restored before the gap", r.restore(Point{Transid: before}), beforeImg)
 	sameImage(t, "restored after the gap", r.restore(Point{Latest: true}), r.image())

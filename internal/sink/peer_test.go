@@ -296,4 +296,8 @@ func TestWrongTokenIsRefused(t *testing.T) {
 	if w := dialRaw(t, rc.addr()).hello("v", "right"); w.Mode != ModeBaseline {
 		t.Fatalf("right token: %+v", w)
 	}
+	// Counted once, by its reason.
+	if st := rc.Stats(); len(st) != 1 || st[0].Volume != "v" || st[0].CutOff != [4]uint64{1, 0, 0, 0} {
+		t.Errorf("receiver figures %+v, want v cut off once, for authentication", st)
+	}
 }

@@ -38,11 +38,12 @@ type Receiver struct {
 	dir  recvDir
 	lock *vfs.Lock
 
-	mu     sync.Mutex
-	vols   map[string]*volConn // the connection serving each volume
-	conns  map[net.Conn]struct{}
-	closed bool
-	wg     sync.WaitGroup
+	mu      sync.Mutex
+	vols    map[string]*volConn // the connection serving each volume
+	figures map[string]*recvStats
+	conns   map[net.Conn]struct{}
+	closed  bool
+	wg      sync.WaitGroup
 }
 
 type volConn struct {
@@ -70,7 +71,7 @@ func NewReceiver(cfg ReceiverConfig) (*Receiver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sink: %s is in use by another receiver: %w", cfg.Dir, err)
 	}
-	return &Receiver{cfg: cfg, dir: d, lock: lock, vols: map[string]*volConn{}, conns: map[net.Conn]struct{}{}}, nil
+	return &Receiver{cfg: cfg, dir: d, lock: lock, vols: map[string]*volConn{}, figures: map[string]*recvStats{}, conns: map[net.Conn]struct{}{}}, nil
 }
 
 // Serve accepts senders on l until Close; each is served on its own.
@@ -118,8 +119,11 @@ func (rc *Receiver) Close() error {
 	return rc.lock.Unlock()
 }
 
-// peerError is a reason to cut a sender off.
-type peerError struct{ err error }
+// peerError is a reason to cut a sender off (one of CutReasons).
+type peerError struct {
+	reason string
+	err    error
+}
 
 func (e peerError) Error() string { return e.err.Error() }
 func (e peerError) Unwrap() error { return e.err }
@@ -132,6 +136,7 @@ func (rc *Receiver) serve(c net.Conn) {
 		klog.V(2).InfoS("Sender gone", "remote", remote, "volume", volID)
 	default:
 		klog.InfoS("Cut off sender", "remote", remote, "volume", volID, "reason", err.Error())
+		rc.stats(volID).cutOff(err)
 		var pe peerError
 		if errors.As(err, &pe) || errors.Is(err, ErrProto) || errors.Is(err, ErrVersion) {
 			// Tell it why, best effort: it may be gone already.
@@ -159,7 +164,7 @@ func (rc *Receiver) session(c net.Conn) (string, error) {
 		return "", err
 	}
 	if len(rc.cfg.Token) > 0 && subtle.ConstantTimeCompare(h.Token, rc.cfg.Token) != 1 {
-		return h.Volume, peerError{errors.New("authentication failed: wrong token")}
+		return h.Volume, peerError{CutAuthentication, errors.New("authentication failed: wrong token")}
 	}
 	c.SetReadDeadline(time.Time{})
 
@@ -170,7 +175,7 @@ func (rc *Receiver) session(c net.Conn) (string, error) {
 	defer release()
 	s, err := openStore(rc.dir.volume(h.Volume), rc.cfg.Retain, rc.cfg.SegmentSize)
 	if err != nil {
-		return h.Volume, peerError{fmt.Errorf("receiver cannot open the volume's store: %w", err)}
+		return h.Volume, peerError{CutStorage, fmt.Errorf("receiver cannot open the volume's store: %w", err)}
 	}
 	defer func() {
 		if err := s.close(); err != nil {
@@ -187,7 +192,7 @@ func (rc *Receiver) session(c net.Conn) (string, error) {
 	if err := out.write(appendRecord(nil, StreamWelcome, 0, w.Encode())); err != nil {
 		return h.Volume, err
 	}
-	return h.Volume, rc.stream(br, s, h, w, out)
+	return h.Volume, rc.stream(br, s, h, w, out, rc.stats(h.Volume))
 }
 
 // claim makes c the volume's connection: an earlier one (a link the sender
@@ -234,8 +239,8 @@ const batchSize = 1 << 20
 // to the segment, applies them to the mirror, and has them synced (and, in
 // full duplex, acknowledged) by a syncer running beside it: a sync covers
 // everything written before it began, so the stream never waits for one.
-func (rc *Receiver) stream(br *bufio.Reader, s *store, h Hello, w Welcome, out *ackWriter) error {
-	sy := newSyncer(s, h.Full, out)
+func (rc *Receiver) stream(br *bufio.Reader, s *store, h Hello, w Welcome, out *ackWriter, st *recvStats) error {
+	sy := newSyncer(s, h.Full, out, st)
 	defer sy.stop()
 	batch := make([]byte, 0, 2*batchSize)
 	// A resumed sender may begin with records the receiver has: dropped,
@@ -246,9 +251,12 @@ func (rc *Receiver) stream(br *bufio.Reader, s *store, h Hello, w Welcome, out *
 			return nil
 		}
 		err := s.append(batch)
+		if err == nil {
+			st.stored.Add(uint64(len(batch)))
+		}
 		batch = batch[:0]
 		if err != nil {
-			return peerError{fmt.Errorf("receiver cannot store the stream (nothing stored is lost; not acknowledging): %w", err)}
+			return peerError{CutStorage, fmt.Errorf("receiver cannot store the stream (nothing stored is lost; not acknowledging): %w", err)}
 		}
 		sy.mu.Lock()
 		sy.pending = true
@@ -263,8 +271,9 @@ func (rc *Receiver) stream(br *bufio.Reader, s *store, h Hello, w Welcome, out *
 			err := s.rotate()
 			sy.segMu.Unlock()
 			if err != nil {
-				return peerError{fmt.Errorf("receiver cannot begin a segment: %w", err)}
+				return peerError{CutStorage, fmt.Errorf("receiver cannot begin a segment: %w", err)}
 			}
+			st.segments.Add(1)
 		}
 		return nil
 	}
@@ -316,7 +325,7 @@ func accept(s *store, h Hello, r journal.Record) error {
 			return err
 		}
 		if err := s.mirror.apply(r, &next); err != nil {
-			return peerError{fmt.Errorf("receiver cannot write its mirror: %w", err)}
+			return peerError{CutStorage, fmt.Errorf("receiver cannot write its mirror: %w", err)}
 		}
 	}
 	s.st = next
@@ -328,6 +337,7 @@ type syncer struct {
 	s    *store
 	full bool
 	out  *ackWriter
+	st   *recvStats
 
 	segMu   sync.Mutex // held to sync the segment or to replace it
 	mu      sync.Mutex
@@ -342,8 +352,8 @@ type syncer struct {
 	err   error
 }
 
-func newSyncer(s *store, full bool, out *ackWriter) *syncer {
-	sy := &syncer{s: s, full: full, out: out, wake: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
+func newSyncer(s *store, full bool, out *ackWriter, st *recvStats) *syncer {
+	sy := &syncer{s: s, full: full, out: out, st: st, wake: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
 	go sy.run()
 	return sy
 }
@@ -391,11 +401,12 @@ func (sy *syncer) syncOnce() error {
 		sy.segMu.Unlock()
 		return nil
 	}
-	err := sy.s.seg.Sync()
+	err := sy.st.timeSync(sy.s.seg.Sync)
 	sy.segMu.Unlock()
 	if err != nil {
-		return peerError{fmt.Errorf("receiver cannot sync the stream (not acknowledging): %w", err)}
+		return peerError{CutStorage, fmt.Errorf("receiver cannot sync the stream (not acknowledging): %w", err)}
 	}
+	sy.st.synced.Store(id)
 	if sy.full && id > sy.acked {
 		sy.acked = id
 		return sy.out.write(appendRecord(nil, StreamAck, id, nil))

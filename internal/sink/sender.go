@@ -91,6 +91,8 @@ type Sender struct {
 	ackedCh    chan struct{} // closed and replaced when acked moves
 	lastErr    string
 	cancel     context.CancelFunc // ends the current session
+	connects   uint64             // handshakes done
+	baselines  uint64             // baselines begun
 
 	ctx  context.Context // ended by Close
 	stop context.CancelFunc
@@ -156,6 +158,9 @@ type SenderStats struct {
 	LagSeconds   float64
 	LastAck      time.Time
 	LastError    string
+	// Connects counts the handshakes done, Baselines the baselines begun,
+	// since the sender started.
+	Connects, Baselines uint64
 }
 
 // Stats returns the link's figures.
@@ -163,7 +168,8 @@ func (s *Sender) Stats() SenderStats {
 	js := s.j.Stats()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := SenderStats{State: Disconnected, AckedTransid: s.acked, LastAck: s.lastAck, LastError: s.lastErr}
+	st := SenderStats{State: Disconnected, AckedTransid: s.acked, LastAck: s.lastAck, LastError: s.lastErr,
+		Connects: s.connects, Baselines: s.baselines}
 	switch {
 	case s.outOfSync:
 		st.State = OutOfSync
@@ -335,7 +341,7 @@ func (s *Sender) session(ctx context.Context, oldest uint64) (bool, error) {
 		close(readDone)
 	}()
 
-	s.set(func() { s.linkUp = true })
+	s.set(func() { s.linkUp, s.connects = true, s.connects+1 })
 	// pos is where sending starts and posID the id of the last record
 	// before it (what a hold there names); after is what the receiver has.
 	var pos, posID, after uint64
@@ -357,7 +363,7 @@ func (s *Sender) session(ctx context.Context, oldest uint64) (bool, error) {
 		s.set(func() { s.outOfSync, s.sentPos = false, pos })
 		s.advance(pos, posID, after)
 	} else {
-		s.set(func() { s.inBaseline = true })
+		s.set(func() { s.inBaseline, s.baselines = true, s.baselines+1 })
 		if pos, after, err = s.baseline(ctx, c); err != nil {
 			return true, fmt.Errorf("baseline: %w", err)
 		}

@@ -243,6 +243,12 @@ func TestFullDuplexMirrorAndRestore(t *testing.T) {
 		}
 	}
 	sameImage(t, "latest", r.restore(Point{Latest: true}), snaps[len(snaps)-1].img)
+	// The receiver's figures: what it stored, synced and acknowledged.
+	st := r.rc.Stats()
+	if len(st) != 1 || !st[0].Connected || st[0].StoredBytes == 0 || st[0].SyncedTransid < snaps[len(snaps)-1].id ||
+		st[0].Syncs.Count == 0 || st[0].CutOff != [4]uint64{} {
+		t.Errorf("receiver figures %+v", st)
+	}
 }
 
 // duplex is Full if full, else Half.
