@@ -206,7 +206,7 @@ func volumeMetrics(dir string) prometheus.Collector {
 			return nil
 		}
 		return []attach.Status{s}
-	})
+	}, nil)
 }
 
 // serveMetrics serves c's metrics at /metrics on addr until ctx ends, and

@@ -33,6 +33,13 @@ func NodeLabelValue(node string) string {
 // NameAnnotation carries the CSI volume name a Journal was created for.
 const NameAnnotation = "jvol.io/csi-name"
 
+// The claim a Journal was made for, when the provisioner said
+// (--extra-create-metadata): its namespace and name.
+const (
+	ClaimNamespaceAnnotation = "jvol.io/pvc-namespace"
+	ClaimNameAnnotation      = "jvol.io/pvc-name"
+)
+
 // Store is where Journals are kept. Errors are the API's
 // (k8s.io/apimachinery/pkg/api/errors): test them with IsNotFound,
 // IsAlreadyExists, IsConflict; a refused spec is Invalid from the API

@@ -109,7 +109,7 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 			ObjectMeta: metav1.ObjectMeta{
 				Name:        id,
 				Labels:      map[string]string{catalog.NodeLabel: catalog.NodeLabelValue(spec.Node)},
-				Annotations: map[string]string{catalog.NameAnnotation: name},
+				Annotations: claimAnnotations(name, req.GetParameters()),
 				// The node's, set here so that the node need not add it
 				// to a Journal the controller may still be writing.
 				Finalizers: []string{v1.Finalizer},
@@ -408,4 +408,15 @@ func (c *Controller) releaseOrphan(ctx context.Context, id string) error {
 		return apiError(err)
 	}
 	return nil
+}
+
+// claimAnnotations are a new Journal's annotations: the CSI name, and the
+// claim's namespace and name if the provisioner passed them.
+func claimAnnotations(name string, params map[string]string) map[string]string {
+	a := map[string]string{catalog.NameAnnotation: name}
+	ns, claim := params["csi.storage.k8s.io/pvc/namespace"], params["csi.storage.k8s.io/pvc/name"]
+	if ns != "" && claim != "" {
+		a[catalog.ClaimNamespaceAnnotation], a[catalog.ClaimNameAnnotation] = ns, claim
+	}
+	return a
 }

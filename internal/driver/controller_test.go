@@ -278,3 +278,29 @@ func TestTeardownOfADeletedVolumeSucceeds(t *testing.T) {
 	_, err := d.n.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: "pvc-gone", StagingTargetPath: t.TempDir(), VolumeCapability: mountCap})
 	wantCode(t, "stage", err, codes.NotFound)
 }
+
+// A volume the provisioner names a claim for knows it: its Journal's
+// annotations, and the node's reconciler (the metrics' labels).
+func TestCreateVolumeRecordsTheClaim(t *testing.T) {
+	d := newDriver(t)
+	ctx := context.Background()
+	r, err := d.c.CreateVolume(ctx, createReq("pvc-claimed", 8<<20, map[string]string{
+		"fifoSize": "1Mi", "csi.storage.k8s.io/pvc/namespace": "apps", "csi.storage.k8s.io/pvc/name": "data"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := r.GetVolume().GetVolumeId()
+	j, err := d.c.Store.Get(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := j.Annotations; a[catalog.ClaimNamespaceAnnotation] != "apps" || a[catalog.ClaimNameAnnotation] != "data" || a[catalog.NameAnnotation] != "pvc-claimed" {
+		t.Errorf("annotations %v", a)
+	}
+	if ns, name := d.n.Journals.(*reconciler.Reconciler).Claim(id); ns != "apps" || name != "data" {
+		t.Errorf("the reconciler says the claim is %s/%s", ns, name)
+	}
+	if _, err := d.c.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -118,11 +118,17 @@ func Run(ctx context.Context, cfg Config) error {
 	var (
 		ready    atomic.Bool
 		nodeVols atomic.Pointer[host.Volumes] // the node's, once made: their metrics
+		nodeRec  atomic.Pointer[reconciler.Reconciler]
 		metered  = metrics.NewVolumes(func() []attach.Status {
 			if v := nodeVols.Load(); v != nil {
 				return v.Statuses()
 			}
 			return nil
+		}, func(volume string) (string, string) {
+			if r := nodeRec.Load(); r != nil {
+				return r.Claim(volume)
+			}
+			return "", ""
 		})
 	)
 	serveHealth(ctx, cfg.HealthAddr, &ready, metrics.Handler(ctrlmetrics.Registry, metered))
@@ -219,6 +225,7 @@ func Run(ctx context.Context, cfg Config) error {
 				return volumes.Available()
 			}}
 		}
+		nodeRec.Store(r)
 		ns = &Node{Volumes: volumes, NodeID: cfg.NodeID, Journals: r, MaxVolumes: cfg.MaxVolumes}
 		if ns.MaxVolumes == 0 {
 			mem, err := memTotal()

@@ -2,9 +2,11 @@
 // A Collector reads each volume's status when it is scraped, so the I/O
 // path pays nothing: the engine keeps its counters anyway.
 //
-// Every family has the label volume (the volume's name: its Journal's in
-// Kubernetes); the sink's state has state too, one series per state, 1 for
-// the one the link is in. charts/README.md lists the families.
+// A volume's families have the label volume (the volume's name: its
+// Journal's in Kubernetes), and namespace and persistentvolumeclaim (its
+// claim's, where known; empty otherwise); the sink's state has state too,
+// one series per state, 1 for the one the link is in. A receiver's have
+// volume. charts/README.md lists the families.
 package metrics
 
 import (
@@ -27,8 +29,11 @@ type family struct {
 	value func(attach.Status) float64
 }
 
+// volumeLabels are the labels of a volume's families.
+var volumeLabels = []string{"volume", "namespace", "persistentvolumeclaim"}
+
 func newFamily(name, help string, typ prometheus.ValueType, value func(attach.Status) float64) family {
-	return family{prometheus.NewDesc(name, help, []string{"volume"}, nil), typ, value}
+	return family{prometheus.NewDesc(name, help, volumeLabels, nil), typ, value}
 }
 
 var (
@@ -96,12 +101,12 @@ var (
 		desc  *prometheus.Desc
 		value func(attach.Status) hist.Snapshot
 	}{
-		{prometheus.NewDesc("jvol_volume_flush_duration_seconds", "How long flushes took: until every earlier write was durable.", []string{"volume"}, nil),
+		{prometheus.NewDesc("jvol_volume_flush_duration_seconds", "How long flushes took: until every earlier write was durable.", volumeLabels, nil),
 			func(s attach.Status) hist.Snapshot { return s.FlushTimes }},
-		{prometheus.NewDesc("jvol_volume_commit_duration_seconds", "How long commits of the journal to the data image took.", []string{"volume"}, nil),
+		{prometheus.NewDesc("jvol_volume_commit_duration_seconds", "How long commits of the journal to the data image took.", volumeLabels, nil),
 			func(s attach.Status) hist.Snapshot { return s.CommitTimes }},
 	}
-	sinkState = prometheus.NewDesc("jvol_sink_state", "1 for the state the volume's link to its sink is in, 0 for the others.", []string{"volume", "state"}, nil)
+	sinkState = prometheus.NewDesc("jvol_sink_state", "1 for the state the volume's link to its sink is in, 0 for the others.", append(volumeLabels[:3:3], "state"), nil)
 )
 
 // SinkStates are the states of a link to a sink, each a series of
@@ -111,11 +116,15 @@ var SinkStates = []string{sink.Connected, sink.CatchingUp, sink.OutOfSync, sink.
 // Volumes collects the figures of the volumes that statuses returns.
 type Volumes struct {
 	statuses func() []attach.Status
+	claim    func(volume string) (namespace, name string)
 }
 
 // NewVolumes returns a Collector of the attached volumes statuses returns
-// when it is called, at each scrape.
-func NewVolumes(statuses func() []attach.Status) *Volumes { return &Volumes{statuses} }
+// when it is called, at each scrape; claim, if not nil, names a volume's
+// claim.
+func NewVolumes(statuses func() []attach.Status, claim func(volume string) (namespace, name string)) *Volumes {
+	return &Volumes{statuses, claim}
+}
 
 func (v *Volumes) Describe(ch chan<- *prometheus.Desc) {
 	for _, f := range volumeFamilies {
@@ -135,24 +144,28 @@ func (v *Volumes) Collect(ch chan<- prometheus.Metric) {
 		if !s.Attached {
 			continue
 		}
+		labels := []string{s.Volume, "", ""}
+		if v.claim != nil {
+			labels[1], labels[2] = v.claim(s.Volume)
+		}
 		for _, f := range volumeFamilies {
-			ch <- prometheus.MustNewConstMetric(f.desc, f.typ, f.value(s), s.Volume)
+			ch <- prometheus.MustNewConstMetric(f.desc, f.typ, f.value(s), labels...)
 		}
 		for _, h := range histograms {
-			ch <- constHistogram(h.desc, h.value(s), s.Volume)
+			ch <- constHistogram(h.desc, h.value(s), labels...)
 		}
 		if s.Sink == nil {
 			continue
 		}
 		for _, f := range sinkFamilies {
-			ch <- prometheus.MustNewConstMetric(f.desc, f.typ, f.value(s), s.Volume)
+			ch <- prometheus.MustNewConstMetric(f.desc, f.typ, f.value(s), labels...)
 		}
 		for _, state := range SinkStates {
 			v := 0.0
 			if s.Sink.State == state {
 				v = 1
 			}
-			ch <- prometheus.MustNewConstMetric(sinkState, prometheus.GaugeValue, v, s.Volume, state)
+			ch <- prometheus.MustNewConstMetric(sinkState, prometheus.GaugeValue, v, append(labels, state)...)
 		}
 	}
 }
@@ -166,12 +179,12 @@ var bounds = func() []float64 {
 	return b
 }()
 
-func constHistogram(d *prometheus.Desc, s hist.Snapshot, volume string) prometheus.Metric {
+func constHistogram(d *prometheus.Desc, s hist.Snapshot, labels ...string) prometheus.Metric {
 	buckets := make(map[float64]uint64, hist.Buckets)
 	for i, c := range s.Cumulative {
 		buckets[bounds[i]] = c
 	}
-	return prometheus.MustNewConstHistogram(d, s.Count, s.Sum.Seconds(), buckets, volume)
+	return prometheus.MustNewConstHistogram(d, s.Count, s.Sum.Seconds(), buckets, labels...)
 }
 
 // Handler serves the collectors' metrics in the Prometheus text format,

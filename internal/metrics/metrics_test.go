@@ -37,34 +37,34 @@ func TestVolumesCollectLiveFigures(t *testing.T) {
 			{Volume: "pvc-b", Attached: false}, // not attached: nothing
 		}
 	}
-	v := NewVolumes(statuses)
+	v := NewVolumes(statuses, func(volume string) (string, string) { return "apps", "data-" + volume })
 	want := `
 # HELP jvol_volume_written_bytes_total Bytes written to the volume since its server started.
 # TYPE jvol_volume_written_bytes_total counter
-jvol_volume_written_bytes_total{volume="pvc-a"} 4096
+jvol_volume_written_bytes_total{namespace="apps",persistentvolumeclaim="data-pvc-a",volume="pvc-a"} 4096
 # HELP jvol_volume_fifo_used_bytes Bytes in the memory FIFO not yet freed.
 # TYPE jvol_volume_fifo_used_bytes gauge
-jvol_volume_fifo_used_bytes{volume="pvc-a"} 4096
+jvol_volume_fifo_used_bytes{namespace="apps",persistentvolumeclaim="data-pvc-a",volume="pvc-a"} 4096
 # HELP jvol_sink_state 1 for the state the volume's link to its sink is in, 0 for the others.
 # TYPE jvol_sink_state gauge
-jvol_sink_state{state="CatchingUp",volume="pvc-a"} 1
-jvol_sink_state{state="Connected",volume="pvc-a"} 0
-jvol_sink_state{state="Disconnected",volume="pvc-a"} 0
-jvol_sink_state{state="OutOfSync",volume="pvc-a"} 0
+jvol_sink_state{namespace="apps",persistentvolumeclaim="data-pvc-a",state="CatchingUp",volume="pvc-a"} 1
+jvol_sink_state{namespace="apps",persistentvolumeclaim="data-pvc-a",state="Connected",volume="pvc-a"} 0
+jvol_sink_state{namespace="apps",persistentvolumeclaim="data-pvc-a",state="Disconnected",volume="pvc-a"} 0
+jvol_sink_state{namespace="apps",persistentvolumeclaim="data-pvc-a",state="OutOfSync",volume="pvc-a"} 0
 # HELP jvol_sink_last_ack_timestamp_seconds When the sink last acknowledged (0: never).
 # TYPE jvol_sink_last_ack_timestamp_seconds gauge
-jvol_sink_last_ack_timestamp_seconds{volume="pvc-a"} 1.767323045e+09
+jvol_sink_last_ack_timestamp_seconds{namespace="apps",persistentvolumeclaim="data-pvc-a",volume="pvc-a"} 1.767323045e+09
 `
 	// Buckets of 16 µs, 32 µs, ...: one flush in the first, one in the
 	// second, one beyond them all.
 	want += "# HELP jvol_volume_flush_duration_seconds How long flushes took: until every earlier write was durable.\n" +
 		"# TYPE jvol_volume_flush_duration_seconds histogram\n"
 	for i := range hist.Buckets {
-		want += fmt.Sprintf("jvol_volume_flush_duration_seconds_bucket{volume=\"pvc-a\",le=\"%g\"} %d\n", hist.Bound(i).Seconds(), min(i+1, 2))
+		want += fmt.Sprintf("jvol_volume_flush_duration_seconds_bucket{namespace=\"apps\",persistentvolumeclaim=\"data-pvc-a\",volume=\"pvc-a\",le=\"%g\"} %d\n", hist.Bound(i).Seconds(), min(i+1, 2))
 	}
-	want += "jvol_volume_flush_duration_seconds_bucket{volume=\"pvc-a\",le=\"+Inf\"} 3\n" +
-		"jvol_volume_flush_duration_seconds_sum{volume=\"pvc-a\"} 3600.00003\n" +
-		"jvol_volume_flush_duration_seconds_count{volume=\"pvc-a\"} 3\n"
+	want += "jvol_volume_flush_duration_seconds_bucket{namespace=\"apps\",persistentvolumeclaim=\"data-pvc-a\",volume=\"pvc-a\",le=\"+Inf\"} 3\n" +
+		"jvol_volume_flush_duration_seconds_sum{namespace=\"apps\",persistentvolumeclaim=\"data-pvc-a\",volume=\"pvc-a\"} 3600.00003\n" +
+		"jvol_volume_flush_duration_seconds_count{namespace=\"apps\",persistentvolumeclaim=\"data-pvc-a\",volume=\"pvc-a\"} 3\n"
 	if err := testutil.CollectAndCompare(v, strings.NewReader(want), "jvol_volume_written_bytes_total", "jvol_volume_fifo_used_bytes",
 		"jvol_sink_state", "jvol_sink_last_ack_timestamp_seconds", "jvol_volume_flush_duration_seconds"); err != nil {
 		t.Error(err)
@@ -76,7 +76,7 @@ jvol_sink_last_ack_timestamp_seconds{volume="pvc-a"} 1.767323045e+09
 	again := `
 # HELP jvol_volume_written_bytes_total Bytes written to the volume since its server started.
 # TYPE jvol_volume_written_bytes_total counter
-jvol_volume_written_bytes_total{volume="pvc-a"} 8192
+jvol_volume_written_bytes_total{namespace="apps",persistentvolumeclaim="data-pvc-a",volume="pvc-a"} 8192
 `
 	if err := testutil.CollectAndCompare(v, strings.NewReader(again), "jvol_volume_written_bytes_total"); err != nil {
 		t.Errorf("a second scrape: %v", err)
@@ -94,7 +94,7 @@ jvol_volume_written_bytes_total{volume="pvc-a"} 8192
 func TestHandlerServesTheTextFormat(t *testing.T) {
 	s := httptest.NewServer(Handler(nil, NewVolumes(func() []attach.Status {
 		return []attach.Status{{Volume: "v", Attached: true, Flushes: 1}}
-	})))
+	}, nil)))
 	defer s.Close()
 	resp, err := s.Client().Get(s.URL)
 	if err != nil {
@@ -102,7 +102,7 @@ func TestHandlerServesTheTextFormat(t *testing.T) {
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	for _, want := range []string{`jvol_volume_flushes_total{volume="v"} 1`, "go_goroutines", "process_cpu_seconds_total"} {
+	for _, want := range []string{`jvol_volume_flushes_total{namespace="",persistentvolumeclaim="",volume="v"} 1`, "go_goroutines", "process_cpu_seconds_total"} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("no %q in:\n%s", want, b)
 		}
@@ -113,7 +113,7 @@ func TestHandlerServesTheTextFormat(t *testing.T) {
 func families(t *testing.T) []string {
 	t.Helper()
 	ch := make(chan *prometheus.Desc, 64)
-	NewVolumes(nil).Describe(ch)
+	NewVolumes(nil, nil).Describe(ch)
 	NewReceiver(nil).Describe(ch)
 	close(ch)
 	re := regexp.MustCompile(`fqName: "([^"]+)"`)

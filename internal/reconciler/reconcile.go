@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -50,6 +51,17 @@ type Reconciler struct {
 	Secrets client.Reader
 	// Recorder, if set, records events on Journals.
 	Recorder record.EventRecorder
+
+	claims sync.Map // volume -> [2]string: its claim's namespace and name
+}
+
+// Claim returns the namespace and name of the claim the volume was made
+// for, as its Journal says; empty if it does not, or was not reconciled.
+func (r *Reconciler) Claim(volume string) (namespace, name string) {
+	if c, ok := r.claims.Load(volume); ok {
+		return c.([2]string)[0], c.([2]string)[1]
+	}
+	return "", ""
 }
 
 // Reconcile acts on the Journal called name and returns when it wants to
@@ -57,10 +69,14 @@ type Reconciler struct {
 func (r *Reconciler) Reconcile(ctx context.Context, name string) (time.Duration, error) {
 	j, err := r.Store.Get(ctx, name)
 	if apierrors.IsNotFound(err) {
+		r.claims.Delete(name)
 		return 0, nil
 	}
 	if err != nil {
 		return 0, err
+	}
+	if ns, claim := j.Annotations[catalog.ClaimNamespaceAnnotation], j.Annotations[catalog.ClaimNameAnnotation]; ns != "" && claim != "" {
+		r.claims.Store(name, [2]string{ns, claim})
 	}
 	if j.Spec.Node != r.NodeID {
 		return 0, nil // another node's

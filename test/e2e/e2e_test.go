@@ -429,7 +429,7 @@ func TestJournalsShowLiveValues(t *testing.T) {
 	})
 	// And so do its metrics, on the node plugin's health port (the chart's
 	// node.healthPort, on the host network here).
-	written := fmt.Sprintf(`jvol_volume_written_bytes_total{volume=%q} `, volume)
+	written := fmt.Sprintf(`jvol_volume_written_bytes_total{namespace=%q,persistentvolumeclaim="live",volume=%q} `, ns, volume)
 	eventually(t, waitLong, "the node plugin's metrics of the volume", func(ctx context.Context) (bool, string) {
 		out, err := metricsAt("127.0.0.1:9809")
 		if err != nil {
