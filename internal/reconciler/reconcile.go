@@ -67,7 +67,12 @@ func (r *Reconciler) Claim(volume string) (namespace, name string) {
 // Reconcile acts on the Journal called name and returns when it wants to
 // look again (0: when it changes).
 func (r *Reconciler) Reconcile(ctx context.Context, name string) (time.Duration, error) {
-	j, err := r.Store.Get(ctx, name)
+	return r.reconcile(ctx, r.Store, name)
+}
+
+// reconcile is Reconcile reading and writing the Journal in store.
+func (r *Reconciler) reconcile(ctx context.Context, store catalog.Store, name string) (time.Duration, error) {
+	j, err := store.Get(ctx, name)
 	if apierrors.IsNotFound(err) {
 		r.claims.Delete(name)
 		return 0, nil
@@ -84,10 +89,10 @@ func (r *Reconciler) Reconcile(ctx context.Context, name string) (time.Duration,
 	// The volume's lock is held only around the work on this machine, never
 	// across a call to the API server: CSI calls wait on it.
 	if j.DeletionTimestamp != nil {
-		return r.remove(ctx, j)
+		return r.remove(ctx, store, j)
 	}
 	if controllerutil.AddFinalizer(j, v1.Finalizer) {
-		if err := r.Store.Update(ctx, j); err != nil {
+		if err := store.Update(ctx, j); err != nil {
 			return 0, err
 		}
 	}
@@ -123,7 +128,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, name string) (time.Duration,
 		if j.Status.Phase != v1.PhaseFailed && r.Recorder != nil {
 			r.Recorder.Eventf(j, corev1.EventTypeWarning, v1.EventFailed, "%s: %v", reason, err)
 		}
-		if uerr := r.setStatus(ctx, j, next); uerr != nil {
+		if uerr := setStatus(ctx, store, j, next); uerr != nil {
 			return 0, uerr
 		}
 		return 0, fmt.Errorf("volume %s: %w", name, err)
@@ -161,7 +166,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, name string) (time.Duration,
 		meta.RemoveStatusCondition(&next.Conditions, v1.ConditionConnectionHeld)
 	}
 	r.changes(j, next)
-	return again, r.setStatus(ctx, j, next)
+	return again, setStatus(ctx, store, j, next)
 }
 
 // changes records an event for each change of j's status to next that a
@@ -326,7 +331,7 @@ func setReady(s *v1.JournalStatus, st metav1.ConditionStatus, reason, msg string
 }
 
 // setStatus stores next unless nothing but the time would change.
-func (r *Reconciler) setStatus(ctx context.Context, j *v1.Journal, next *v1.JournalStatus) error {
+func setStatus(ctx context.Context, store catalog.Store, j *v1.Journal, next *v1.JournalStatus) error {
 	next.Updated = j.Status.Updated
 	if equality.Semantic.DeepEqual(&j.Status, next) {
 		return nil
@@ -334,10 +339,10 @@ func (r *Reconciler) setStatus(ctx context.Context, j *v1.Journal, next *v1.Jour
 	now := metav1.Now()
 	next.Updated = &now
 	j.Status = *next
-	return r.Store.ApplyStatus(ctx, j)
+	return store.ApplyStatus(ctx, j)
 }
 
-func (r *Reconciler) remove(ctx context.Context, j *v1.Journal) (time.Duration, error) {
+func (r *Reconciler) remove(ctx context.Context, store catalog.Store, j *v1.Journal) (time.Duration, error) {
 	if !controllerutil.ContainsFinalizer(j, v1.Finalizer) {
 		return 0, nil
 	}
@@ -352,27 +357,27 @@ func (r *Reconciler) remove(ctx context.Context, j *v1.Journal) (time.Duration, 
 			reason = v1.ReasonStaged
 		}
 		setReady(next, metav1.ConditionFalse, reason, err.Error())
-		if uerr := r.setStatus(ctx, j, next); uerr != nil {
+		if uerr := setStatus(ctx, store, j, next); uerr != nil {
 			return 0, uerr
 		}
 		return 0, fmt.Errorf("remove volume %s: %w", j.Name, err)
 	}
 	klog.InfoS("Removed volume", "volume", j.Name)
 	controllerutil.RemoveFinalizer(j, v1.Finalizer)
-	return 0, r.Store.Update(ctx, j)
+	return 0, store.Update(ctx, j)
 }
 
 // Sync reconciles the Journal called name now, retrying while its copy is
 // behind (a conflict), for callers that must not return before its status
 // says what they did.
 func (r *Reconciler) Sync(ctx context.Context, name string) error {
-	fresh := *r
+	fresh := r.Store
 	if r.Fresh != nil {
-		fresh.Store = r.Fresh
+		fresh = r.Fresh
 	}
 	b := wait.Backoff{Duration: 10 * time.Millisecond, Factor: 2, Cap: time.Second, Steps: 10}
 	return retry.OnError(b, apierrors.IsConflict, func() error {
-		_, err := fresh.Reconcile(ctx, name)
+		_, err := r.reconcile(ctx, fresh, name)
 		return err
 	})
 }
