@@ -24,19 +24,28 @@ func render(t *testing.T, args ...string) map[string][]unstructured.Unstructured
 		t.Fatalf("helm template %v: %v\n%s", args, err, stderr.Bytes())
 	}
 	kinds := map[string][]unstructured.Unstructured{}
-	dec := yaml.NewYAMLOrJSONDecoder(bytes.NewReader(out), 4096)
+	for _, u := range objects(t, out) {
+		kinds[u.GetKind()] = append(kinds[u.GetKind()], u)
+	}
+	return kinds
+}
+
+// objects decodes the objects of a multi-document YAML.
+func objects(t *testing.T, b []byte) []unstructured.Unstructured {
+	t.Helper()
+	var all []unstructured.Unstructured
+	dec := yaml.NewYAMLOrJSONDecoder(bytes.NewReader(b), 4096)
 	for {
 		var u unstructured.Unstructured
 		if err := dec.Decode(&u.Object); errors.Is(err, io.EOF) {
-			break
+			return all
 		} else if err != nil {
 			t.Fatal(err)
 		}
 		if len(u.Object) > 0 {
-			kinds[u.GetKind()] = append(kinds[u.GetKind()], u)
+			all = append(all, u)
 		}
 	}
-	return kinds
 }
 
 // The metrics Services always; the ServiceMonitor only where its CRD is;

@@ -1,18 +1,13 @@
 package test
 
 import (
-	"bytes"
 	"context"
-	"errors"
-	"io"
 	"os"
 	"path/filepath"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -46,18 +41,8 @@ func TestDeployManifestsAreAcceptedByAnAPIServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dec := yaml.NewYAMLOrJSONDecoder(bytes.NewReader(b), 4096)
 	kinds := map[string]int{}
-	for {
-		var u unstructured.Unstructured
-		if err := dec.Decode(&u.Object); errors.Is(err, io.EOF) {
-			break
-		} else if err != nil {
-			t.Fatal(err)
-		}
-		if len(u.Object) == 0 {
-			continue
-		}
+	for _, u := range objects(t, b) {
 		if u.GetKind() == "CustomResourceDefinition" {
 			// Installed with create, not through envtest: a bad CRD must
 			// fail here too.
@@ -68,7 +53,7 @@ func TestDeployManifestsAreAcceptedByAnAPIServer(t *testing.T) {
 		}
 		kinds[u.GetKind()]++
 	}
-	for _, k := range []string{"CustomResourceDefinition", "CSIDriver", "StorageClass", "Deployment", "DaemonSet", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ServiceAccount"} {
+	for _, k := range []string{"CustomResourceDefinition", "CSIDriver", "StorageClass", "Deployment", "DaemonSet", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ServiceAccount", "Service"} {
 		if kinds[k] == 0 {
 			t.Errorf("deploy/jvol.yaml has no %s", k)
 		}
