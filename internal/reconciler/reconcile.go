@@ -125,9 +125,7 @@ func (r *Reconciler) reconcile(ctx context.Context, store catalog.Store, name st
 		}
 		next.Phase = v1.PhaseFailed
 		setReady(next, metav1.ConditionFalse, reason, err.Error())
-		if j.Status.Phase != v1.PhaseFailed && r.Recorder != nil {
-			r.Recorder.Eventf(j, corev1.EventTypeWarning, v1.EventFailed, "%s: %v", reason, err)
-		}
+		r.changes(j, next)
 		if uerr := setStatus(ctx, store, j, next); uerr != nil {
 			return 0, uerr
 		}
@@ -147,12 +145,9 @@ func (r *Reconciler) reconcile(ctx context.Context, store catalog.Store, name st
 		setFigures(next, s)
 		if next.SinkState == sink.OutOfSync {
 			next.Phase = v1.PhaseDegraded
-			if j.Status.SinkState != sink.OutOfSync {
-				r.sinkOutOfSync(j, next)
-			}
 		}
 		if want, held := r.Volumes.Held(name); want {
-			r.setHeld(j, next, held)
+			setHeld(next, held)
 		} else {
 			meta.RemoveStatusCondition(&next.Conditions, v1.ConditionConnectionHeld)
 		}
@@ -169,30 +164,52 @@ func (r *Reconciler) reconcile(ctx context.Context, store catalog.Store, name st
 	return again, setStatus(ctx, store, j, next)
 }
 
-// changes records an event for each change of j's status to next that a
-// person wants to know of.
+// changes logs and records an event for each change of j's status to next
+// that a person wants to know of.
 func (r *Reconciler) changes(j *v1.Journal, next *v1.JournalStatus) {
-	if r.Recorder == nil {
-		return
+	event := func(typ, reason, format string, args ...any) {
+		msg := fmt.Sprintf(format, args...)
+		klog.InfoS("Journal changed", "journal", j.Name, "event", reason, "message", msg)
+		if r.Recorder != nil {
+			r.Recorder.Event(j, typ, reason, msg)
+		}
 	}
 	was := j.Status
 	served := func(p v1.Phase) bool { return p == v1.PhaseAttached || p == v1.PhaseDegraded }
 	switch {
+	case next.Phase == v1.PhaseFailed && was.Phase != v1.PhaseFailed:
+		event(corev1.EventTypeWarning, v1.EventFailed, "%s", said(next, v1.ConditionReady))
 	case next.Device != "" && was.Device != next.Device:
-		r.Recorder.Eventf(j, corev1.EventTypeNormal, v1.EventAttached, "served as %s on node %s", next.Device, r.NodeID)
+		event(corev1.EventTypeNormal, v1.EventAttached, "served as %s on node %s", next.Device, r.NodeID)
 	case next.Device == "" && was.Device != "" && served(was.Phase):
-		r.Recorder.Eventf(j, corev1.EventTypeNormal, v1.EventDetached, "no longer served on node %s", r.NodeID)
+		event(corev1.EventTypeNormal, v1.EventDetached, "no longer served on node %s", r.NodeID)
 	}
 	switch {
+	case next.SinkState == sink.OutOfSync && was.SinkState != sink.OutOfSync:
+		// It needs a new baseline; until then the volume is not protected
+		// off site.
+		event(corev1.EventTypeWarning, v1.EventSinkOutOfSync, "the sink is out of sync: %s", said(next, v1.ConditionSinkInSync))
 	case next.SinkState == sink.CatchingUp && was.SinkState != sink.CatchingUp:
-		r.Recorder.Event(j, corev1.EventTypeNormal, v1.EventSinkCatchingUp, "the sink is being brought up to date")
+		event(corev1.EventTypeNormal, v1.EventSinkCatchingUp, "the sink is being brought up to date")
 	case next.SinkState == sink.Connected && was.SinkState == sink.CatchingUp:
-		r.Recorder.Event(j, corev1.EventTypeNormal, v1.EventSinkInSync, "the sink has every write again")
+		event(corev1.EventTypeNormal, v1.EventSinkInSync, "the sink has every write again")
+	}
+	if meta.IsStatusConditionFalse(next.Conditions, v1.ConditionConnectionHeld) && !meta.IsStatusConditionFalse(was.Conditions, v1.ConditionConnectionHeld) {
+		event(corev1.EventTypeWarning, v1.EventHolderGone, "%s", said(next, v1.ConditionConnectionHeld))
 	}
 	if next.Device != "" && was.Device == next.Device && next.FIFOStalls > was.FIFOStalls {
-		r.Recorder.Eventf(j, corev1.EventTypeWarning, v1.EventJournalFull,
+		event(corev1.EventTypeWarning, v1.EventJournalFull,
 			"writers waited %d times for room in the FIFO since the last report: the journal falls behind", next.FIFOStalls-was.FIFOStalls)
 	}
+}
+
+// said is what a condition of s says: its reason and message.
+func said(s *v1.JournalStatus, typ string) string {
+	c := meta.FindStatusCondition(s.Conditions, typ)
+	if c == nil {
+		return ""
+	}
+	return c.Reason + ": " + c.Message
 }
 
 // setFigures sets next, a copy of the Journal's status, to the figures of
@@ -235,34 +252,15 @@ func noSink(s *v1.JournalStatus) {
 	meta.RemoveStatusCondition(&s.Conditions, v1.ConditionSinkInSync)
 }
 
-// sinkOutOfSync reports a sink that has just lost the stream: it needs a
-// new baseline, and until then the volume is not protected off site.
-func (r *Reconciler) sinkOutOfSync(j *v1.Journal, next *v1.JournalStatus) {
-	msg := "the sink is out of sync"
-	if c := meta.FindStatusCondition(next.Conditions, v1.ConditionSinkInSync); c != nil {
-		msg = "the sink is out of sync: " + c.Message
-	}
-	klog.InfoS("Sink out of sync", "journal", j.Name, "message", msg)
-	if r.Recorder != nil {
-		r.Recorder.Event(j, corev1.EventTypeWarning, v1.EventSinkOutOfSync, msg)
-	}
-}
-
-// setHeld sets the ConnectionHeld condition of an attached volume. One no
-// holder keeps is Degraded, and losing the holder is a Warning event.
-func (r *Reconciler) setHeld(j *v1.Journal, next *v1.JournalStatus, held bool) {
+// setHeld sets the ConnectionHeld condition of an attached volume: one no
+// holder keeps is Degraded.
+func setHeld(next *v1.JournalStatus, held bool) {
 	c := metav1.Condition{Type: v1.ConditionConnectionHeld, Status: metav1.ConditionTrue, Reason: v1.ReasonHeld,
 		Message: "the node pod's holder keeps the FUSE connection: the volume's I/O outlives the node plugin"}
 	if !held {
 		c.Status, c.Reason = metav1.ConditionFalse, v1.ReasonHolderGone
 		c.Message = "no holder keeps the FUSE connection: the node plugin's death would fail the volume's I/O"
 		next.Phase = v1.PhaseDegraded
-		if !meta.IsStatusConditionFalse(j.Status.Conditions, v1.ConditionConnectionHeld) {
-			klog.InfoS("No holder keeps the volume's connection", "journal", j.Name)
-			if r.Recorder != nil {
-				r.Recorder.Event(j, corev1.EventTypeWarning, v1.EventHolderGone, c.Message)
-			}
-		}
 	}
 	meta.SetStatusCondition(&next.Conditions, c)
 }

@@ -403,6 +403,14 @@ func TestChangesAreEvents(t *testing.T) {
 			func() v1.JournalStatus { s := attached; s.SinkState = sink.CatchingUp; return s }(), []string{"Normal " + v1.EventSinkCatchingUp}},
 		{"sink in sync", func() v1.JournalStatus { s := attached; s.SinkState = sink.CatchingUp; return s }(),
 			func() v1.JournalStatus { s := attached; s.SinkState = sink.Connected; return s }(), []string{"Normal " + v1.EventSinkInSync}},
+		{"sink out of sync", attached, func() v1.JournalStatus { s := attached; s.SinkState = sink.OutOfSync; return s }(),
+			[]string{"Warning " + v1.EventSinkOutOfSync}},
+		{"holder gone", attached, func() v1.JournalStatus {
+			s := attached
+			s.Conditions = []metav1.Condition{{Type: v1.ConditionConnectionHeld, Status: metav1.ConditionFalse, Reason: v1.ReasonHolderGone}}
+			return s
+		}(), []string{"Warning " + v1.EventHolderGone}},
+		{"failed", v1.JournalStatus{Phase: v1.PhaseReady}, v1.JournalStatus{Phase: v1.PhaseFailed}, []string{"Warning " + v1.EventFailed}},
 	} {
 		r.changes(&v1.Journal{ObjectMeta: metav1.ObjectMeta{Name: "v"}, Status: c.was}, &c.next)
 		if got := recorded(events); !slices.Equal(got, c.want) {
