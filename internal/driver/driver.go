@@ -391,7 +391,8 @@ func publishAvailable(ctx context.Context, c client.Client, nodeName string, vol
 	published := int64(-1)
 	for {
 		n, err := volumes.Available()
-		if n &^= 1<<20 - 1; err == nil && n != published {
+		n &^= 1<<20 - 1 // whole MiB: a few bytes are no change
+		if err == nil && n != published {
 			patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, catalog.AvailableAnnotation, strconv.FormatInt(n, 10))
 			obj := &corev1.Node{}
 			obj.Name = nodeName

@@ -106,7 +106,8 @@ var (
 		{prometheus.NewDesc("jvol_volume_commit_duration_seconds", "How long commits of the journal to the data image took.", volumeLabels, nil),
 			func(s attach.Status) hist.Snapshot { return s.CommitTimes }},
 	}
-	sinkState = prometheus.NewDesc("jvol_sink_state", "1 for the state the volume's link to its sink is in, 0 for the others.", append(volumeLabels[:3:3], "state"), nil)
+	sinkState = prometheus.NewDesc("jvol_sink_state", "1 for the state the volume's link to its sink is in, 0 for the others.",
+		[]string{"volume", "namespace", "persistentvolumeclaim", "state"}, nil)
 )
 
 // SinkStates are the states of a link to a sink, each a series of

@@ -20,14 +20,14 @@ const (
 )
 
 // CutReasons are every reason, in the order VolumeStats.CutOff has them.
-var CutReasons = []string{CutAuthentication, CutProtocol, CutStorage, CutConnection}
+var CutReasons = [...]string{CutAuthentication, CutProtocol, CutStorage, CutConnection}
 
 // recvStats are one volume's figures at the receiver: atomics, updated on
 // the stream's path.
 type recvStats struct {
 	stored, segments, synced atomic.Uint64
 	syncs                    hist.Durations
-	cut                      [4]atomic.Uint64 // by CutReasons
+	cut                      [len(CutReasons)]atomic.Uint64
 }
 
 // VolumeStats are a volume's figures at the receiver since it started.
@@ -40,7 +40,7 @@ type VolumeStats struct {
 	// Syncs are how long the segment's syncs took.
 	Syncs hist.Snapshot
 	// CutOff counts senders cut off, by reason (CutReasons).
-	CutOff [4]uint64
+	CutOff [len(CutReasons)]uint64
 }
 
 // stats returns the figures of vol, made on first use.
@@ -85,7 +85,7 @@ func (st *recvStats) cutOff(err error) {
 	case errors.As(err, &ne):
 		reason = CutConnection
 	}
-	st.cut[slices.Index(CutReasons, reason)].Add(1)
+	st.cut[slices.Index(CutReasons[:], reason)].Add(1)
 }
 
 // timeSync runs sync, counting how long it took.
