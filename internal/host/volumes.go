@@ -657,6 +657,11 @@ func (n *Volumes) Release(name string) error {
 
 // unstage unmounts and detaches what stage made.
 func (n *Volumes) unstage(name string, st Stage) error {
+	if n.attached(name) == nil {
+		if err := n.notServedElsewhere(name); err != nil {
+			return err
+		}
+	}
 	if !st.Block {
 		if err := unmountStale(n.os.Mounter, st.StagingPath); err != nil {
 			return err
@@ -837,6 +842,9 @@ func (n *Volumes) restore(name string, st Stage) error {
 // and publishes it again, replacing stale mounts of a dead device. The
 // caller holds its lock.
 func (n *Volumes) serveAgain(name string, st Stage, so *attach.SinkOptions) error {
+	if err := n.notServedElsewhere(name); err != nil {
+		return err
+	}
 	targets := keys(st.Publishes)
 	for _, t := range targets {
 		if err := unmountStale(n.os.Mounter, t); err != nil {
@@ -856,6 +864,21 @@ func (n *Volumes) serveAgain(name string, st Stage, so *attach.SinkOptions) erro
 		if err := n.bind(a.Device, st, t, st.Publishes[t].ReadOnly); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// notServedElsewhere fails with ErrConflict if another process serves the
+// volume (it holds the volume directory's lock): the plugin before this
+// one, still handing over or keeping what it could not hand over. Its
+// mounts are live, not stale: nothing of it may be unmounted here.
+func (n *Volumes) notServedElsewhere(name string) error {
+	locked, err := volume.IsLocked(n.Path(name))
+	if err != nil {
+		return err
+	}
+	if locked {
+		return fmt.Errorf("%w: %s is served by another process", ErrConflict, name)
 	}
 	return nil
 }

@@ -1,0 +1,49 @@
+package host_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/jvol-io/jvol/internal/host"
+	"github.com/jvol-io/jvol/internal/host/hosttest"
+	"github.com/jvol-io/jvol/internal/volume"
+)
+
+// A staged volume that another plugin still serves (one that kept it
+// when a handover failed) is not served again here, nor unstaged, and
+// its mounts are left alone: they are live, not stale.
+func TestAVolumeServedElsewhereIsLeftAlone(t *testing.T) {
+	fakes := hosttest.New()
+	dir := t.TempDir()
+	before, err := host.New(host.Config{StateDir: dir, OS: fakes.OS()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := before.Ensure(ctx, "v", volume.Options{Size: 8 << 20, JournalSize: volume.MinJournalSize}, true); err != nil {
+		t.Fatal(err)
+	}
+	staging := t.TempDir()
+	if err := before.StageVolume("v", host.Stage{StagingPath: staging, FSType: "ext4"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	defer before.UnstageVolume("v", staging)
+
+	next, err := host.New(host.Config{StateDir: dir, OS: fakes.OS()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := next.Restore(ctx); !errors.Is(err, host.ErrConflict) {
+		t.Errorf("restore: %v, want ErrConflict", err)
+	}
+	if err := next.UnstageVolume("v", staging); !errors.Is(err, host.ErrConflict) {
+		t.Errorf("unstage: %v, want ErrConflict", err)
+	}
+	if m := fakes.Mounter.MountsAt(staging); len(m) != 1 {
+		t.Errorf("mounts at the staging path: %v, want the one the other plugin made", m)
+	}
+	if _, ok := before.Status("v"); !ok {
+		t.Error("the plugin before does not serve the volume any more")
+	}
+}
