@@ -142,8 +142,9 @@ func Run(ctx context.Context, cfg Config) error {
 		background = func(f func() error) { go func() { errc <- f() }() }
 	)
 	var (
-		hc      *holder.Client
-		retired = make(chan struct{})
+		hc        *holder.Client
+		holderNow atomic.Pointer[holder.Client] // hc, or the one after it if it died
+		retired   = make(chan struct{})
 	)
 	if cfg.Mode != ModeController {
 		changes := reconciler.NewChanges()
@@ -152,7 +153,11 @@ func Run(ctx context.Context, cfg Config) error {
 			if hc, err = dialHolder(ctx, cfg.HolderSocket); err != nil {
 				return err
 			}
-			defer hc.Close()
+			// Not closed here: the holder takes the end of this connection
+			// for this process's death and has the kernel resend what is
+			// unanswered, so it must end only when the process does, FUSE
+			// servers and all.
+			holderNow.Store(hc)
 			if hc.Succeeded {
 				klog.InfoS("This pod's node plugin handed its volumes to a successor; idle until stopped")
 				<-parent.Done()
@@ -171,7 +176,7 @@ func Run(ctx context.Context, cfg Config) error {
 			if err := volumes.AdoptHeld(hc.Held); err != nil {
 				klog.ErrorS(err, "Some held connections could not be served again")
 			}
-			go keepHolder(ctx, cfg.HolderSocket, hc, volumes)
+			go keepHolder(ctx, cfg.HolderSocket, &holderNow, volumes)
 		}
 		if cfg.SuccessionSocket != "" {
 			took := time.Now()
@@ -198,8 +203,10 @@ func Run(ctx context.Context, cfg Config) error {
 					klog.ErrorS(err, "Listening for a successor")
 				}
 				if ok {
-					if hc != nil {
-						hc.MarkSucceeded()
+					if h := holderNow.Load(); h != nil {
+						if err := h.MarkSucceeded(); err != nil {
+							klog.ErrorS(err, "The holder did not hear of the handover: a restart of this container would serve the volumes again")
+						}
 					}
 					close(retired)
 				}
@@ -303,13 +310,15 @@ func dialHolder(ctx context.Context, path string) (*holder.Client, error) {
 
 // keepHolder waits for the holder to die (the connections then live only
 // in this process), connects to its next instance and has it keep them.
-func keepHolder(ctx context.Context, path string, hc *holder.Client, volumes *host.Volumes) {
+func keepHolder(ctx context.Context, path string, now *atomic.Pointer[holder.Client], volumes *host.Volumes) {
 	for {
+		hc := now.Load()
 		select {
 		case <-ctx.Done():
 			return
 		case <-hc.Done():
 		}
+		hc.Close()
 		volumes.HolderGone()
 		klog.ErrorS(nil, "The FUSE connection holder is gone: the volumes would not outlive this process; connecting to the next", "socket", path)
 		next, err := holder.Dial(ctx, path)
@@ -321,8 +330,8 @@ func keepHolder(ctx context.Context, path string, hc *holder.Client, volumes *ho
 			f.Close() // a new holder holds nothing: nothing to take over
 		}
 		volumes.SetHolder(next)
+		now.Store(next)
 		klog.InfoS("A FUSE connection holder keeps the volumes' connections again", "volumes", volumes.Served())
-		hc = next
 	}
 }
 

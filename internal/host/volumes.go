@@ -420,7 +420,7 @@ func (n *Volumes) StageVolume(name string, want Stage, so *attach.SinkOptions) e
 // and mounts its file system.
 func (n *Volumes) stage(name string, st Stage, so *attach.SinkOptions) error {
 	var conn *os.File
-	if n.holder != nil && n.os.Frontend == nil {
+	if n.currentHolder() != nil && n.os.Frontend == nil {
 		var err error
 		if conn, err = fuseconn.Open(); err != nil {
 			return err
@@ -456,7 +456,7 @@ func (n *Volumes) served(name string, a *attach.Attachment, conn *os.File) {
 	}
 	h := n.holder
 	n.mu.Unlock()
-	if conn != nil {
+	if conn != nil && h != nil {
 		n.hold(h, name, conn)
 	}
 	n.changed(name)
@@ -530,9 +530,7 @@ func (n *Volumes) AdoptHeld(held map[string]*os.File) error {
 		klog.ErrorS(err, "Could not serve a held connection again; dropping it", "volume", name)
 		errs = append(errs, fmt.Errorf("volume %s: %w", name, err))
 		conn.Close()
-		if n.holder != nil {
-			n.holder.Drop(name)
-		}
+		n.drop(name)
 	}
 	return errors.Join(errs...)
 }
@@ -595,9 +593,21 @@ func (n *Volumes) Give(name string) (*os.File, error) {
 // Given tells the holder that a volume Give returned is the successor's.
 func (n *Volumes) Given(name string, conn *os.File) {
 	conn.Close()
-	if n.holder != nil {
-		if err := n.holder.Drop(name); err != nil {
-			klog.ErrorS(err, "The holder did not drop a volume given away", "volume", name)
+	n.drop(name)
+}
+
+// currentHolder is the holder now (SetHolder replaces it), or nil.
+func (n *Volumes) currentHolder() Holder {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.holder
+}
+
+// drop has the holder, if any, close its copy of a volume's connection.
+func (n *Volumes) drop(name string) {
+	if h := n.currentHolder(); h != nil {
+		if err := h.Drop(name); err != nil {
+			klog.ErrorS(err, "The holder did not drop a volume's connection", "volume", name)
 		}
 	}
 }
@@ -676,15 +686,13 @@ func (n *Volumes) unstage(name string, st Stage) error {
 		// for it would block every later stage, unstage and delete.
 		n.mu.Lock()
 		delete(n.att, name)
-		conn, holder := n.conns[name], n.holder
+		conn := n.conns[name]
 		delete(n.conns, name)
 		delete(n.held, name)
 		n.mu.Unlock()
 		if conn != nil {
 			conn.Close()
-			if err := holder.Drop(name); err != nil {
-				klog.ErrorS(err, "The holder did not drop an unstaged volume", "volume", name)
-			}
+			n.drop(name)
 		}
 		n.changed(name)
 		return err
