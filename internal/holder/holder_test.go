@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -78,14 +79,24 @@ func TestAPluginGoneItsRequestsAreResentAndTheNextGetsTheConnections(t *testing.
 	}
 	// The next plugin waits for the owner to be gone: only then, and
 	// after the resend, does it get the connections.
-	next := make(chan *Client)
-	go func() { next <- r.dial(t) }()
+	next := make(chan *Client, 1)
+	dialErr := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := Dial(ctx, r.path)
+		dialErr <- err
+		next <- c
+	}()
 	r.mu.Lock()
 	if len(r.sent) != 0 {
 		t.Errorf("resent %v while the owner lives", r.sent)
 	}
 	r.mu.Unlock()
 	a.Close()
+	if err := <-dialErr; err != nil {
+		t.Fatal(err)
+	}
 	b := <-next
 	r.mu.Lock()
 	if len(r.sent) != 1 {
@@ -120,7 +131,7 @@ func TestASecondPluginIsRefusedWhileTheFirstLives(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if _, err := receive(c); err == nil {
-		t.Fatal("a second plugin was given the connections")
+	if _, err := receive(c); err == nil || !strings.Contains(err.Error(), "holder refused") {
+		t.Fatalf("a second plugin: %v, want the holder's refusal", err)
 	}
 }
