@@ -40,6 +40,13 @@ type Resizer interface {
 	Truncate(size int64) error
 	// Punch deallocates [off, off+n): it reads as zeros afterwards.
 	Punch(off, n int64) error
+	// Allocate gives [off, off+n) disk blocks without changing the length
+	// or the data (fallocate, no zeroing): later writes there cannot fail
+	// for want of space. It fails with ENOSPC, holding whatever it got,
+	// when the file system cannot give them all.
+	Allocate(off, n int64) error
+	// Zero makes [off, off+n) read as zeros and keeps its blocks.
+	Zero(off, n int64) error
 }
 
 // OSFile is a File on the host file system.
@@ -78,6 +85,52 @@ func (o *OSFile) Truncate(size int64) error { return o.f.Truncate(size) }
 
 func (o *OSFile) Punch(off, n int64) error {
 	return unix.Fallocate(int(o.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+}
+
+func (o *OSFile) Allocate(off, n int64) error {
+	return unix.Fallocate(int(o.f.Fd()), unix.FALLOC_FL_KEEP_SIZE, off, n)
+}
+
+// Zero asks the file system to zero the range in place (unwritten
+// extents); one that cannot (tmpfs) gets zeros written.
+func (o *OSFile) Zero(off, n int64) error {
+	err := unix.Fallocate(int(o.f.Fd()), unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+	if !errors.Is(err, unix.EOPNOTSUPP) {
+		return err
+	}
+	return writeZeros(o, off, n)
+}
+
+// writeZeros writes zeros over [off, off+n), which is block-aligned where
+// f is opened for direct I/O.
+func writeZeros(f io.WriterAt, off, n int64) error {
+	z := AlignedBuffer(int(min(n, 1<<20)+BlockSize-1) &^ (BlockSize - 1))
+	for n > 0 {
+		c := min(n, int64(len(z)))
+		if _, err := f.WriteAt(z[:c], off); err != nil {
+			return err
+		}
+		off, n = off+c, n-c
+	}
+	return nil
+}
+
+// Allocated returns the bytes of disk the file holds.
+func (o *OSFile) Allocated() (int64, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(o.f.Fd()), &st); err != nil {
+		return 0, err
+	}
+	return st.Blocks * 512, nil
+}
+
+// Available returns the bytes the file's file system can still give it.
+func (o *OSFile) Available() (int64, error) {
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(int(o.f.Fd()), &st); err != nil {
+		return 0, err
+	}
+	return int64(st.Bavail) * st.Bsize, nil
 }
 
 func (o *OSFile) Size() (int64, error) {
@@ -155,3 +208,30 @@ func (readOnly) WriteAt([]byte, int64) (int, error) {
 	return 0, errors.New("vfs: file opened read only")
 }
 func (readOnly) Sync() error { return nil }
+
+// Written returns the bytes of the file at path that hold data: neither
+// holes nor blocks allocated and never written (ext4, XFS and tmpfs
+// report those as holes too), so a thick image counts as a sparse one.
+func Written(path string) (int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	fd := int(f.Fd())
+	var n, off int64
+	for {
+		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) { // no data after off
+			return n, nil
+		}
+		if err != nil {
+			return 0, err
+		}
+		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
+		if err != nil {
+			return 0, err
+		}
+		n, off = n+hole-data, hole
+	}
+}

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/jvol-io/jvol/internal/journal"
 	"github.com/jvol-io/jvol/internal/vfs"
 )
@@ -29,6 +31,17 @@ type Meta struct {
 	FIFOSize       int    `json:"fifoSize"`
 	CommitInterval string `json:"commitInterval"`
 	Created        string `json:"created"`
+	// Provisioning is thick or thin; absent in volumes made before it
+	// was chosen, which are thin.
+	Provisioning Provisioning `json:"provisioning,omitempty"`
+}
+
+// Provisioned is the volume's provisioning.
+func (m Meta) Provisioned() Provisioning {
+	if m.Provisioning == "" {
+		return Thin
+	}
+	return m.Provisioning
 }
 
 // Options for OpenDir. Zero values mean: what the volume has (or the
@@ -39,6 +52,8 @@ type Options struct {
 	JournalSize    int64 // only when creating: default 10% of Size, at least MinJournalSize
 	FIFOSize       int
 	CommitInterval time.Duration
+	// Provisioning is fixed when the volume is made: default Thick.
+	Provisioning Provisioning
 	// Hold keeps the journal's records for a reader (see Config.Hold).
 	Hold bool
 	// Resume opens a volume whose block device outlived its server (see
@@ -65,6 +80,8 @@ type Dir struct {
 // OpenDir opens the volume in path, creating it first if path holds none,
 // and recovers it. It holds an exclusive lock on the directory until Close.
 func OpenDir(path string, o Options) (*Dir, error) {
+	_, err := os.Stat(path)
+	made := errors.Is(err, os.ErrNotExist)
 	if err := vfs.OS.MkdirAll(path); err != nil {
 		return nil, err
 	}
@@ -85,6 +102,11 @@ func OpenDir(path string, o Options) (*Dir, error) {
 			d.Volume.Close()
 		}
 		d.release()
+		if _, serr := os.Stat(Layout(path).Meta()); made && errors.Is(serr, os.ErrNotExist) {
+			// A create that failed leaves no trace.
+			os.Remove(Layout(path).Lock())
+			os.Remove(path)
+		}
 		return nil, err
 	}
 	return d, nil
@@ -106,8 +128,10 @@ func (d *Dir) open(o Options) error {
 		return fmt.Errorf("volume: the journal size is fixed at creation (%d), not %d", meta.JournalSize, o.JournalSize)
 	case o.Size != 0 && o.Size < meta.Size:
 		return fmt.Errorf("%w: %d to %d", ErrShrink, meta.Size, o.Size)
+	case o.Provisioning != "" && o.Provisioning != meta.Provisioned():
+		return fmt.Errorf("volume: the provisioning is fixed at creation (%s), not %s", meta.Provisioned(), o.Provisioning)
 	}
-	cfg := Config{Journal: journal.Options{FIFOSize: meta.FIFOSize}, Hold: o.Hold, Resume: o.Resume}
+	cfg := Config{Journal: journal.Options{FIFOSize: meta.FIFOSize}, Hold: o.Hold, Resume: o.Resume, Provisioning: meta.Provisioned()}
 	if o.FIFOSize != 0 {
 		cfg.Journal.FIFOSize = o.FIFOSize
 	}
@@ -202,38 +226,57 @@ func create(path string, o Options) (Meta, error) {
 	meta := Meta{
 		Version: MetaVersion, Name: name, Size: o.Size, JournalSize: js, FIFOSize: o.FIFOSize,
 		CommitInterval: DefaultCommitInterval.String(), Created: time.Now().UTC().Format(time.RFC3339),
+		Provisioning: o.Provisioning,
+	}
+	if meta.Provisioning == "" {
+		meta.Provisioning = Thick
 	}
 	if o.CommitInterval != 0 {
 		meta.CommitInterval = o.CommitInterval.String()
 	}
-	jpath := Layout(path).Journal()
-	if err := vfs.Preallocate(jpath, js); err != nil {
-		return Meta{}, err
-	}
-	jf, err := vfs.OpenDirect(jpath)
-	if err != nil {
-		return Meta{}, err
-	}
-	_, err = journal.Format(jf)
-	jf.Close()
-	if err != nil {
-		return Meta{}, err
-	}
-	// The data image is sparse: blocks are allocated as they are written.
-	df, err := os.OpenFile(Layout(path).Data(), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return Meta{}, err
-	}
-	err = df.Truncate(o.Size)
-	if err == nil {
-		err = df.Sync()
-	}
-	df.Close()
-	if err != nil {
+	if err := createImages(path, meta); err != nil {
+		// Nothing is left half made (on a full disk, above all).
+		for _, f := range []string{Layout(path).Journal(), Layout(path).Data()} {
+			if rerr := os.Remove(f); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+				err = errors.Join(err, rerr)
+			}
+		}
 		return Meta{}, err
 	}
 	// The metadata file last: a volume without it was never created.
 	return meta, WriteMeta(path, meta)
+}
+
+// createImages makes the journal image, allocated and formatted, and the
+// data image: allocated whole if thick, sparse if thin.
+func createImages(path string, meta Meta) error {
+	jpath := Layout(path).Journal()
+	if err := vfs.Preallocate(jpath, meta.JournalSize); err != nil {
+		return err
+	}
+	jf, err := vfs.OpenDirect(jpath)
+	if err != nil {
+		return err
+	}
+	_, err = journal.Format(jf)
+	jf.Close()
+	if err != nil {
+		return err
+	}
+	df, err := os.OpenFile(Layout(path).Data(), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	defer df.Close()
+	if err := df.Truncate(meta.Size); err != nil {
+		return err
+	}
+	if meta.Provisioning == Thick {
+		if err := unix.Fallocate(int(df.Fd()), unix.FALLOC_FL_KEEP_SIZE, 0, meta.Size); err != nil {
+			return fmt.Errorf("volume: no space for the %d bytes of a thick volume's data image (a thin one takes its space as it is written): %w", meta.Size, err)
+		}
+	}
+	return df.Sync() // fsync: the allocation is metadata
 }
 
 // ReadMeta reads and checks a volume directory's metadata.

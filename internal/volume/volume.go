@@ -59,6 +59,9 @@ type Config struct {
 	// Resume says whether, and how, the block device above outlived the
 	// process that served the volume before.
 	Resume Resume
+	// Provisioning is the volume's (see Provisioning); empty: Thin, as
+	// volumes were made before it was chosen.
+	Provisioning Provisioning
 }
 
 // Resume says how the block device above a volume outlived the process
@@ -86,6 +89,7 @@ const (
 // Volume is an open volume.
 type Volume struct {
 	data  Data
+	alloc *allocated // a thin volume's allocated steps; nil when thick
 	j     *journal.Journal
 	locks rangeLocks
 	cfg   Config
@@ -115,6 +119,7 @@ type Volume struct {
 // nothing that allocates or locks.
 type ioStats struct {
 	reads, readBytes, writes, discards, discardBytes atomic.Uint64
+	spaceErrors                                      atomic.Uint64
 	flushes, commits                                 hist.Durations
 }
 
@@ -127,11 +132,17 @@ func Open(data Data, jf vfs.File, size int64, cfg Config) (*Volume, journal.Reco
 	if cfg.CommitInterval <= 0 {
 		cfg.CommitInterval = DefaultCommitInterval
 	}
+	if cfg.Provisioning == "" {
+		cfg.Provisioning = Thin
+	}
 	v := &Volume{data: data, cfg: cfg, size: size, quit: make(chan struct{}), done: make(chan struct{})}
+	if cfg.Provisioning == Thin {
+		v.alloc = newAllocated(size)
+	}
 	if cur, err := data.Size(); err != nil {
 		return nil, journal.Recovery{}, err
 	} else if cur < size {
-		if err := data.Truncate(size); err != nil {
+		if err := v.extend(cur, size); err != nil {
 			return nil, journal.Recovery{}, err
 		}
 	}
@@ -177,13 +188,18 @@ func (v *Volume) replay(_ uint64, r journal.Record) error {
 		}
 		switch op.Kind {
 		case blockrec.Write:
+			if err := v.reserve(int64(op.Off), int64(len(op.Data))); err != nil {
+				return err
+			}
 			return v.writeData(op.Data, int64(op.Off))
 		case blockrec.Discard:
-			return v.data.Punch(int64(op.Off), int64(op.Len))
+			return v.deallocate(int64(op.Off), int64(op.Len))
 		case blockrec.Resize:
 			if int64(op.Size) > v.size {
+				if err := v.extend(v.size, int64(op.Size)); err != nil {
+					return err
+				}
 				v.size = int64(op.Size)
-				return v.data.Truncate(v.size)
 			}
 		}
 		return nil
@@ -259,6 +275,9 @@ func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
 
 func (v *Volume) writeChunk(p []byte, off int64) error {
 	defer v.locks.unlock(v.locks.lock(off, int64(len(p))))
+	if err := v.reserve(off, int64(len(p))); err != nil {
+		return err
+	}
 	r, err := v.j.Reserve(v.ctx, StreamIO, blockrec.WriteSize(len(p)))
 	if err != nil {
 		return v.cause(err)
@@ -274,7 +293,8 @@ func (v *Volume) writeChunk(p []byte, off int64) error {
 	return nil
 }
 
-// Discard deallocates [off, off+n): it reads as zeros afterwards.
+// Discard makes [off, off+n) read as zeros; a thin volume gives its blocks
+// back, a thick one keeps them.
 func (v *Volume) Discard(off, n int64) error {
 	v.sizeMu.RLock()
 	defer v.sizeMu.RUnlock()
@@ -290,7 +310,7 @@ func (v *Volume) Discard(off, n int64) error {
 		return v.cause(err)
 	}
 	blockrec.PutDiscard(r.Payload, uint64(off), uint64(n))
-	if err := v.data.Punch(off, n); err != nil {
+	if err := v.deallocate(off, n); err != nil {
 		r.Abort()
 		return err
 	}
@@ -327,7 +347,7 @@ func (v *Volume) Grow(ctx context.Context, size int64) error {
 		return v.cause(err)
 	}
 	blockrec.PutResize(r.Payload, uint64(size))
-	if err := v.data.Truncate(size); err != nil {
+	if err := v.extend(v.size, size); err != nil {
 		r.Abort()
 		return err
 	}
@@ -336,6 +356,20 @@ func (v *Volume) Grow(ctx context.Context, size int64) error {
 		return v.cause(err)
 	}
 	v.size = size
+	return nil
+}
+
+// extend lengthens the data image from old to size bytes, with its blocks
+// if thick; if they cannot all be had, the image keeps its old length (and
+// gives back what it got beyond it). The caller holds the size lock
+// exclusively, or is Open.
+func (v *Volume) extend(old, size int64) error {
+	if err := v.data.Truncate(size); err != nil {
+		return err
+	}
+	if err := v.grown(old, size); err != nil {
+		return errors.Join(err, v.data.Truncate(old))
+	}
 	return nil
 }
 
@@ -466,6 +500,7 @@ type Stats struct {
 	// discards and their bytes; how long flushes and commits took.
 	Reads, ReadBytes, Writes, Discards, DiscardBytes uint64
 	FlushTimes, CommitTimes                          hist.Snapshot
+	Space                                            Space
 }
 
 // Stats returns the volume's figures; cheap enough to call often.
@@ -473,7 +508,8 @@ func (v *Volume) Stats() Stats {
 	v.commitMu.Lock()
 	c := v.commits
 	v.commitMu.Unlock()
-	return Stats{Size: v.Size(), Commits: c, Journal: v.j.Stats(),
+	size := v.Size()
+	return Stats{Size: size, Commits: c, Journal: v.j.Stats(), Space: v.space(size),
 		Reads: v.stats.reads.Load(), ReadBytes: v.stats.readBytes.Load(), Writes: v.stats.writes.Load(),
 		Discards: v.stats.discards.Load(), DiscardBytes: v.stats.discardBytes.Load(),
 		FlushTimes: v.stats.flushes.Snapshot(), CommitTimes: v.stats.commits.Snapshot()}

@@ -161,6 +161,23 @@ func (f *File) Punch(off, n int64) error {
 	return f.write(make([]byte, end-off), off, 0)
 }
 
+// Allocate holds no blocks to give: memory is all there is. It fails only
+// on a closed file.
+func (f *File) Allocate(off, n int64) error {
+	if off < 0 || n < 0 {
+		return errors.New("faultfs: bad allocate")
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return errors.New("faultfs: file closed")
+	}
+	return nil
+}
+
+// Zero is Punch: a file here holds no blocks to keep.
+func (f *File) Zero(off, n int64) error { return f.Punch(off, n) }
+
 func resize(b []byte, size int64) []byte {
 	if size <= int64(len(b)) {
 		return b[:size:size]

@@ -329,6 +329,13 @@ func (h *handle) Punch(off, n int64) error {
 	return h.changed(func() error { return h.File.Punch(off, n) })
 }
 
+func (h *handle) Allocate(off, n int64) error {
+	return h.changed(func() error { return h.File.Allocate(off, n) })
+}
+func (h *handle) Zero(off, n int64) error {
+	return h.changed(func() error { return h.File.Zero(off, n) })
+}
+
 func (h *handle) Size() (int64, error) {
 	if err := h.check(); err != nil {
 		return 0, err
