@@ -115,9 +115,13 @@ func poll(t *testing.T, what func() string, cond func() bool) {
 
 // volumeStatus is what the tests read of `jvol status --json`.
 type volumeStatus struct {
-	Transid uint64 `json:"transid"`
-	Updated string `json:"updated"`
-	Sink    *struct {
+	Transid      uint64 `json:"transid"`
+	Updated      string `json:"updated"`
+	Provisioning string `json:"provisioning"`
+	Allocated    int64  `json:"allocated"`
+	SpaceLow     bool   `json:"spaceLow"`
+	SpaceErrors  uint64 `json:"spaceErrors"`
+	Sink         *struct {
 		State        string `json:"state"`
 		AckedTransid uint64 `json:"ackedTransid"`
 		LagBytes     uint64 `json:"lagBytes"`

@@ -38,6 +38,7 @@ func attachCmd(ctx context.Context, args []string) error {
 	fs.Var(&size, "size", "volume size: required to create; larger than the volume's grows it")
 	fs.Var(&journalSize, "journal-size", "journal size, when creating (default 10% of the size, at least 64Mi)")
 	fs.Var(&fifoSize, "fifo-size", "memory FIFO size, a power of two from 1Mi to 1Gi (default 16Mi)")
+	provisioning := fs.String("provisioning", "", "when creating: thick (default) allocates the whole data image now, so no write can meet a full disk; thin allocates it as written, 8Mi at a time")
 	commit := fs.Duration("commit-interval", 0, "longest time between commits of the journal to the data image (default 5s)")
 	fsType := fs.String("fs", "", "make (unless present) and mount this file system: ext4 or xfs")
 	mnt := fs.String("mount", "", "where to mount the file system")
@@ -95,6 +96,11 @@ func attachCmd(ctx context.Context, args []string) error {
 			return err
 		}
 		o.Sink = &so
+	}
+	if *provisioning != "" {
+		if o.Volume.Provisioning, err = volume.ParseProvisioning(*provisioning); err != nil {
+			return fmt.Errorf("--provisioning: %w: %w", err, errUsage)
+		}
 	}
 	o.Volume.Name, o.Volume.CommitInterval = *name, *commit
 	o.Volume.Size, o.Volume.JournalSize, o.Volume.FIFOSize = int64(size), int64(journalSize), int(fifoSize)

@@ -159,6 +159,9 @@ func (a *Attachment) Dir() string { return a.dir.Path }
 // Size is the volume's size.
 func (a *Attachment) Size() int64 { return a.dir.Volume.Size() }
 
+// Provisioning is the volume's: thick or thin.
+func (a *Attachment) Provisioning() volume.Provisioning { return a.dir.Meta.Provisioned() }
+
 // Commit commits the volume's journal to its data image.
 func (a *Attachment) Commit(ctx context.Context) error { return a.dir.Volume.Commit(ctx) }
 

@@ -7,6 +7,8 @@ import (
 	"os"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/jvol-io/jvol/internal/hist"
 	"github.com/jvol-io/jvol/internal/journal"
 	"github.com/jvol-io/jvol/internal/vfs"
@@ -26,6 +28,16 @@ type Status struct {
 	Device         string `json:"device,omitempty"`
 	Mount          string `json:"mount,omitempty"`
 	Size           int64  `json:"size"`
+
+	// Provisioning is thick or thin (volume.Provisioning). Allocated is
+	// the bytes of disk the data image holds, Available what its file
+	// system can still give. SpaceLow: a thin volume may need more than
+	// that; SpaceErrors counts writes and grows refused for want of space.
+	Provisioning volume.Provisioning `json:"provisioning"`
+	Allocated    int64               `json:"allocated"`
+	Available    int64               `json:"available"`
+	SpaceLow     bool                `json:"spaceLow,omitempty"`
+	SpaceErrors  uint64              `json:"spaceErrors"`
 
 	Transid           uint64 `json:"transid"`      // last assigned
 	AckedTransid      uint64 `json:"ackedTransid"` // last durable in the journal
@@ -59,7 +71,15 @@ type Status struct {
 	Sink *SinkStatus `json:"sink,omitempty"`
 
 	Updated string `json:"updated"`
+	// Stale: the volume's server has not refreshed these figures for
+	// StaleAfter, though it holds the volume: its status file cannot be
+	// written (a full file system?), or it hangs. They are as of Updated.
+	Stale bool `json:"stale,omitempty"`
 }
+
+// StaleAfter is how old a held volume's status may be before ReadStatus
+// calls it stale: its server refreshes it every second.
+const StaleAfter = 5 * time.Second
 
 // SinkStatus is the link to the sink.
 type SinkStatus struct {
@@ -86,6 +106,7 @@ func (a *Attachment) Status() Status {
 	j := s.Journal
 	st := Status{
 		Volume: a.Name(), Attached: true, PID: a.pid, ServerPID: os.Getpid(), ServerRestarts: a.restarts, Device: a.Device, Mount: a.MountPath, Size: s.Size,
+		Provisioning: s.Space.Provisioning, Allocated: s.Space.Allocated, Available: s.Space.Available, SpaceLow: s.Space.Low, SpaceErrors: s.Space.Errors,
 		Transid: j.LastTransid, AckedTransid: j.AckedTransid, CheckpointTransid: j.CheckpointTransid,
 		BytesWritten: j.BytesWritten, Flushes: j.Flushes, Syncs: j.Syncs, Commits: s.Commits,
 		Reads: s.Reads, ReadBytes: s.ReadBytes, Writes: s.Writes, Discards: s.Discards, DiscardBytes: s.DiscardBytes,
@@ -136,6 +157,8 @@ func ReadStatus(dir string) (Status, error) {
 		if err := json.Unmarshal(b, &s); err != nil {
 			return Status{}, fmt.Errorf("status of %s: %w", dir, err)
 		}
+		updated, err := time.Parse(time.RFC3339Nano, s.Updated)
+		s.Stale = err != nil || time.Since(updated) > StaleAfter
 		return s, nil
 	}
 	f, err := vfs.OpenReadOnly(volume.Layout(dir).Journal())
@@ -147,17 +170,30 @@ func ReadStatus(dir string) (Status, error) {
 	if err != nil {
 		return Status{}, err
 	}
-	return Status{
-		Volume: meta.Name, Size: meta.Size, Transid: rec.LastTransid, AckedTransid: rec.LastTransid,
+	st := Status{
+		Volume: meta.Name, Size: meta.Size, Provisioning: meta.Provisioned(),
+		Transid: rec.LastTransid, AckedTransid: rec.LastTransid,
 		CheckpointTransid: sb.CkptTransid, JournalSize: sb.RingSize, JournalUsed: rec.End - rec.Start,
 		CommittedPosition: sb.CkptPos, FIFOSize: meta.FIFOSize,
-	}, nil
+	}
+	var fs unix.Stat_t
+	if unix.Stat(volume.Layout(dir).Data(), &fs) == nil {
+		st.Allocated = fs.Blocks * 512
+	}
+	var sfs unix.Statfs_t
+	if unix.Statfs(dir, &sfs) == nil {
+		st.Available = int64(sfs.Bavail) * sfs.Bsize
+	}
+	return st, nil
 }
 
 // WriteText prints the status as aligned "key: value" lines.
 func (s Status) WriteText(w io.Writer) {
 	line := func(k string, v any) { fmt.Fprintf(w, "%-20s %v\n", k+":", v) }
 	line("volume", s.Volume)
+	if s.Stale {
+		line("STALE", fmt.Sprintf("not refreshed since %s: the status file cannot be written (is its file system full?), or its server hangs", s.Updated))
+	}
 	line("attached", s.Attached)
 	if s.Attached {
 		line("device", s.Device)
@@ -168,6 +204,14 @@ func (s Status) WriteText(w io.Writer) {
 		line("server", fmt.Sprintf("pid %d, %d restarts", s.ServerPID, s.ServerRestarts))
 	}
 	line("size", s.Size)
+	line("provisioning", s.Provisioning)
+	line("data image holds", fmt.Sprintf("%d bytes; its file system has %d free", s.Allocated, s.Available))
+	if s.SpaceLow {
+		line("LOW ON SPACE", "this thin volume may need more than its file system has free; a write it cannot store fails")
+	}
+	if s.SpaceErrors > 0 {
+		line("space errors", fmt.Sprintf("%d writes or grows refused for want of space", s.SpaceErrors))
+	}
 	line("transid", s.Transid)
 	line("acked transid", s.AckedTransid)
 	line("checkpoint transid", s.CheckpointTransid)

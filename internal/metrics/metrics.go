@@ -76,6 +76,14 @@ var (
 			func(s attach.Status) float64 { return float64(s.AckedTransid) }),
 		newFamily("jvol_volume_checkpoint_transid", "Last transaction id committed to the data image.", prometheus.GaugeValue,
 			func(s attach.Status) float64 { return float64(s.CheckpointTransid) }),
+		newFamily("jvol_volume_allocated_bytes", "Disk the volume's data image holds (all of it, once made, if thick).", prometheus.GaugeValue,
+			func(s attach.Status) float64 { return float64(s.Allocated) }),
+		newFamily("jvol_volume_host_available_bytes", "Free space of the file system that holds the volume's images.", prometheus.GaugeValue,
+			func(s attach.Status) float64 { return float64(s.Available) }),
+		newFamily("jvol_volume_space_low", "1 while a thin volume may need more than its file system has free, else 0.", prometheus.GaugeValue,
+			func(s attach.Status) float64 { return boolValue(s.SpaceLow) }),
+		newFamily("jvol_volume_space_errors_total", "Writes and grows refused for want of space since the volume's server started.", prometheus.CounterValue,
+			func(s attach.Status) float64 { return float64(s.SpaceErrors) }),
 		newFamily("jvol_volume_server_restarts_total", "Handovers and restarts of the volume's FUSE server since it was attached.", prometheus.CounterValue,
 			func(s attach.Status) float64 { return float64(s.ServerRestarts) }),
 	}
@@ -162,11 +170,7 @@ func (v *Volumes) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(f.desc, f.typ, f.value(s), labels...)
 		}
 		for _, state := range SinkStates {
-			v := 0.0
-			if s.Sink.State == state {
-				v = 1
-			}
-			ch <- prometheus.MustNewConstMetric(sinkState, prometheus.GaugeValue, v, append(labels, state)...)
+			ch <- prometheus.MustNewConstMetric(sinkState, prometheus.GaugeValue, boolValue(s.Sink.State == state), append(labels, state)...)
 		}
 	}
 }
@@ -231,11 +235,7 @@ func (r *Receiver) Describe(ch chan<- *prometheus.Desc) {
 
 func (r *Receiver) Collect(ch chan<- prometheus.Metric) {
 	for _, s := range r.stats() {
-		connected := 0.0
-		if s.Connected {
-			connected = 1
-		}
-		ch <- prometheus.MustNewConstMetric(recvConnected, prometheus.GaugeValue, connected, s.Volume)
+		ch <- prometheus.MustNewConstMetric(recvConnected, prometheus.GaugeValue, boolValue(s.Connected), s.Volume)
 		ch <- prometheus.MustNewConstMetric(recvStored, prometheus.CounterValue, float64(s.StoredBytes), s.Volume)
 		ch <- prometheus.MustNewConstMetric(recvSegments, prometheus.CounterValue, float64(s.Segments), s.Volume)
 		ch <- prometheus.MustNewConstMetric(recvSynced, prometheus.GaugeValue, float64(s.SyncedTransid), s.Volume)
@@ -244,4 +244,12 @@ func (r *Receiver) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(recvCutOff, prometheus.CounterValue, float64(s.CutOff[i]), s.Volume, reason)
 		}
 	}
+}
+
+// boolValue is a gauge's value for b: 1 or 0.
+func boolValue(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
