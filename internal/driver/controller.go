@@ -165,6 +165,9 @@ func sameVolume(j *v1.Journal, name string, want v1.JournalSpec, r *csi.Capacity
 		return errorf(codes.AlreadyExists, "volume %s exists on node %s", j.Name, have.Node)
 	}
 	want.Node, want.Capacity = have.Node, have.Capacity
+	if have.Provisioning == "" { // made before there was a choice
+		want.Provisioning = ""
+	}
 	if !equality.Semantic.DeepEqual(have, want) { // quantities compare by value
 		return errorf(codes.AlreadyExists, "volume %s exists with other parameters", j.Name)
 	}

@@ -197,6 +197,36 @@ func TestCreateVolumeOutOfSpace(t *testing.T) {
 	}
 }
 
+// A thick volume the node cannot hold whole is refused; thin, it is made.
+func TestCreateVolumeThickNeedsItsWholeSize(t *testing.T) {
+	d := newDriverIn(t, vfstest.SmallFS(t, 128<<20))
+	ctx := context.Background()
+	params := map[string]string{"journalSize": "64Mi"}
+	_, err := d.c.CreateVolume(ctx, createReq("pvc-thick", 96<<20, params))
+	wantCode(t, "thick volume and journal larger than the disk", err, codes.ResourceExhausted)
+	if js, _ := d.c.Store.List(ctx); len(js) != 0 {
+		t.Errorf("journal left behind: %v", js[0].Name)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(d.dir, "volumes")); len(ents) != 0 {
+		t.Errorf("volume directory left behind: %v", ents)
+	}
+	params[ParamProvisioning] = "thin"
+	v, err := d.c.CreateVolume(ctx, createReq("pvc-thin", 96<<20, params))
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := d.c.Store.Get(ctx, v.GetVolume().GetVolumeId())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.Spec.Provisioning != v1.Thin || j.Status.Provisioning != v1.Thin {
+		t.Errorf("thin volume: spec %q, status %q", j.Spec.Provisioning, j.Status.Provisioning)
+	}
+	params[ParamProvisioning] = "thinnish"
+	_, err = d.c.CreateVolume(ctx, createReq("pvc-bad", 8<<20, params))
+	wantCode(t, "provisioning=thinnish", err, codes.InvalidArgument)
+}
+
 func TestVolumeIDsAreNeverPaths(t *testing.T) {
 	d := newDriver(t)
 	ctx := context.Background()

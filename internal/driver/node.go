@@ -316,9 +316,9 @@ func (n *Node) NodeGetVolumeStats(_ context.Context, req *csi.NodeGetVolumeStats
 		if err != nil {
 			return nil, nodeError(err)
 		}
-		// A block volume's use is what its sparse data image holds: blocks
+		// A block volume's use is what its data image holds: blocks
 		// written and not discarded.
-		used := min(n.Volumes.Allocated(id), size)
+		used := min(n.Volumes.Written(id), size)
 		return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{
 			{Unit: csi.VolumeUsage_BYTES, Total: size, Used: used, Available: size - used},
 		}}, nil

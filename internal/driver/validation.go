@@ -15,6 +15,7 @@ import (
 
 	"github.com/jvol-io/jvol/internal/journal"
 	"github.com/jvol-io/jvol/internal/sink"
+	"github.com/jvol-io/jvol/internal/volume"
 	v1 "github.com/jvol-io/jvol/pkg/apis/jvol/v1alpha1"
 )
 
@@ -25,6 +26,7 @@ const (
 	ParamDuplex         = "duplex"
 	ParamSinkURL        = "sinkURL"
 	ParamCommitInterval = "commitInterval"
+	ParamProvisioning   = "provisioning" // thick (default) or thin
 	ParamFSType         = "csi.storage.k8s.io/fstype"
 	// The Secret with the sink's credentials, which the node reads when it
 	// stages the volume: both or neither.
@@ -51,7 +53,7 @@ func volumeID(name string) string {
 // the csi.storage.k8s.io/ keys the sidecars add are ignored.
 func parseParams(p map[string]string) (v1.JournalSpec, error) {
 	// Defaults are written out, so the Journal shows what the volume runs with.
-	s := v1.JournalSpec{Duplex: v1.Half, FIFOSize: resource.NewQuantity(journal.DefaultFIFOSize, resource.BinarySI)}
+	s := v1.JournalSpec{Duplex: v1.Half, FIFOSize: resource.NewQuantity(journal.DefaultFIFOSize, resource.BinarySI), Provisioning: v1.Thick}
 	var secret v1.SecretReference
 	for k, val := range p {
 		var err error
@@ -81,6 +83,13 @@ func parseParams(p map[string]string) (v1.JournalSpec, error) {
 			s.CommitInterval = &metav1.Duration{Duration: d}
 		case ParamFSType:
 			s.FSType = val
+		case ParamProvisioning:
+			var p volume.Provisioning
+			p, err = volume.ParseProvisioning(val)
+			s.Provisioning = v1.Thick
+			if p == volume.Thin {
+				s.Provisioning = v1.Thin
+			}
 		default:
 			if strings.HasPrefix(k, "csi.storage.k8s.io/") {
 				continue

@@ -115,9 +115,10 @@ func New(cfg Config) (*Volumes, error) {
 }
 
 // Available returns the bytes the state directory's file system can still
-// give new volumes: its free bytes less what the volumes' sparse images
-// may yet take (their sizes less the blocks they hold). Writes to the
-// volumes move both alike; a new volume takes its size off at once.
+// give new volumes: its free bytes less what thick volumes' images do not
+// hold yet (nothing, once made). So a thick volume takes its size off at
+// once; a thin one takes only what it holds, as it comes: overcommitting
+// is what thin is for.
 func (n *Volumes) Available() (int64, error) {
 	var st unix.Statfs_t
 	if err := unix.Statfs(n.dir, &st); err != nil {
@@ -130,7 +131,11 @@ func (n *Volumes) Available() (int64, error) {
 	}
 	for _, e := range ents {
 		l := volume.Layout(filepath.Join(n.dir, e.Name()))
-		for _, f := range []string{l.Data(), l.Journal()} {
+		images := []string{l.Data(), l.Journal()}
+		if m, err := volume.ReadMeta(string(l)); err == nil && m.Provisioned() == volume.Thin {
+			images = images[1:]
+		}
+		for _, f := range images {
 			var fs unix.Stat_t
 			if unix.Stat(f, &fs) == nil {
 				free -= max(fs.Size-fs.Blocks*512, 0)
@@ -140,8 +145,9 @@ func (n *Volumes) Available() (int64, error) {
 	return max(free, 0), nil
 }
 
-// room fails with ENOSPC unless need more bytes are Available: a volume
-// is not made or grown past what the disk can give it, sparse as it is.
+// room fails with ENOSPC unless need more bytes are Available: a thick
+// volume is not made or grown past what the disk can give it (its
+// fallocate would fail too, but after taking what there is).
 func (n *Volumes) room(need int64) error {
 	avail, err := n.Available()
 	if err != nil {
@@ -210,7 +216,7 @@ func (n *Volumes) Ensure(ctx context.Context, name string, o volume.Options, cre
 	}
 	if a := n.attached(name); a != nil {
 		if o.Size > a.Size() {
-			if err := n.room(o.Size - a.Size()); err != nil {
+			if err := n.room(thick(a.Provisioning(), o.Size-a.Size())); err != nil {
 				return 0, err
 			}
 			if err := a.Grow(ctx, o.Size); err != nil {
@@ -231,7 +237,7 @@ func (n *Volumes) Ensure(ctx context.Context, name string, o volume.Options, cre
 				return 0, err
 			}
 		}
-		if err := n.room(o.Size + o.Journal()); err != nil {
+		if err := n.room(o.Journal() + thick(o.Provisioning, o.Size)); err != nil {
 			return 0, err
 		}
 	case err != nil:
@@ -239,9 +245,13 @@ func (n *Volumes) Ensure(ctx context.Context, name string, o volume.Options, cre
 	case m.Size >= o.Size && withSettings(m, o) == m:
 		return m.Size, nil // nothing to change: no need to open and recover it
 	case o.Size > m.Size:
-		if err := n.room(o.Size - m.Size); err != nil {
+		if err := n.room(thick(m.Provisioned(), o.Size-m.Size)); err != nil {
 			return 0, err
 		}
+	}
+	if err == nil {
+		// Fixed when made; a Journal made before it was chosen asks none.
+		o.Provisioning = ""
 	}
 	o.Name = name
 	d, err := volume.OpenDir(path, o)
@@ -253,6 +263,15 @@ func (n *Volumes) Ensure(ctx context.Context, name string, o volume.Options, cre
 		err2 = volume.WriteMeta(path, m)
 	}
 	return d.Volume.Size(), errors.Join(err2, d.Close())
+}
+
+// thick is n for a thick volume, 0 for a thin one: what it takes of the
+// disk at once. The empty provisioning of a new volume is thick.
+func thick(p volume.Provisioning, n int64) int64 {
+	if p == volume.Thin {
+		return 0
+	}
+	return n
 }
 
 // withSettings is m with o's FIFO size and commit interval, where set.
@@ -311,13 +330,23 @@ func (n *Volumes) Status(name string) (attach.Status, bool) {
 	return a.Status(), true
 }
 
-// Allocated returns the bytes the volume's data image holds on disk.
-func (n *Volumes) Allocated(name string) int64 {
-	var st unix.Stat_t
-	if err := unix.Stat(volume.Layout(n.Path(name)).Data(), &st); err != nil {
+// Written returns the bytes of the volume's data image that hold data:
+// written and not discarded, thick or thin.
+func (n *Volumes) Written(name string) int64 {
+	w, err := vfs.Written(volume.Layout(n.Path(name)).Data())
+	if err != nil {
 		return 0
 	}
-	return st.Blocks * 512
+	return w
+}
+
+// Provisioning returns the volume's provisioning, if it has been made.
+func (n *Volumes) Provisioning(name string) volume.Provisioning {
+	m, err := volume.ReadMeta(n.Path(name))
+	if err != nil {
+		return ""
+	}
+	return m.Provisioned()
 }
 
 // Size returns the volume's size.

@@ -9,8 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/jvol-io/jvol/internal/vfs/vfstest"
 	"github.com/jvol-io/jvol/internal/volume"
 )
 
@@ -142,55 +141,56 @@ func TestStageServesARecordedVolumeAgain(t *testing.T) {
 	}
 }
 
-// A new volume's sparse images take their size off what is available at
-// once; writing into them takes nothing more. On a file system of its own
-// (tmpfs): other tests write on the shared one meanwhile.
-func TestAvailableCountsWhatSparseImagesMayTake(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: mounts a tmpfs")
-	}
-	dir := t.TempDir()
-	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=2g"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
-	n, err := New(Config{StateDir: dir})
+// A thick volume takes its size off what is available at once, and
+// writing into it takes nothing more; a thin one takes only its journal,
+// then what is written into it. On a file system of its own (tmpfs):
+// other tests write on the shared one meanwhile.
+func TestAvailableCountsThickVolumesWhole(t *testing.T) {
+	n, err := New(Config{StateDir: vfstest.SmallFS(t, 3<<30)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	before, err := n.Available()
-	if err != nil {
-		t.Fatal(err)
-	}
-	const size, slack = 1 << 30, 1 << 20
-	if _, err := n.Ensure(ctx, "v", volume.Options{Size: size, JournalSize: volume.MinJournalSize}, true); err != nil {
-		t.Fatal(err)
-	}
-	made, err := n.Available()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if d := before - made; d < size-slack || d > size+volume.MinJournalSize+slack {
-		t.Errorf("a volume of %d bytes took %d off", size, d)
-	}
-	f, err := os.OpenFile(volume.Layout(n.Path("v")).Data(), os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := f.WriteAt(make([]byte, 64<<20), 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Sync(); err != nil {
-		t.Fatal(err)
-	}
-	written, err := n.Available()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if d := made - written; d < -slack || d > slack {
-		t.Errorf("writing 64 MiB into the volume took %d more off", d)
+	const size, written, slack = 1 << 30, 64 << 20, 1 << 20
+	for _, c := range []struct {
+		p                 volume.Provisioning
+		made, whenWritten int64 // what the volume takes off
+	}{
+		{volume.Thick, size + volume.MinJournalSize, size + volume.MinJournalSize},
+		{volume.Thin, volume.MinJournalSize, volume.MinJournalSize + written},
+	} {
+		before, err := n.Available()
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := string(c.p)
+		if _, err := n.Ensure(ctx, name, volume.Options{Size: size, JournalSize: volume.MinJournalSize, Provisioning: c.p}, true); err != nil {
+			t.Fatal(err)
+		}
+		made, err := n.Available()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := before - made; d < c.made-slack || d > c.made+slack {
+			t.Errorf("a %s volume of %d bytes took %d off, want %d", c.p, size, d, c.made)
+		}
+		f, err := os.OpenFile(volume.Layout(n.Path(name)).Data(), os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.WriteAt(make([]byte, written), 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+		after, err := n.Available()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := before - after; d < c.whenWritten-slack || d > c.whenWritten+slack {
+			t.Errorf("with %d bytes written, a %s volume took %d off, want %d", written, c.p, d, c.whenWritten)
+		}
 	}
 }
 

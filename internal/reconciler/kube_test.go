@@ -94,6 +94,7 @@ func TestSchemaRefusesBadJournals(t *testing.T) {
 		{"sink-url", func(s *v1.JournalSpec) { s.Sink = &v1.SinkSpec{URL: "http://sink.example/x"} }, "spec.sink.url"},
 		{"commit-interval", func(s *v1.JournalSpec) { s.CommitInterval = &metav1.Duration{Duration: time.Millisecond} }, "commitInterval must be from 1s to 1h"},
 		{"fs", func(s *v1.JournalSpec) { s.FSType = "btrfs" }, "spec.fsType"},
+		{"provisioning", func(s *v1.JournalSpec) { s.Provisioning = "Thickish" }, "spec.provisioning"},
 	}
 	for _, b := range bad {
 		j := journal(b.name, "node-a", "1Gi")
@@ -108,7 +109,7 @@ func TestSchemaRefusesBadJournals(t *testing.T) {
 	}
 
 	j := journal("good", "node-a", "1Gi")
-	j.Spec.FIFOSize, j.Spec.JournalSize = q("16Mi"), q("128Mi")
+	j.Spec.FIFOSize, j.Spec.JournalSize, j.Spec.Provisioning = q("16Mi"), q("128Mi"), v1.Thick
 	j.Spec.Sink = &v1.SinkSpec{URL: "tls://sink.example:7070"}
 	if err := c.Create(ctx, j); err != nil {
 		t.Fatal(err)
@@ -123,6 +124,7 @@ func TestSchemaRefusesBadJournals(t *testing.T) {
 		{func(s *v1.JournalSpec) { s.Capacity = resource.MustParse("512Mi") }, "capacity never shrinks"},
 		{func(s *v1.JournalSpec) { s.Node = "node-b" }, "node is immutable"},
 		{func(s *v1.JournalSpec) { s.JournalSize = q("256Mi") }, "journalSize is immutable"},
+		{func(s *v1.JournalSpec) { s.Provisioning = v1.Thin }, "provisioning is immutable"},
 	}
 	for _, u := range updates {
 		k := j.DeepCopy()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -106,6 +107,9 @@ func (r *Reconciler) reconcile(ctx context.Context, store catalog.Store, name st
 	if d := j.Spec.CommitInterval; d != nil {
 		o.CommitInterval = d.Duration
 	}
+	if p := j.Spec.Provisioning; p != "" {
+		o.Provisioning = volume.Provisioning(strings.ToLower(string(p)))
+	}
 	start := time.Now()
 	// Only a Journal never made may be made: one that was made and is gone
 	// is an error to report, not an empty volume to serve.
@@ -132,6 +136,10 @@ func (r *Reconciler) reconcile(ctx context.Context, store catalog.Store, name st
 		return 0, fmt.Errorf("volume %s: %w", name, err)
 	}
 	next.Capacity = resource.NewQuantity(size, resource.BinarySI)
+	next.Provisioning = v1.Thick
+	if r.Volumes.Provisioning(name) == volume.Thin {
+		next.Provisioning = v1.Thin
+	}
 	setReady(next, metav1.ConditionTrue, v1.ReasonCreated, fmt.Sprintf("images of %d bytes on node %s", size, r.NodeID))
 	next.Phase, next.Device = v1.PhaseReady, ""
 	again := time.Duration(0)
@@ -159,6 +167,7 @@ func (r *Reconciler) reconcile(ctx context.Context, store catalog.Store, name st
 		next.FIFOSize, next.FIFOUsed, next.JournalUsed, next.BytesUnacked, next.Lag = 0, 0, 0, 0, ""
 		noSink(next)
 		meta.RemoveStatusCondition(&next.Conditions, v1.ConditionConnectionHeld)
+		meta.RemoveStatusCondition(&next.Conditions, v1.ConditionSpaceAvailable)
 	}
 	r.changes(j, next)
 	return again, setStatus(ctx, store, j, next)
@@ -197,6 +206,13 @@ func (r *Reconciler) changes(j *v1.Journal, next *v1.JournalStatus) {
 	if meta.IsStatusConditionFalse(next.Conditions, v1.ConditionConnectionHeld) && !meta.IsStatusConditionFalse(was.Conditions, v1.ConditionConnectionHeld) {
 		event(corev1.EventTypeWarning, v1.EventHolderGone, "%s", said(next, v1.ConditionConnectionHeld))
 	}
+	if meta.IsStatusConditionFalse(next.Conditions, v1.ConditionSpaceAvailable) && !meta.IsStatusConditionFalse(was.Conditions, v1.ConditionSpaceAvailable) {
+		event(corev1.EventTypeWarning, v1.EventSpaceLow, "%s", said(next, v1.ConditionSpaceAvailable))
+	}
+	if next.Device != "" && was.Device == next.Device && next.SpaceErrors > was.SpaceErrors {
+		event(corev1.EventTypeWarning, v1.EventOutOfSpace,
+			"%d writes or grows were refused since the last report: node %s has no space for them", next.SpaceErrors-was.SpaceErrors, r.NodeID)
+	}
 	if next.Device != "" && was.Device == next.Device && next.FIFOStalls > was.FIFOStalls {
 		event(corev1.EventTypeWarning, v1.EventJournalFull,
 			"writers waited %d times for room in the FIFO since the last report: the journal falls behind", next.FIFOStalls-was.FIFOStalls)
@@ -220,6 +236,8 @@ func setFigures(next *v1.JournalStatus, s attach.Status) {
 		next.LastAckTime = &now
 	}
 	next.FIFOSize, next.FIFOUsed, next.FIFOStalls = int64(s.FIFOSize), int64(s.FIFOUsed), int64(s.FIFOStalls)
+	next.AllocatedBytes, next.SpaceErrors = s.Allocated, int64(s.SpaceErrors)
+	setSpace(next, s)
 	next.JournalUsed = int64(s.JournalUsed)
 	next.Transid, next.AckedTransid = int64(s.Transid), int64(s.AckedTransid)
 	next.BytesUnacked = int64(s.FIFOUsed)
@@ -244,6 +262,23 @@ func setFigures(next *v1.JournalStatus, s attach.Status) {
 		noSink(next)
 	}
 	next.Lag = resource.NewQuantity(next.BytesUnacked, resource.BinarySI).String()
+}
+
+// setSpace sets the SpaceAvailable condition of an attached thin volume:
+// one low on space is Degraded.
+func setSpace(next *v1.JournalStatus, s attach.Status) {
+	if s.Provisioning != volume.Thin {
+		meta.RemoveStatusCondition(&next.Conditions, v1.ConditionSpaceAvailable)
+		return
+	}
+	c := metav1.Condition{Type: v1.ConditionSpaceAvailable, Status: metav1.ConditionTrue, Reason: v1.ReasonEnoughSpace,
+		Message: fmt.Sprintf("the node's file system has %d bytes free; the data image holds %d of %d", s.Available, s.Allocated, s.Size)}
+	if s.SpaceLow {
+		c.Status, c.Reason = metav1.ConditionFalse, v1.ReasonSpaceLow
+		c.Message = fmt.Sprintf("the node's file system has %d bytes free, and the data image holds %d of %d: writes fail when it is full", s.Available, s.Allocated, s.Size)
+		next.Phase = v1.PhaseDegraded
+	}
+	meta.SetStatusCondition(&next.Conditions, c)
 }
 
 // noSink clears the sink's state: there is no link to report.

@@ -411,6 +411,12 @@ func TestChangesAreEvents(t *testing.T) {
 			return s
 		}(), []string{"Warning " + v1.EventHolderGone}},
 		{"failed", v1.JournalStatus{Phase: v1.PhaseReady}, v1.JournalStatus{Phase: v1.PhaseFailed}, []string{"Warning " + v1.EventFailed}},
+		{"space low", attached, func() v1.JournalStatus {
+			s := attached
+			s.Conditions = []metav1.Condition{{Type: v1.ConditionSpaceAvailable, Status: metav1.ConditionFalse, Reason: v1.ReasonSpaceLow}}
+			return s
+		}(), []string{"Warning " + v1.EventSpaceLow}},
+		{"writes refused", attached, func() v1.JournalStatus { s := attached; s.SpaceErrors = 3; return s }(), []string{"Warning " + v1.EventOutOfSpace}},
 	} {
 		r.changes(&v1.Journal{ObjectMeta: metav1.ObjectMeta{Name: "v"}, Status: c.was}, &c.next)
 		if got := recorded(events); !slices.Equal(got, c.want) {
@@ -432,6 +438,30 @@ func TestFailureIsAnEvent(t *testing.T) {
 		}
 		if got := recorded(events); !slices.Equal(got, want) {
 			t.Errorf("reconcile %d: events %q, want %q", i, got, want)
+		}
+	}
+}
+
+// An attached thin volume low on space is Degraded, with the reason; a
+// thick one never has the condition.
+func TestSpaceLowDegradesAThinVolume(t *testing.T) {
+	for _, c := range []struct {
+		s     attach.Status
+		cond  metav1.ConditionStatus // "": none
+		phase v1.Phase
+	}{
+		{attach.Status{Provisioning: volume.Thick, SpaceLow: true}, "", v1.PhaseAttached},
+		{attach.Status{Provisioning: volume.Thin}, metav1.ConditionTrue, v1.PhaseAttached},
+		{attach.Status{Provisioning: volume.Thin, SpaceLow: true}, metav1.ConditionFalse, v1.PhaseDegraded},
+	} {
+		next := v1.JournalStatus{Phase: v1.PhaseAttached}
+		setSpace(&next, c.s)
+		got := metav1.ConditionStatus("")
+		if cond := meta.FindStatusCondition(next.Conditions, v1.ConditionSpaceAvailable); cond != nil {
+			got = cond.Status
+		}
+		if got != c.cond || next.Phase != c.phase {
+			t.Errorf("%s, low %v: condition %q, phase %s; want %q, %s", c.s.Provisioning, c.s.SpaceLow, got, next.Phase, c.cond, c.phase)
 		}
 	}
 }

@@ -15,6 +15,19 @@ const (
 	Full Duplex = "Full"
 )
 
+// Provisioning says when a volume's data image gets its disk blocks.
+// +kubebuilder:validation:Enum=Thick;Thin
+type Provisioning string
+
+const (
+	// Thick: all when the volume is made and when it grows, so making or
+	// growing it fails when the node lacks the space, and no write can.
+	Thick Provisioning = "Thick"
+	// Thin: as it is written, 8Mi at a time, for overcommitting on
+	// purpose; a write the node has no space for fails.
+	Thin Provisioning = "Thin"
+)
+
 // Phase is where a Journal is in its life.
 type Phase string
 
@@ -44,6 +57,17 @@ const (
 	// holder does, when the plugin's death would fail the volume's I/O.
 	// Absent when the volume is not attached or the node runs no holder.
 	ConditionConnectionHeld = "ConnectionHeld"
+	// ConditionSpaceAvailable, on an attached Thin volume, is false
+	// (reason SpaceLow) while the node's file system has less free than
+	// the volume may still take, up to a tenth of its capacity (at
+	// least 64Mi): writes may soon fail for want of space.
+	ConditionSpaceAvailable = "SpaceAvailable"
+)
+
+// Reasons of the SpaceAvailable condition.
+const (
+	ReasonEnoughSpace = "Enough"
+	ReasonSpaceLow    = "SpaceLow"
 )
 
 // Reasons of the ConnectionHeld condition.
@@ -85,6 +109,11 @@ const (
 	// connection; until one does again, the node plugin's death fails
 	// the volume's I/O.
 	EventHolderGone = "HolderGone"
+	// EventSpaceLow (Warning): a Thin volume's node is running out of
+	// space (see ConditionSpaceAvailable); EventOutOfSpace (Warning):
+	// writes were refused for want of it.
+	EventSpaceLow   = "SpaceLow"
+	EventOutOfSpace = "OutOfSpace"
 )
 
 // Limits, in bytes, that the schema and Validate both enforce.
@@ -102,6 +131,7 @@ const (
 // +kubebuilder:validation:XValidation:rule="self.node == oldSelf.node",message="node is immutable"
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.capacity) || quantity(string(self.capacity)).compareTo(quantity(string(oldSelf.capacity))) >= 0",message="capacity never shrinks"
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.journalSize) ? !has(self.journalSize) : (has(self.journalSize) && quantity(string(self.journalSize)).compareTo(quantity(string(oldSelf.journalSize))) == 0)",message="journalSize is immutable"
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.provisioning) ? !has(self.provisioning) : (has(self.provisioning) && self.provisioning == oldSelf.provisioning)",message="provisioning is immutable"
 type JournalSpec struct {
 	// Node is the name of the node that holds the volume.
 	// +kubebuilder:validation:MinLength=1
@@ -142,6 +172,12 @@ type JournalSpec struct {
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s') && duration(self) <= duration('1h')",message="commitInterval must be from 1s to 1h"
 	CommitInterval *metav1.Duration `json:"commitInterval,omitempty"`
+
+	// Provisioning is Thick or Thin; fixed when the volume is made. A
+	// Journal without it is made Thick (one made before the field existed
+	// is Thin, as volumes were then: status.provisioning says).
+	// +optional
+	Provisioning Provisioning `json:"provisioning,omitempty"`
 
 	// FSType is the file system of a Filesystem volume (ext4 or xfs);
 	// empty for a raw block volume.
@@ -189,6 +225,17 @@ type JournalStatus struct {
 	// +listType=map
 	// +listMapKey=type
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
+
+	// Provisioning is the volume's, as its node made it: Thick or Thin.
+	// +optional
+	Provisioning Provisioning `json:"provisioning,omitempty"`
+	// AllocatedBytes is the disk the data image holds on its node.
+	// +optional
+	AllocatedBytes int64 `json:"allocatedBytes,omitempty"`
+	// SpaceErrors counts writes and grows refused for want of space since
+	// the volume was last staged.
+	// +optional
+	SpaceErrors int64 `json:"spaceErrors,omitempty"`
 
 	// FIFOSize is the size of the memory FIFO the volume is served with: a
 	// fifoSize edited while attached applies when the volume is next staged.
@@ -241,6 +288,7 @@ type JournalStatus struct {
 // +kubebuilder:printcolumn:name="Sink",type=string,JSONPath=`.spec.sink.url`
 // +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
 // +kubebuilder:printcolumn:name="Lag",type=string,JSONPath=`.status.lag`
+// +kubebuilder:printcolumn:name="Provisioning",type=string,JSONPath=`.status.provisioning`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type Journal struct {
 	metav1.TypeMeta   `json:",inline"`

@@ -51,6 +51,11 @@ func (s *JournalSpec) Validate() error {
 	default:
 		return fmt.Errorf("spec.fsType: %q: must be ext4 or xfs", s.FSType)
 	}
+	switch s.Provisioning {
+	case "", Thick, Thin:
+	default:
+		return fmt.Errorf("spec.provisioning: %q: must be Thick or Thin", s.Provisioning)
+	}
 	return nil
 }
 
@@ -68,6 +73,8 @@ func (s *JournalSpec) ValidateUpdate(old *JournalSpec) error {
 	case (s.JournalSize == nil) != (old.JournalSize == nil) ||
 		s.JournalSize != nil && s.JournalSize.Cmp(*old.JournalSize) != 0:
 		return fmt.Errorf("spec.journalSize: journalSize is immutable")
+	case s.Provisioning != old.Provisioning:
+		return fmt.Errorf("spec.provisioning: provisioning is immutable")
 	}
 	return s.Validate()
 }
