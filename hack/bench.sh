@@ -7,7 +7,9 @@
 #         devices on files), fio on a file inside it: the kernel's own
 #         data-journaling peer
 # and prints each workload's figure and the ratios jvol/raw, jvol/ext4j and
-# jvol/gofuse.
+# jvol/gofuse. Then fresh volumes: each job on a jvol volume attached just
+# before it (thick, then thin) against a raw loop device on a file made just
+# before it (fallocated, then sparse): what a new claim gets.
 # The disk here is noisy: only ratios from one run mean anything.
 #
 # Usage: sudo hack/bench.sh [RUNTIME_SECONDS] (default 15 per job)
@@ -66,12 +68,13 @@ jobs=(
   "write-fsync-4k-qd1:--rw=write --bs=4k --iodepth=1 --fsync=1"
 )
 
-run() { # run TARGET FILENAME JOBOPTS -> prints the figure
+run() { # run TARGET FILENAME JOBOPTS [TIMING] -> prints the figure
   local target=$1 file=$2 opts=$3 direct=1
+  local timing=${4:---time_based --runtime=$runtime --ramp_time=2}
   [ "$target" = ext4j ] && direct=0 # data=journal takes no O_DIRECT
   # shellcheck disable=SC2086
   fio --name="$target" --filename="$file" --size="$size" --ioengine=libaio --direct=$direct \
-    --time_based --runtime="$runtime" --ramp_time=2 --group_reporting $opts \
+    $timing --group_reporting $opts \
     --output-format=json --output="$work/fio.json" >/dev/null
   python3 - "$work/fio.json" "$opts" <<'PY'
 import json, sys
@@ -94,3 +97,34 @@ for job in "${jobs[@]}"; do
 done
 echo
 bin/jvol status --dir "$work/vol" | grep -E 'stalls|commits|flushes'
+
+# Fresh: nothing written before the job, no ramp (the first writes are the
+# point); the sequential job writes the device once, the random one runs
+# for the runtime.
+fresh_jobs=(
+  "rand-write-4k-qd32:--rw=randwrite --bs=4k --iodepth=32:--time_based --runtime=$runtime"
+  "seq-write-1M-qd8:--rw=write --bs=1M --iodepth=8:"
+)
+fresh() { # fresh thick|thin NAME OPTS TIMING -> prints "raw jvol"
+  local kind=$1 name=$2 opts=$3 timing=$4 r j dev
+  if [ "$kind" = thick ]; then fallocate -l "$size" "$work/fresh.img"; else truncate -s "$size" "$work/fresh.img"; fi
+  dev=$(losetup --find --show --direct-io=on --sector-size 4096 "$work/fresh.img")
+  r=$(run raw "$dev" "$opts" "$timing")
+  losetup -d "$dev"
+  rm "$work/fresh.img"
+  attach 5 "$work/fresh" --provisioning "$kind"
+  j=$(run jvol "$dev" "$opts" "$timing")
+  kill -TERM "$apid" && wait "$apid" || true
+  rm -rf "$work/fresh" "$work/fresh.log"
+  echo "$r $j"
+}
+echo
+printf '%-26s %10s %10s %9s\n' "fresh volume" raw jvol jvol/raw
+for kind in thick thin; do
+  for job in "${fresh_jobs[@]}"; do
+    IFS=: read -r name opts timing <<<"$job"
+    read -r r j < <(fresh "$kind" "$name" "$opts" "$timing")
+    unit=IOPS; [[ $opts == *--bs=1M* ]] && unit=MB/s
+    printf '%-26s %10s %10s %9.2f  (%s)\n' "$kind $name" "$r" "$j" "$(echo "$j / $r" | bc -l)" "$unit"
+  done
+done
