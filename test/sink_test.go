@@ -230,9 +230,14 @@ func differ(got, want []byte) string {
 	return ""
 }
 
-// restore runs `jvol restore` into out and returns its output.
-func restore(sinkDir, vol, out string, point ...string) (string, error) {
-	args := append([]string{"restore", "--sink-dir", sinkDir, "--volume", vol, "--out", out}, point...)
+// restore runs `jvol restore` from src, a receiver's directory or its
+// URL, into out and returns its output.
+func restore(src, vol, out string, point ...string) (string, error) {
+	from := "--sink-dir"
+	if strings.Contains(src, "://") {
+		from = "--sink"
+	}
+	args := append([]string{"restore", from, src, "--volume", vol, "--out", out}, point...)
 	b, err := exec.Command(jvolBin, args...).CombinedOutput()
 	return string(b), err
 }
@@ -355,9 +360,15 @@ func TestSinkFullDuplexThroughADevice(t *testing.T) {
 	}
 	checkRestore(t, sinkDir, vol, snaps[1].data, "--until", between.Format(time.RFC3339Nano))
 	checkRestore(t, sinkDir, vol, snaps[len(snaps)-1].data, "--latest")
-	msg, err := restore(sinkDir, vol, filepath.Join(base, "early.img"), "--until", "2000-01-01T00:00:00Z")
-	if err == nil || !strings.Contains(msg, "not kept") {
-		t.Errorf("restore --until 2000: %v: %q, want a failure saying the point is not kept", err, msg)
+	// The same over the network, from the receiver itself.
+	url := "tcp://" + rc.addr
+	checkRestore(t, url, vol, snaps[1].data, "--until", fmt.Sprint(snaps[1].transid))
+	checkRestore(t, url, vol, snaps[len(snaps)-1].data, "--latest")
+	for _, src := range []string{sinkDir, url} {
+		msg, err := restore(src, vol, filepath.Join(base, "early.img"), "--until", "2000-01-01T00:00:00Z")
+		if err == nil || !strings.Contains(msg, "not kept") {
+			t.Errorf("restore from %s --until 2000: %v: %q, want a failure saying the point is not kept", src, err, msg)
+		}
 	}
 
 	f.Close()

@@ -29,8 +29,10 @@ commands:
   sink --listen ADDR --dir DIR [--tls-cert F --tls-key F [--client-ca F]] [--token-file F]
        [--retain DURATION]
                              receive journal streams: a mirror image and the stream, per volume
-  restore --sink-dir DIR --volume ID (--until TRANSID|--until RFC3339|--latest) --out FILE
+  restore (--sink-dir DIR | --sink tls://HOST:PORT [--sink-ca F] [--sink-token-file F])
+          --volume ID (--until TRANSID|--until RFC3339|--latest) --out FILE
                              write a volume's image as a receiver keeps it, at that point
+                             (from its directory, or over the network), sparse
   status --dir DIR [--json]  the volume's figures, attached or not
   journal dump DIR-or-FILE   print the live records of a journal image, one per line
   writecheck --path DEV --size SIZE
@@ -78,7 +80,7 @@ func run(ctx context.Context, args []string) error {
 	case "sink":
 		return sinkCmd(ctx, args[1:])
 	case "restore":
-		return restoreCmd(args[1:])
+		return restoreCmd(ctx, args[1:])
 	case "journal":
 		return journalCmd(ctx, args[1:])
 	case "holder":

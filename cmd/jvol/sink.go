@@ -15,6 +15,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/jvol-io/jvol/internal/attach"
 	"github.com/jvol-io/jvol/internal/metrics"
 	"github.com/jvol-io/jvol/internal/sink"
 )
@@ -111,18 +112,24 @@ func serverTLS(certFile, keyFile, clientCA string) (*tls.Config, error) {
 	return tc, nil
 }
 
-func restoreCmd(args []string) error {
+func restoreCmd(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("restore", flag.ContinueOnError)
-	dir := fs.String("sink-dir", "", "the receiver's directory (required)")
+	dir := fs.String("sink-dir", "", "the receiver's directory, on this machine")
+	var so attach.SinkOptions
+	fs.StringVar(&so.URL, "sink", "", "or the receiver itself, over the network: tcp://host:port or tls://host:port")
+	fs.StringVar(&so.TokenFile, "sink-token-file", "", "token to present to the receiver")
+	fs.StringVar(&so.CAFile, "sink-ca", "", "CA to check a tls:// receiver with (default: the system's)")
+	fs.StringVar(&so.CertFile, "sink-cert", "", "client certificate for a tls:// receiver")
+	fs.StringVar(&so.KeyFile, "sink-key", "", "its key")
 	vol := fs.String("volume", "", "volume id (required)")
 	until := fs.String("until", "", "a transaction id, or an RFC 3339 time: the image after every write before it")
 	latest := fs.Bool("latest", false, "the newest consistent image")
-	out := fs.String("out", "", "file to write the image to (required)")
+	out := fs.String("out", "", "file to write the image to (required): sparse, only the blocks that hold data are written")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *dir == "" || *vol == "" || *out == "" || (*until == "") == !*latest {
-		return fmt.Errorf("restore needs --sink-dir, --volume, --out and one of --until or --latest: %w", errUsage)
+	if (*dir == "") == (so.URL == "") || *vol == "" || *out == "" || (*until == "") == !*latest {
+		return fmt.Errorf("restore needs one of --sink-dir or --sink, --volume, --out and one of --until or --latest: %w", errUsage)
 	}
 	p := sink.Point{Latest: *latest}
 	if *until != "" {
@@ -134,11 +141,21 @@ func restoreCmd(args []string) error {
 			return fmt.Errorf("--until %q: neither a transaction id nor an RFC 3339 time", *until)
 		}
 	}
-	r, err := sink.Restore(*dir, *vol, p, *out)
-	if errors.Is(err, sink.ErrNotKept) {
-		return err
+	var r sink.Restored
+	var err error
+	if so.URL != "" {
+		var c *sink.RestoreClient
+		if c, err = so.RestoreClient(); err != nil {
+			return err
+		}
+		r, err = c.RestoreFrom(ctx, *vol, p, *out)
+	} else {
+		r, err = sink.Restore(*dir, *vol, p, *out)
 	}
-	if err != nil {
+	switch {
+	case errors.Is(err, sink.ErrNotKept), errors.Is(err, sink.ErrNoVolume), errors.Is(err, sink.ErrAuthentication):
+		return err
+	case err != nil:
 		return fmt.Errorf("restore: %w", err)
 	}
 	fmt.Printf("transid=%d time=%s size=%d out=%s\n", r.Transid, sink.TransidTime(r.Transid).Format(time.RFC3339Nano), r.Size, *out)

@@ -113,6 +113,19 @@ func (o *SinkOptions) config(volumeID string) (sink.SenderConfig, error) {
 	return cfg, nil
 }
 
+// RestoreClient is a client of restores from the receiver o names, with
+// its credentials.
+func (o *SinkOptions) RestoreClient() (*sink.RestoreClient, error) {
+	if _, _, err := sink.ParseURL(o.URL); err != nil {
+		return nil, err
+	}
+	cfg, err := o.config("")
+	if err != nil {
+		return nil, err
+	}
+	return &sink.RestoreClient{URL: cfg.URL, TLS: cfg.TLS, Token: cfg.Token}, nil
+}
+
 // ClientTLS builds a client TLS configuration: the receiver is checked
 // against caFile (the system's roots if empty); certFile and keyFile, if
 // set, are this client's certificate.

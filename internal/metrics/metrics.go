@@ -216,6 +216,8 @@ var (
 	recvSynced    = prometheus.NewDesc("jvol_receiver_synced_transid", "Last transaction id of the volume synced (acknowledged, in full duplex).", []string{"volume"}, nil)
 	recvSyncs     = prometheus.NewDesc("jvol_receiver_sync_duration_seconds", "How long syncs of the volume's stream took.", []string{"volume"}, nil)
 	recvCutOff    = prometheus.NewDesc("jvol_receiver_cutoffs_total", "Senders of the volume the receiver cut off, by reason.", []string{"volume", "reason"}, nil)
+	recvRestores  = prometheus.NewDesc("jvol_receiver_restores_total", "Restores of the volume the receiver served over the network.", []string{"volume"}, nil)
+	recvRestored  = prometheus.NewDesc("jvol_receiver_restored_bytes_total", "Bytes of data the receiver's restores of the volume sent.", []string{"volume"}, nil)
 )
 
 // Receiver collects the figures of a sink's receiver.
@@ -228,7 +230,7 @@ type Receiver struct {
 func NewReceiver(stats func() []sink.VolumeStats) *Receiver { return &Receiver{stats} }
 
 func (r *Receiver) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{recvConnected, recvStored, recvSegments, recvSynced, recvSyncs, recvCutOff} {
+	for _, d := range []*prometheus.Desc{recvConnected, recvStored, recvSegments, recvSynced, recvSyncs, recvCutOff, recvRestores, recvRestored} {
 		ch <- d
 	}
 }
@@ -240,6 +242,8 @@ func (r *Receiver) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(recvSegments, prometheus.CounterValue, float64(s.Segments), s.Volume)
 		ch <- prometheus.MustNewConstMetric(recvSynced, prometheus.GaugeValue, float64(s.SyncedTransid), s.Volume)
 		ch <- constHistogram(recvSyncs, s.Syncs, s.Volume)
+		ch <- prometheus.MustNewConstMetric(recvRestores, prometheus.CounterValue, float64(s.Restores), s.Volume)
+		ch <- prometheus.MustNewConstMetric(recvRestored, prometheus.CounterValue, float64(s.RestoredBytes), s.Volume)
 		for i, reason := range sink.CutReasons {
 			ch <- prometheus.MustNewConstMetric(recvCutOff, prometheus.CounterValue, float64(s.CutOff[i]), s.Volume, reason)
 		}

@@ -296,8 +296,14 @@ func TestWrongTokenIsRefused(t *testing.T) {
 	if w := dialRaw(t, rc.addr()).hello("v", "right"); w.Mode != ModeBaseline {
 		t.Fatalf("right token: %+v", w)
 	}
-	// Counted once, by its reason.
-	if st := rc.Stats(); len(st) != 1 || st[0].Volume != "v" || st[0].CutOff != [4]uint64{1, 0, 0, 0} {
-		t.Errorf("receiver figures %+v, want v cut off once, for authentication", st)
+	// A wrong token for a volume it keeps counts as the volume's.
+	p = dialRaw(t, rc.addr())
+	p.record(StreamHello, 0, h.Encode())
+	p.refusal()
+	// Counted by its reason; the first, for a volume the receiver did not
+	// keep, under "": a peer without the token adds no label.
+	st := rc.Stats()
+	if len(st) != 2 || st[0].Volume != "" || st[0].CutOff != [4]uint64{1, 0, 0, 0} || st[1].Volume != "v" || st[1].CutOff != [4]uint64{1, 0, 0, 0} {
+		t.Errorf("receiver figures %+v, want one cut-off for authentication under \"\" and one under v", st)
 	}
 }

@@ -71,6 +71,7 @@ func NewReceiver(cfg ReceiverConfig) (*Receiver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sink: %s is in use by another receiver: %w", cfg.Dir, err)
 	}
+	d.removeRestoreLeftovers()
 	return &Receiver{cfg: cfg, dir: d, lock: lock, vols: map[string]*volConn{}, figures: map[string]*recvStats{}, conns: map[net.Conn]struct{}{}}, nil
 }
 
@@ -131,12 +132,18 @@ func (e peerError) Unwrap() error { return e.err }
 func (rc *Receiver) serve(c net.Conn) {
 	remote := c.RemoteAddr().String()
 	volID, err := rc.session(c)
+	var refused restoreRefusal
 	switch {
+	case errors.As(err, &refused):
+		klog.InfoS("Refused a restore", "remote", remote, "volume", volID, "reason", err.Error())
+		if refused.code == RefusedAuthentication {
+			rc.cutOffStats(volID).cutOff(peerError{CutAuthentication, err})
+		}
 	case err == nil, errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
 		klog.V(2).InfoS("Sender gone", "remote", remote, "volume", volID)
 	default:
 		klog.InfoS("Cut off sender", "remote", remote, "volume", volID, "reason", err.Error())
-		rc.stats(volID).cutOff(err)
+		rc.cutOffStats(volID).cutOff(err)
 		var pe peerError
 		if errors.As(err, &pe) || errors.Is(err, ErrProto) || errors.Is(err, ErrVersion) {
 			// Tell it why, best effort: it may be gone already.
@@ -156,8 +163,11 @@ func (rc *Receiver) session(c net.Conn) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	if r.ID() == StreamRestoreRequest {
+		return rc.serveRestore(c, r.Payload)
+	}
 	if r.ID() != StreamHello {
-		return "", fmt.Errorf("%w: first record of stream %#x, want a hello", ErrProto, r.ID())
+		return "", fmt.Errorf("%w: first record of stream %#x, want a hello or a restore request", ErrProto, r.ID())
 	}
 	h, err := DecodeHello(r.Payload)
 	if err != nil {

@@ -26,6 +26,7 @@ var CutReasons = [...]string{CutAuthentication, CutProtocol, CutStorage, CutConn
 // the stream's path.
 type recvStats struct {
 	stored, segments, synced atomic.Uint64
+	restores, restoredBytes  atomic.Uint64
 	syncs                    hist.Durations
 	cut                      [len(CutReasons)]atomic.Uint64
 }
@@ -41,6 +42,8 @@ type VolumeStats struct {
 	Syncs hist.Snapshot
 	// CutOff counts senders cut off, by reason (CutReasons).
 	CutOff [len(CutReasons)]uint64
+	// Restores served over the network, and the bytes of data they sent.
+	Restores, RestoredBytes uint64
 }
 
 // stats returns the figures of vol, made on first use.
@@ -55,6 +58,24 @@ func (rc *Receiver) stats(vol string) *recvStats {
 	return st
 }
 
+// cutOffStats returns the figures a cut-off of a sender that named vol
+// counts in: vol's if the receiver keeps it or has served it, else those
+// of "" (any peer can name any volume: its figures must not grow a label
+// per name).
+func (rc *Receiver) cutOffStats(vol string) *recvStats {
+	rc.mu.Lock()
+	_, known := rc.figures[vol]
+	rc.mu.Unlock()
+	if !known && ValidVolumeID(vol) {
+		_, err := rc.dir.fs.List(rc.dir.volume(vol).path)
+		known = err == nil
+	}
+	if !known {
+		vol = ""
+	}
+	return rc.stats(vol)
+}
+
 // Stats returns the figures of every volume that has connected since the
 // receiver started, by name.
 func (rc *Receiver) Stats() []VolumeStats {
@@ -64,7 +85,7 @@ func (rc *Receiver) Stats() []VolumeStats {
 	for _, vol := range slices.Sorted(maps.Keys(rc.figures)) {
 		st := rc.figures[vol]
 		v := VolumeStats{Volume: vol, Connected: rc.vols[vol] != nil, StoredBytes: st.stored.Load(), Segments: st.segments.Load(),
-			SyncedTransid: st.synced.Load(), Syncs: st.syncs.Snapshot()}
+			SyncedTransid: st.synced.Load(), Syncs: st.syncs.Snapshot(), Restores: st.restores.Load(), RestoredBytes: st.restoredBytes.Load()}
 		for i := range v.CutOff {
 			v.CutOff[i] = st.cut[i].Load()
 		}
@@ -94,4 +115,10 @@ func (st *recvStats) timeSync(sync func() error) error {
 	err := sync()
 	st.syncs.Observe(time.Since(start))
 	return err
+}
+
+// restored counts a restore served, which sent n bytes of data.
+func (st *recvStats) restored(n uint64) {
+	st.restores.Add(1)
+	st.restoredBytes.Add(n)
 }

@@ -48,7 +48,7 @@ func restore(fsys vfs.FS, dir, vol string, p Point, out string) (Restored, error
 	}
 	vd := recvDir{fs: fsys, path: dir}.volume(vol)
 	if _, err := fsys.List(vd.path); err != nil {
-		return Restored{}, fmt.Errorf("sink: no volume %s in %s: %w", vol, dir, err)
+		return Restored{}, fmt.Errorf("%w: no volume %s in %s: %v", ErrNoVolume, vol, dir, err)
 	}
 	lock, err := fsys.Lock(vd.lock(), true, true) // no folding meanwhile
 	if err != nil {

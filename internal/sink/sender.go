@@ -280,20 +280,26 @@ func (s *Sender) run() {
 }
 
 func (s *Sender) dial(ctx context.Context) (net.Conn, error) {
+	return dialURL(ctx, s.scheme, s.addr, s.cfg.TLS)
+}
+
+// dialURL connects to a receiver at addr, with TLS (cfg, its ServerName
+// the host by default) for the scheme tls.
+func dialURL(ctx context.Context, scheme, addr string, tc *tls.Config) (net.Conn, error) {
 	d := net.Dialer{Timeout: 10 * time.Second, KeepAlive: 15 * time.Second}
-	if s.scheme == "tls" {
+	if scheme == "tls" {
 		cfg := &tls.Config{}
-		if s.cfg.TLS != nil {
-			cfg = s.cfg.TLS.Clone()
+		if tc != nil {
+			cfg = tc.Clone()
 		}
 		if cfg.ServerName == "" {
-			host, _, _ := net.SplitHostPort(s.addr)
+			host, _, _ := net.SplitHostPort(addr)
 			cfg.ServerName = host
 		}
 		td := tls.Dialer{NetDialer: &d, Config: cfg}
-		return td.DialContext(ctx, "tcp", s.addr)
+		return td.DialContext(ctx, "tcp", addr)
 	}
-	return d.DialContext(ctx, "tcp", s.addr)
+	return d.DialContext(ctx, "tcp", addr)
 }
 
 // session runs one connection: the handshake, a baseline if the receiver

@@ -1,0 +1,113 @@
+package sink
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jvol-io/jvol/internal/journal"
+	"github.com/jvol-io/jvol/internal/vfs"
+	"github.com/jvol-io/jvol/internal/volume"
+)
+
+// A restore over TLS, with the token, equals the one made from the
+// receiver's files, at a past id and at the latest, and writes only the
+// blocks that hold data. Refusals say why, each with its error.
+func TestRestoreOverTheNetworkMatchesTheReceiversFiles(t *testing.T) {
+	ca := newCA(t, "jvol test CA")
+	token := []byte("s3cret")
+	rdir := t.TempDir()
+	rc := startReceiver(t, ReceiverConfig{Dir: rdir, Token: token, SegmentSize: 4 << 20},
+		&tls.Config{Certificates: []tls.Certificate{ca.issue(t, "receiver", true)}})
+	url := "tls://" + rc.addr()
+	const size = 16 << 20
+	v, err := volume.OpenDir(filepath.Join(t.TempDir(), "vol"), volume.Options{Size: size, JournalSize: volume.MinJournalSize, Hold: true, Provisioning: volume.Thin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := StartSender(v.Volume, SenderConfig{URL: url, Volume: testVolume, Duplex: journal.Full, Token: token,
+		TLS: &tls.Config{RootCAs: ca.pool}, MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &rig{t: t, v: v, s: s, rdir: rdir, size: size, rng: newRand(t), timeout: time.Minute}
+	defer r.close()
+	r.ready()
+	first := r.write(8)
+	r.waitAcked(first)
+	r.waitAcked(r.write(8))
+
+	client := &RestoreClient{URL: url, TLS: &tls.Config{RootCAs: ca.pool}, Token: token}
+	ctx := context.Background()
+	for _, p := range []Point{{Transid: first}, {Latest: true}} {
+		local := filepath.Join(t.TempDir(), "local.img")
+		want, err := Restore(rdir, testVolume, p, local)
+		if err != nil {
+			t.Fatal(err)
+		}
+		remote := filepath.Join(t.TempDir(), "remote.img")
+		got, err := client.RestoreFrom(ctx, testVolume, p, remote)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Transid != want.Transid || got.Size != want.Size {
+			t.Errorf("%+v: restored at %d, %d bytes; from the files at %d, %d bytes", p, got.Transid, got.Size, want.Transid, want.Size)
+		}
+		img := readFile(t, local)
+		sameImage(t, "restored over the network", readFile(t, remote), img)
+		var data int64
+		for o := 0; o < len(img); o += 4096 {
+			if !allZero(img[o : o+4096]) {
+				data += 4096
+			}
+		}
+		if w, err := vfs.Written(remote); err != nil || w != data {
+			t.Errorf("%+v: the restored file holds %d bytes of data (%v), the image %d", p, w, err, data)
+		}
+	}
+	st := rc.Stats()
+	if len(st) != 1 || st[0].Restores != 2 || st[0].RestoredBytes == 0 {
+		t.Errorf("receiver figures %+v, want 2 restores", st)
+	}
+
+	for _, c := range []struct {
+		what   string
+		client RestoreClient
+		vol    string
+		p      Point
+		want   error
+		says   string
+	}{
+		{"wrong token", RestoreClient{URL: url, TLS: client.TLS, Token: []byte("guess")}, testVolume, Point{Latest: true}, ErrAuthentication, "wrong token"},
+		{"unknown volume", *client, "no-such-volume", Point{Latest: true}, ErrNoVolume, "no-such-volume"},
+		{"a point not kept", *client, testVolume, Point{Transid: 1}, ErrNotKept, "the receiver keeps ids"},
+		{"a bad volume id", *client, "../etc", Point{Latest: true}, ErrProto, "volume id"},
+	} {
+		_, err := c.client.RestoreFrom(ctx, c.vol, c.p, filepath.Join(t.TempDir(), "x.img"))
+		if !errors.Is(err, c.want) || !strings.Contains(err.Error(), c.says) {
+			t.Errorf("%s: %v, want %v saying %q", c.what, err, c.want, c.says)
+		}
+	}
+	if st := rc.Stats(); st[0].CutOff[0] != 1 {
+		t.Errorf("the wrong token is not counted: %+v", st)
+	}
+}
+
+// Restore requests decode as they were encoded, and nothing else does.
+func FuzzDecodeRestoreRequest(f *testing.F) {
+	f.Add((&RestoreRequest{Point: Point{Transid: 42}, Volume: "v", Token: []byte("t")}).Encode())
+	f.Add((&RestoreRequest{Point: Point{Latest: true}, Volume: "pvc-1"}).Encode())
+	f.Fuzz(func(t *testing.T, b []byte) {
+		q, err := DecodeRestoreRequest(b)
+		if err != nil {
+			return
+		}
+		if again := q.Encode(); string(again) != string(b) {
+			t.Fatalf("%x decodes to %+v, which encodes to %x", b, q, again)
+		}
+	})
+}
