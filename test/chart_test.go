@@ -87,3 +87,64 @@ func TestChartRendersMetricsObjectsWhereTheyBelong(t *testing.T) {
 		t.Errorf("%d ServiceMonitors without the Services", n)
 	}
 }
+
+// With sink.enabled the receiver comes with its Service, metrics Service
+// and credentials, and storageClass.sink.inCluster points the class at it
+// with the client Secret (which holds no server key).
+func TestChartInstallsTheReceiverWhenAsked(t *testing.T) {
+	if n := len(render(t)["StatefulSet"]); n != 0 {
+		t.Errorf("%d StatefulSets without sink.enabled", n)
+	}
+	kinds := render(t, "--set", "sink.enabled=true", "--set", "storageClass.sink.inCluster=true", "--set", "sink.retain=24h")
+	if n := len(kinds["StatefulSet"]); n != 1 {
+		t.Fatalf("%d StatefulSets, want the receiver", n)
+	}
+	args, _, _ := unstructured.NestedSlice(kinds["StatefulSet"][0].Object, "spec", "template", "spec", "containers")
+	if a := strings.Join(argsOf(args[0]), " "); !strings.Contains(a, "--tls-cert=/credentials/tls.crt") ||
+		!strings.Contains(a, "--token-file=/credentials/token") || !strings.Contains(a, "--retain=24h") || !strings.Contains(a, "--metrics-address=:9810") {
+		t.Errorf("receiver args: %s", a)
+	}
+	secrets := map[string]map[string]any{}
+	for _, s := range kinds["Secret"] {
+		data, _, _ := unstructured.NestedMap(s.Object, "data")
+		secrets[s.GetName()] = data
+	}
+	if c := secrets["jvol-sink-client"]; c["token"] == nil || c["ca.crt"] == nil || c["tls.key"] != nil {
+		t.Errorf("client Secret keys: %v", keys(c))
+	}
+	if s := secrets["jvol-sink-server"]; s["token"] != secrets["jvol-sink-client"]["token"] || s["tls.key"] == nil {
+		t.Errorf("server Secret keys %v, or another token than the client's", keys(s))
+	}
+	params, _, _ := unstructured.NestedStringMap(kinds["StorageClass"][0].Object, "parameters")
+	if params["sinkURL"] != "tls://jvol-sink.jvol-system.svc:7070" || params["sinkSecretName"] != "jvol-sink-client" {
+		t.Errorf("StorageClass parameters %v", params)
+	}
+	var metrics bool
+	for _, s := range kinds["Service"] {
+		metrics = metrics || s.GetName() == "jvol-sink-metrics"
+	}
+	if !metrics {
+		t.Error("no metrics Service of the receiver")
+	}
+	out, err := exec.Command("../hack/helm.sh", "template", "jvol", "../charts/jvol", "--kube-version", "v1.34.4",
+		"--set", "storageClass.sink.inCluster=true").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "needs sink.enabled") {
+		t.Errorf("inCluster without the receiver: %v: %s", err, out)
+	}
+}
+
+func argsOf(container any) []string {
+	var args []string
+	for _, a := range container.(map[string]any)["args"].([]any) {
+		args = append(args, a.(string))
+	}
+	return args
+}
+
+func keys(m map[string]any) []string {
+	var k []string
+	for key := range m {
+		k = append(k, key)
+	}
+	return k
+}

@@ -33,3 +33,8 @@ hostNetwork: true
 dnsPolicy: ClusterFirstWithHostNet
 {{- end }}
 {{- end }}
+
+{{/* The URL of the in-cluster receiver (sink.enabled). */}}
+{{- define "jvol.sinkURL" -}}
+{{ ternary "tls" "tcp" .Values.sink.tls }}://{{ .Values.sink.address | default (printf "%s-sink.%s.svc" .Release.Name .Release.Namespace) }}:{{ .Values.sink.port }}
+{{- end }}
