@@ -73,6 +73,61 @@ func OpenDirect(path string) (*OSFile, error) {
 	return &OSFile{f: f, direct: true}, nil
 }
 
+// OpenBuffered opens an existing file for reading and writing through the
+// page cache: for files written at any offset and synced once (a
+// snapshot's image).
+func OpenBuffered(path string) (*OSFile, error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, err
+	}
+	return &OSFile{f: f}, nil
+}
+
+// Clone makes dst share all of src's blocks (FICLONE), where the file
+// system can (XFS, btrfs); elsewhere it fails and nothing changed.
+func Clone(dst, src *OSFile) error {
+	return unix.IoctlFileClone(int(dst.f.Fd()), int(src.f.Fd()))
+}
+
+// CopySparse copies src's bytes into dst, which must be as long and hold
+// nothing yet: only src's data (SEEK_DATA: not holes, nor blocks
+// allocated and never written) is copied, by copy_file_range, which
+// shares blocks where the file system can. So dst is as sparse as src
+// holds data. Writes to src meanwhile may or may not be seen, each block
+// whole or not at all.
+func CopySparse(dst, src *OSFile) error {
+	in, out := int(src.f.Fd()), int(dst.f.Fd())
+	size, err := src.Size()
+	if err != nil {
+		return err
+	}
+	for off := int64(0); off < size; {
+		data, err := unix.Seek(in, off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		hole, err := unix.Seek(in, data, unix.SEEK_HOLE)
+		if err != nil {
+			return err
+		}
+		for r, w := data, data; r < hole; {
+			n, err := unix.CopyFileRange(in, &r, out, &w, int(min(hole-r, 1<<30)), 0)
+			if err != nil {
+				return fmt.Errorf("copy_file_range at %d: %w", r, err)
+			}
+			if n == 0 {
+				return fmt.Errorf("copy_file_range at %d: %w", r, io.ErrUnexpectedEOF)
+			}
+		}
+		off = hole
+	}
+	return nil
+}
+
 // Direct reports whether the file bypasses the page cache.
 func (o *OSFile) Direct() bool { return o.direct }
 

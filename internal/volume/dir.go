@@ -54,6 +54,11 @@ type Options struct {
 	CommitInterval time.Duration
 	// Provisioning is fixed when the volume is made: default Thick.
 	Provisioning Provisioning
+	// From, only when creating, is an image (a snapshot's) the data image
+	// starts as: cloned where the file system shares blocks, else the
+	// blocks of it that hold data copied. Size is then at least its size
+	// (its size if zero).
+	From string
 	// Hold keeps the journal's records for a reader (see Config.Hold).
 	Hold bool
 	// Resume opens a volume whose block device outlived its server (see
@@ -201,6 +206,18 @@ func (d *Dir) release() error {
 }
 
 func create(path string, o Options) (Meta, error) {
+	if o.From != "" {
+		st, err := os.Stat(o.From)
+		if err != nil {
+			return Meta{}, fmt.Errorf("volume: the image to start from: %w", err)
+		}
+		if o.Size == 0 {
+			o.Size = st.Size()
+		}
+		if o.Size < st.Size() {
+			return Meta{}, fmt.Errorf("%w: a volume of %d bytes cannot hold the image %s of %d", ErrShrink, o.Size, o.From, st.Size())
+		}
+	}
 	if o.Size == 0 {
 		return Meta{}, ErrNoSize
 	}
@@ -234,7 +251,7 @@ func create(path string, o Options) (Meta, error) {
 	if o.CommitInterval != 0 {
 		meta.CommitInterval = o.CommitInterval.String()
 	}
-	if err := createImages(path, meta); err != nil {
+	if err := createImages(path, meta, o.From); err != nil {
 		// Nothing is left half made (on a full disk, above all).
 		for _, f := range []string{Layout(path).Journal(), Layout(path).Data()} {
 			if rerr := os.Remove(f); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
@@ -248,8 +265,9 @@ func create(path string, o Options) (Meta, error) {
 }
 
 // createImages makes the journal image, allocated and formatted, and the
-// data image: allocated whole if thick, sparse if thin.
-func createImages(path string, meta Meta) error {
+// data image: a copy of the image from, if set; allocated whole if thick,
+// sparse if thin.
+func createImages(path string, meta Meta, from string) error {
 	jpath := Layout(path).Journal()
 	if err := vfs.Preallocate(jpath, meta.JournalSize); err != nil {
 		return err
@@ -268,6 +286,11 @@ func createImages(path string, meta Meta) error {
 		return err
 	}
 	defer df.Close()
+	if from != "" {
+		if err := copyImage(Layout(path).Data(), from); err != nil {
+			return fmt.Errorf("volume: copying %s: %w", from, err)
+		}
+	}
 	if err := df.Truncate(meta.Size); err != nil {
 		return err
 	}
@@ -277,6 +300,32 @@ func createImages(path string, meta Meta) error {
 		}
 	}
 	return df.Sync() // fsync: the allocation is metadata
+}
+
+// copyImage makes the empty file dst a copy of the file src: a clone
+// where the file system shares blocks, else the blocks that hold data.
+func copyImage(dst, src string) error {
+	d, err := vfs.OpenBuffered(dst)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	s, err := vfs.OpenBuffered(src)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	if vfs.Clone(d, s) == nil {
+		return nil
+	}
+	size, err := s.Size()
+	if err == nil {
+		err = d.Truncate(size)
+	}
+	if err == nil {
+		err = vfs.CopySparse(d, s)
+	}
+	return err
 }
 
 // ReadMeta reads and checks a volume directory's metadata.

@@ -56,21 +56,62 @@ func (v *Volume) Release() {
 	v.hold.on = false
 }
 
+// A pin is a hold of a reader inside this package (a snapshot's copy),
+// beside the sink's: the ring keeps the records from pos on until unpin.
+// It is dropped, like the sink's, once its records fill the spool share.
+type pin struct {
+	pos, transid uint64
+	dropped      bool
+}
+
+// pinDurable pins the journal at its durable end and returns the pin.
+func (v *Volume) pinDurable() *pin {
+	v.commitMu.Lock()
+	defer v.commitMu.Unlock()
+	pos, id := v.j.Durable()
+	p := &pin{pos: pos, transid: id}
+	if v.pins == nil {
+		v.pins = map[*pin]struct{}{}
+	}
+	v.pins[p] = struct{}{}
+	return p
+}
+
+// unpin releases p and reports whether it held until then.
+func (v *Volume) unpin(p *pin) bool {
+	v.commitMu.Lock()
+	defer v.commitMu.Unlock()
+	delete(v.pins, p)
+	return !p.dropped
+}
+
 // held returns where a commit up to durable position pos must stop instead,
-// if the hold stops it; commitMu is held. It drops a hold whose records
-// fill the spool.
+// if the hold or a pin stops it; commitMu is held. It drops a hold or pin
+// whose records fill the spool.
 func (v *Volume) held(pos uint64) (uint64, uint64, bool) {
-	if !v.hold.on || v.hold.pos >= pos {
-		return 0, 0, false
-	}
-	if pos-v.hold.pos > v.ring/8*SpoolShare {
-		v.hold.on = false
-		if v.hold.onDrop != nil {
-			v.hold.onDrop()
+	spool := v.ring / 8 * SpoolShare
+	at, id, held := pos, uint64(0), false
+	if v.hold.on && v.hold.pos < pos {
+		if pos-v.hold.pos > spool {
+			v.hold.on = false
+			if v.hold.onDrop != nil {
+				v.hold.onDrop()
+			}
+		} else {
+			at, id, held = v.hold.pos, v.hold.transid, true
 		}
-		return 0, 0, false
 	}
-	return v.hold.pos, v.hold.transid, true
+	for p := range v.pins {
+		switch {
+		case p.pos >= pos:
+		case pos-p.pos > spool:
+			p.dropped = true
+			delete(v.pins, p)
+		case p.pos < at:
+			at, id, held = p.pos, p.transid, true
+		}
+	}
+	return at, id, held
 }
 
 // Journal returns the volume's journal, for readers of its ring.

@@ -102,6 +102,7 @@ type Volume struct {
 	lastCkpt uint64
 	ring     uint64 // the journal's ring size
 	hold     hold
+	pins     map[*pin]struct{}
 	quit     chan struct{}
 	done     chan struct{}
 	// ctx ends with the first commit failure: the volume is unusable then,
