@@ -144,8 +144,8 @@ func restoreCmd(ctx context.Context, args []string) error {
 	var r sink.Restored
 	var err error
 	if so.URL != "" {
-		var c *sink.RestoreClient
-		if c, err = so.RestoreClient(); err != nil {
+		var c *sink.Client
+		if c, err = so.Client(); err != nil {
 			return err
 		}
 		r, err = c.RestoreFrom(ctx, *vol, p, *out)

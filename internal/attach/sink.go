@@ -113,9 +113,9 @@ func (o *SinkOptions) config(volumeID string) (sink.SenderConfig, error) {
 	return cfg, nil
 }
 
-// RestoreClient is a client of restores from the receiver o names, with
+// Client is a client of requests (restores, pins) to the receiver o names, with
 // its credentials.
-func (o *SinkOptions) RestoreClient() (*sink.RestoreClient, error) {
+func (o *SinkOptions) Client() (*sink.Client, error) {
 	if _, _, err := sink.ParseURL(o.URL); err != nil {
 		return nil, err
 	}
@@ -123,7 +123,7 @@ func (o *SinkOptions) RestoreClient() (*sink.RestoreClient, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &sink.RestoreClient{URL: cfg.URL, TLS: cfg.TLS, Token: cfg.Token}, nil
+	return &sink.Client{URL: cfg.URL, TLS: cfg.TLS, Token: cfg.Token}, nil
 }
 
 // ClientTLS builds a client TLS configuration: the receiver is checked

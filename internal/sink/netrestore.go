@@ -18,88 +18,101 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/jvol-io/jvol/internal/blockrec"
+	"github.com/jvol-io/jvol/internal/journal"
 )
 
-// Restores over the network (protocol version 2): a client opens a
-// connection with a restore request instead of a hello; the receiver
-// rebuilds the image at the point asked into a file of its own, sends the
-// blocks that hold data and ends; the client writes them into a sparse
-// file. A session carries one restore.
+// Requests over the network (protocol version 2): a client opens a
+// connection with a request instead of a hello. For a restore, the
+// receiver rebuilds the image at the point asked into a file of its own,
+// sends the blocks that hold data and ends; the client writes them into a
+// sparse file. A pin or unpin is answered with done. A connection carries
+// one request.
 const (
 	StreamRestoreRequest = 0x27 // client: the image of a volume at a point
 	StreamRestoreBegin   = 0x28 // receiver: the image after transid follows
 	StreamRestoreData    = 0x29 // receiver: one block-write sub-record of it
 	StreamRestoreEnd     = 0x2A // receiver: that was all of it
-	StreamRestoreRefused = 0x2B // receiver: why not (a code and a reason)
+	StreamRestoreRefused = 0x2B // receiver: why a request is refused (a code and a reason)
+	StreamPinRequest     = 0x2C // client: keep a point under a name (Pin)
+	StreamUnpinRequest   = 0x2D // client: let it go (Unpin)
+	StreamDone           = 0x2E // receiver: done; transid is the id pinned
 )
 
-// RestoreVersion is the protocol version that brought restores; a stream
-// session is unchanged and its hello still says ProtoVersion.
-const RestoreVersion = 2
+// RequestVersion is the protocol version that brought requests; a
+// stream session is unchanged and its hello still says ProtoVersion.
+const RequestVersion = 2
 
-// RestoreRequest asks for an image.
+// Request is a restore, pin or unpin request (the record's stream says
+// which).
 //
-//	0   4  magic "JVSK"
-//	4   2  version (2)
-//	6   2  flags: bit 0 latest (transid is then 0); others 0
-//	8   8  transid: the image after every record up to it
-//	16  2  volume id length n (1..253)
-//	18  2  token length m (0..4096)
-//	20  4  zero
-//	24  n  volume id
-//	24+n m token
-type RestoreRequest struct {
+//	0     4  magic "JVSK"
+//	4     2  version (2)
+//	6     2  flags: bit 0 latest (transid is then 0); others 0
+//	8     8  transid: the image after every record up to it
+//	16    2  volume id length n (1..253)
+//	18    2  token length m (0..4096)
+//	20    2  pin name length k (1..253 for a pin or unpin, 0 for a restore)
+//	22    2  zero
+//	24    n  volume id
+//	24+n  m  token
+//	24+n+m k pin name: lowercase letters, digits, '-' and '.'
+type Request struct {
 	Point
 	Volume string
 	Token  []byte
+	Name   string
 }
 
-const restoreRequestFixed = 24
+const requestFixed = 24
 
-// FlagLatest is RestoreRequest's flag for the newest point.
+// FlagLatest is Request's flag for the newest point.
 const FlagLatest = 1
 
 // Encode returns the request's payload.
-func (q *RestoreRequest) Encode() []byte {
-	b := make([]byte, restoreRequestFixed+len(q.Volume)+len(q.Token))
+func (q *Request) Encode() []byte {
+	b := make([]byte, requestFixed+len(q.Volume)+len(q.Token)+len(q.Name))
 	copy(b, ProtoMagic)
-	binary.LittleEndian.PutUint16(b[4:], RestoreVersion)
+	binary.LittleEndian.PutUint16(b[4:], RequestVersion)
 	if q.Latest {
 		binary.LittleEndian.PutUint16(b[6:], FlagLatest)
 	}
 	binary.LittleEndian.PutUint64(b[8:], q.Transid)
 	binary.LittleEndian.PutUint16(b[16:], uint16(len(q.Volume)))
 	binary.LittleEndian.PutUint16(b[18:], uint16(len(q.Token)))
-	copy(b[restoreRequestFixed:], q.Volume)
-	copy(b[restoreRequestFixed+len(q.Volume):], q.Token)
+	binary.LittleEndian.PutUint16(b[20:], uint16(len(q.Name)))
+	i := copy(b[requestFixed:], q.Volume) + requestFixed
+	i += copy(b[i:], q.Token)
+	copy(b[i:], q.Name)
 	return b
 }
 
-// DecodeRestoreRequest decodes and checks a request's payload.
-func DecodeRestoreRequest(b []byte) (RestoreRequest, error) {
-	if len(b) < restoreRequestFixed || string(b[:4]) != ProtoMagic {
-		return RestoreRequest{}, fmt.Errorf("%w: not a restore request", ErrProto)
+// DecodeRequest decodes and checks a request's payload.
+func DecodeRequest(b []byte) (Request, error) {
+	if len(b) < requestFixed || string(b[:4]) != ProtoMagic {
+		return Request{}, fmt.Errorf("%w: not a request", ErrProto)
 	}
-	if v := binary.LittleEndian.Uint16(b[4:]); v != RestoreVersion {
-		return RestoreRequest{}, fmt.Errorf("%w %d of a restore request (this jvol speaks %d)", ErrVersion, v, RestoreVersion)
+	if v := binary.LittleEndian.Uint16(b[4:]); v != RequestVersion {
+		return Request{}, fmt.Errorf("%w %d of a request (this jvol speaks %d)", ErrVersion, v, RequestVersion)
 	}
 	flags := binary.LittleEndian.Uint16(b[6:])
 	n := int(binary.LittleEndian.Uint16(b[16:]))
 	m := int(binary.LittleEndian.Uint16(b[18:]))
-	q := RestoreRequest{Point: Point{Latest: flags&FlagLatest != 0, Transid: binary.LittleEndian.Uint64(b[8:])}}
+	k := int(binary.LittleEndian.Uint16(b[20:]))
+	q := Request{Point: Point{Latest: flags&FlagLatest != 0, Transid: binary.LittleEndian.Uint64(b[8:])}}
 	switch {
-	case flags&^FlagLatest != 0 || binary.LittleEndian.Uint32(b[20:]) != 0:
-		return RestoreRequest{}, fmt.Errorf("%w: restore request flags %#x", ErrProto, flags)
-	case n == 0 || n > MaxVolumeID || m > MaxToken || len(b) != restoreRequestFixed+n+m:
-		return RestoreRequest{}, fmt.Errorf("%w: restore request of %d bytes with a %d-byte volume id and a %d-byte token", ErrProto, len(b), n, m)
+	case flags&^FlagLatest != 0 || binary.LittleEndian.Uint16(b[22:]) != 0:
+		return Request{}, fmt.Errorf("%w: request flags %#x", ErrProto, flags)
+	case n == 0 || n > MaxVolumeID || m > MaxToken || k > MaxVolumeID || len(b) != requestFixed+n+m+k:
+		return Request{}, fmt.Errorf("%w: request of %d bytes with a %d-byte volume id, a %d-byte token and a %d-byte name", ErrProto, len(b), n, m, k)
 	case q.Latest && q.Transid != 0:
-		return RestoreRequest{}, fmt.Errorf("%w: a restore of the latest point with transid %d", ErrProto, q.Transid)
+		return Request{}, fmt.Errorf("%w: a request of the latest point with transid %d", ErrProto, q.Transid)
 	}
-	q.Volume = string(b[restoreRequestFixed : restoreRequestFixed+n])
-	if !ValidVolumeID(q.Volume) {
-		return RestoreRequest{}, fmt.Errorf("%w: volume id %q", ErrProto, q.Volume)
+	q.Volume = string(b[requestFixed : requestFixed+n])
+	q.Token = b[requestFixed+n : requestFixed+n+m]
+	q.Name = string(b[requestFixed+n+m:])
+	if !ValidVolumeID(q.Volume) || k > 0 && !ValidVolumeID(q.Name) {
+		return Request{}, fmt.Errorf("%w: volume id %q, name %q", ErrProto, q.Volume, q.Name)
 	}
-	q.Token = b[restoreRequestFixed+n:]
 	return q, nil
 }
 
@@ -110,7 +123,8 @@ const (
 	RefusedAuthentication = 2 // a wrong token
 	RefusedNoVolume       = 3 // it keeps no stream of the volume
 	RefusedNotKept        = 4 // not a point it keeps (the reason names those it does)
-	RefusedFailed         = 5 // it could not rebuild the image
+	RefusedFailed         = 5 // it could not do it
+	RefusedPinExists      = 6 // the pin's name holds another point
 )
 
 // Errors of RestoreFrom, as the receiver's refusal says; ErrNotKept too.
@@ -121,7 +135,7 @@ var (
 
 var refusedErrors = map[uint16]error{
 	RefusedBadRequest: ErrProto, RefusedAuthentication: ErrAuthentication, RefusedNoVolume: ErrNoVolume,
-	RefusedNotKept: ErrNotKept, RefusedFailed: ErrRefused,
+	RefusedNotKept: ErrNotKept, RefusedFailed: ErrRefused, RefusedPinExists: ErrPinExists,
 }
 
 // RestoreBegin's payload: the image's size (u64) and 8 zero bytes; its
@@ -145,23 +159,51 @@ func (e restoreRefusal) Unwrap() error { return e.err }
 // restorePiece is how much of the image one data record carries at most.
 const restorePiece = 1 << 20
 
-// serveRestore answers a restore request: an image of the volume at the
-// point asked, only its blocks that hold data.
-func (rc *Receiver) serveRestore(c net.Conn, payload []byte) (string, error) {
+// serveRequest answers a request of stream id.
+func (rc *Receiver) serveRequest(c net.Conn, id uint16, payload []byte) (string, error) {
 	out := &ackWriter{c: c}
 	refuse := func(code uint16, err error) error {
 		p := binary.LittleEndian.AppendUint16(nil, code)
 		out.write(appendRecord(nil, StreamRestoreRefused, 0, append(p, err.Error()...)))
 		return restoreRefusal{code, err}
 	}
-	q, err := DecodeRestoreRequest(payload)
-	if err != nil {
+	q, err := DecodeRequest(payload)
+	switch {
+	case err != nil:
 		return "", refuse(RefusedBadRequest, err)
-	}
-	if len(rc.cfg.Token) > 0 && subtle.ConstantTimeCompare(q.Token, rc.cfg.Token) != 1 {
+	case (q.Name != "") != (id != StreamRestoreRequest):
+		return q.Volume, refuse(RefusedBadRequest, fmt.Errorf("%w: a request of stream %#x with name %q", ErrProto, id, q.Name))
+	case len(rc.cfg.Token) > 0 && subtle.ConstantTimeCompare(q.Token, rc.cfg.Token) != 1:
 		return q.Volume, refuse(RefusedAuthentication, errors.New("authentication failed: wrong token"))
 	}
 	c.SetReadDeadline(time.Time{})
+	if id == StreamRestoreRequest {
+		return rc.serveRestore(c, out, q, refuse)
+	}
+	var pinned uint64
+	if id == StreamPinRequest {
+		pinned, err = pin(rc.cfg.FS, rc.cfg.Dir, q.Volume, q.Name, q.Point)
+	} else {
+		err = unpin(rc.cfg.FS, rc.cfg.Dir, q.Volume, q.Name)
+	}
+	switch {
+	case errors.Is(err, ErrNoVolume):
+		return q.Volume, refuse(RefusedNoVolume, err)
+	case errors.Is(err, ErrNotKept):
+		return q.Volume, refuse(RefusedNotKept, err)
+	case errors.Is(err, ErrPinExists):
+		return q.Volume, refuse(RefusedPinExists, err)
+	case err != nil:
+		return q.Volume, refuse(RefusedFailed, err)
+	}
+	klog.InfoS(map[bool]string{true: "Pinned a point", false: "Unpinned a point"}[id == StreamPinRequest],
+		"remote", c.RemoteAddr().String(), "volume", q.Volume, "name", q.Name, "transid", pinned)
+	return q.Volume, out.write(appendRecord(nil, StreamDone, pinned, nil))
+}
+
+// serveRestore answers a restore request: an image of the volume at the
+// point asked, only its blocks that hold data.
+func (rc *Receiver) serveRestore(c net.Conn, out *ackWriter, q Request, refuse func(uint16, error) error) (string, error) {
 	start := time.Now()
 	name := make([]byte, 8)
 	rand.Read(name)
@@ -261,8 +303,8 @@ func zero(b []byte) bool {
 	return true
 }
 
-// RestoreClient reaches a receiver to restore from.
-type RestoreClient struct {
+// Client reaches a receiver with requests: restores and pins.
+type Client struct {
 	// URL is tcp://host:port or tls://host:port.
 	URL string
 	// TLS is the client configuration for tls:// (its ServerName defaults
@@ -271,46 +313,99 @@ type RestoreClient struct {
 	Token []byte
 }
 
-// RestoreFrom writes the image of volume vol at point p, as the receiver
-// at rc.URL keeps it, into the file out (created or replaced): sparse,
-// only the blocks that hold data are written. A refusal is ErrNoVolume,
-// ErrNotKept (naming what the receiver keeps), ErrAuthentication, ErrProto
-// or ErrRefused, with the receiver's reason.
-func (rc *RestoreClient) RestoreFrom(ctx context.Context, vol string, p Point, out string) (Restored, error) {
-	if !ValidVolumeID(vol) {
-		return Restored{}, fmt.Errorf("%w: volume id %q", ErrProto, vol)
+// answer is a request's connection and the receiver's first answer.
+type answer struct {
+	c     net.Conn
+	br    *bufio.Reader
+	first journal.Record
+	buf   []byte
+	stop  func() bool // the close on the context's end
+}
+
+func (a *answer) close() {
+	a.stop()
+	a.c.Close()
+}
+
+// request sends the request q on stream id over a new connection, closed
+// if ctx ends, and returns the receiver's first answer, which is not a
+// refusal: a refusal is ErrNoVolume, ErrNotKept (naming what the receiver
+// keeps), ErrAuthentication, ErrPinExists, ErrProto or ErrRefused, with
+// the receiver's reason. The caller closes the answer.
+func (cl *Client) request(ctx context.Context, id uint16, q Request) (*answer, error) {
+	if !ValidVolumeID(q.Volume) || q.Name != "" && !ValidVolumeID(q.Name) {
+		return nil, fmt.Errorf("%w: volume id %q, name %q", ErrProto, q.Volume, q.Name)
 	}
-	scheme, addr, err := ParseURL(rc.URL)
+	scheme, addr, err := ParseURL(cl.URL)
 	if err != nil {
-		return Restored{}, err
+		return nil, err
 	}
-	c, err := dialURL(ctx, scheme, addr, rc.TLS)
+	c, err := dialURL(ctx, scheme, addr, cl.TLS)
 	if err != nil {
-		return Restored{}, err
+		return nil, err
 	}
-	defer context.AfterFunc(ctx, func() { c.Close() })()
-	defer c.Close()
-	q := RestoreRequest{Point: p, Volume: vol, Token: rc.Token}
-	if _, err := c.Write(appendRecord(nil, StreamRestoreRequest, 0, q.Encode())); err != nil {
-		return Restored{}, err
+	a := &answer{c: c, br: bufio.NewReaderSize(c, 64<<10), stop: context.AfterFunc(ctx, func() { c.Close() })}
+	q.Token = cl.Token
+	if _, err = c.Write(appendRecord(nil, id, 0, q.Encode())); err == nil {
+		a.first, _, err = readRecord(a.br, &a.buf, MaxWireRecord)
 	}
-	br := bufio.NewReaderSize(c, 64<<10)
-	var buf []byte
-	r, _, err := readRecord(br, &buf, MaxWireRecord)
-	if err != nil {
-		return Restored{}, err
-	}
+	r := a.first
 	switch {
+	case err != nil:
 	case r.ID() == StreamRestoreRefused && len(r.Payload) >= 2:
-		code := binary.LittleEndian.Uint16(r.Payload)
-		kind := refusedErrors[code]
+		kind := refusedErrors[binary.LittleEndian.Uint16(r.Payload)]
 		if kind == nil {
 			kind = ErrRefused
 		}
-		return Restored{}, fmt.Errorf("%w: %s", kind, strings.TrimPrefix(string(r.Payload[2:]), "sink: "))
+		err = fmt.Errorf("%w: %s", kind, strings.TrimPrefix(string(r.Payload[2:]), "sink: "))
 	case r.ID() == StreamRefuse: // a receiver of version 1
-		return Restored{}, fmt.Errorf("%w: %s", ErrRefused, r.Payload)
-	case r.ID() != StreamRestoreBegin || len(r.Payload) != restoreBeginSize:
+		err = fmt.Errorf("%w: %s", ErrRefused, r.Payload)
+	}
+	if err != nil {
+		a.close()
+		return nil, err
+	}
+	return a, nil
+}
+
+// Pin keeps point p of volume vol at the receiver under name until Unpin
+// (see Pin), and returns the id pinned.
+func (cl *Client) Pin(ctx context.Context, vol, name string, p Point) (uint64, error) {
+	a, err := cl.request(ctx, StreamPinRequest, Request{Point: p, Volume: vol, Name: name})
+	if err != nil {
+		return 0, err
+	}
+	defer a.close()
+	if a.first.ID() != StreamDone {
+		return 0, fmt.Errorf("%w: answer of stream %#x to a pin", ErrProto, a.first.ID())
+	}
+	return a.first.Transid, nil
+}
+
+// Unpin lets the point pinned under name go (see Unpin).
+func (cl *Client) Unpin(ctx context.Context, vol, name string) error {
+	a, err := cl.request(ctx, StreamUnpinRequest, Request{Volume: vol, Name: name})
+	if err != nil {
+		return err
+	}
+	defer a.close()
+	if a.first.ID() != StreamDone {
+		return fmt.Errorf("%w: answer of stream %#x to an unpin", ErrProto, a.first.ID())
+	}
+	return nil
+}
+
+// RestoreFrom writes the image of volume vol at point p, as the receiver
+// keeps it, into the file out (created or replaced): sparse, only the
+// blocks that hold data are written. Refusals are as request says.
+func (cl *Client) RestoreFrom(ctx context.Context, vol string, p Point, out string) (Restored, error) {
+	a, err := cl.request(ctx, StreamRestoreRequest, Request{Point: p, Volume: vol})
+	if err != nil {
+		return Restored{}, err
+	}
+	defer a.close()
+	r, br, buf := a.first, a.br, a.buf
+	if r.ID() != StreamRestoreBegin || len(r.Payload) != restoreBeginSize {
 		return Restored{}, fmt.Errorf("%w: answer of stream %#x to a restore request", ErrProto, r.ID())
 	}
 	res := Restored{Transid: r.Transid, Size: int64(binary.LittleEndian.Uint64(r.Payload))}

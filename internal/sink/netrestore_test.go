@@ -41,7 +41,7 @@ func TestRestoreOverTheNetworkMatchesTheReceiversFiles(t *testing.T) {
 	r.waitAcked(first)
 	r.waitAcked(r.write(8))
 
-	client := &RestoreClient{URL: url, TLS: &tls.Config{RootCAs: ca.pool}, Token: token}
+	client := &Client{URL: url, TLS: &tls.Config{RootCAs: ca.pool}, Token: token}
 	ctx := context.Background()
 	for _, p := range []Point{{Transid: first}, {Latest: true}} {
 		local := filepath.Join(t.TempDir(), "local.img")
@@ -76,13 +76,13 @@ func TestRestoreOverTheNetworkMatchesTheReceiversFiles(t *testing.T) {
 
 	for _, c := range []struct {
 		what   string
-		client RestoreClient
+		client Client
 		vol    string
 		p      Point
 		want   error
 		says   string
 	}{
-		{"wrong token", RestoreClient{URL: url, TLS: client.TLS, Token: []byte("guess")}, testVolume, Point{Latest: true}, ErrAuthentication, "wrong token"},
+		{"wrong token", Client{URL: url, TLS: client.TLS, Token: []byte("guess")}, testVolume, Point{Latest: true}, ErrAuthentication, "wrong token"},
 		{"unknown volume", *client, "no-such-volume", Point{Latest: true}, ErrNoVolume, "no-such-volume"},
 		{"a point not kept", *client, testVolume, Point{Transid: 1}, ErrNotKept, "the receiver keeps ids"},
 		{"a bad volume id", *client, "../etc", Point{Latest: true}, ErrProto, "volume id"},
@@ -97,12 +97,74 @@ func TestRestoreOverTheNetworkMatchesTheReceiversFiles(t *testing.T) {
 	}
 }
 
+// Pins over the network: what Pin and Unpin do at the receiver, with the
+// same refusals, and the token.
+func TestPinsOverTheNetwork(t *testing.T) {
+	rdir, token := t.TempDir(), []byte("s3cret")
+	rc := startReceiver(t, ReceiverConfig{Dir: rdir, Token: token}, nil)
+	v, err := volume.OpenDir(filepath.Join(t.TempDir(), "vol"), volume.Options{Size: 8 << 20, JournalSize: volume.MinJournalSize, Hold: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := StartSender(v.Volume, SenderConfig{URL: "tcp://" + rc.addr(), Volume: testVolume, Duplex: journal.Full, Token: token, MinBackoff: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &rig{t: t, v: v, s: s, rdir: rdir, size: 8 << 20, rng: newRand(t), timeout: time.Minute}
+	defer r.close()
+	r.ready()
+	id := r.write(3)
+	r.waitAcked(id)
+	cl := &Client{URL: "tcp://" + rc.addr(), Token: token}
+	ctx := context.Background()
+	if got, err := cl.Pin(ctx, testVolume, "snap-1", Point{Transid: id}); err != nil || got != id {
+		t.Fatalf("pin at %d: %d, %v", id, got, err)
+	}
+	if got, err := cl.Pin(ctx, testVolume, "snap-2", Point{Latest: true}); err != nil || got < id {
+		t.Errorf("pin of the latest: %d, %v", got, err)
+	}
+	pins, err := recvDir{fs: vfs.OS, path: rdir}.volume(testVolume).pins()
+	if err != nil || pins["snap-1"] != id || len(pins) != 2 {
+		t.Errorf("pins at the receiver: %v, %v", pins, err)
+	}
+	for _, c := range []struct {
+		what string
+		err  error
+		want error
+	}{
+		{"a name holding another point", func() error { _, err := cl.Pin(ctx, testVolume, "snap-1", Point{Transid: id - 1}); return err }(), ErrPinExists},
+		{"a volume not kept", func() error { _, err := cl.Pin(ctx, "other", "snap-1", Point{Latest: true}); return err }(), ErrNoVolume},
+		{"a point not kept", func() error {
+			_, err := cl.Pin(ctx, testVolume, "snap-3", AtTime(time.Now().Add(time.Hour)))
+			return err
+		}(), ErrNotKept},
+		{"a wrong token", func() error {
+			_, err := (&Client{URL: cl.URL, Token: []byte("guess")}).Pin(ctx, testVolume, "snap-3", Point{Latest: true})
+			return err
+		}(), ErrAuthentication},
+		{"a bad name", cl.Unpin(ctx, testVolume, "../x"), ErrProto},
+	} {
+		if !errors.Is(c.err, c.want) {
+			t.Errorf("%s: %v, want %v", c.what, c.err, c.want)
+		}
+	}
+	for range 2 { // unpinning twice is no error
+		if err := cl.Unpin(ctx, testVolume, "snap-1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if pins, _ := (recvDir{fs: vfs.OS, path: rdir}).volume(testVolume).pins(); len(pins) != 1 {
+		t.Errorf("pins after the unpin: %v", pins)
+	}
+}
+
 // Restore requests decode as they were encoded, and nothing else does.
-func FuzzDecodeRestoreRequest(f *testing.F) {
-	f.Add((&RestoreRequest{Point: Point{Transid: 42}, Volume: "v", Token: []byte("t")}).Encode())
-	f.Add((&RestoreRequest{Point: Point{Latest: true}, Volume: "pvc-1"}).Encode())
+func FuzzDecodeRequest(f *testing.F) {
+	f.Add((&Request{Point: Point{Transid: 42}, Volume: "v", Token: []byte("t")}).Encode())
+	f.Add((&Request{Point: Point{Latest: true}, Volume: "pvc-1"}).Encode())
+	f.Add((&Request{Point: Point{Transid: 7}, Volume: "pvc-1", Name: "snap-1", Token: []byte("t")}).Encode())
 	f.Fuzz(func(t *testing.T, b []byte) {
-		q, err := DecodeRestoreRequest(b)
+		q, err := DecodeRequest(b)
 		if err != nil {
 			return
 		}

@@ -163,8 +163,9 @@ func (rc *Receiver) session(c net.Conn) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if r.ID() == StreamRestoreRequest {
-		return rc.serveRestore(c, r.Payload)
+	switch r.ID() {
+	case StreamRestoreRequest, StreamPinRequest, StreamUnpinRequest:
+		return rc.serveRequest(c, r.ID(), r.Payload)
 	}
 	if r.ID() != StreamHello {
 		return "", fmt.Errorf("%w: first record of stream %#x, want a hello or a restore request", ErrProto, r.ID())

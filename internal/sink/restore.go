@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -55,39 +56,15 @@ func restore(fsys vfs.FS, dir, vol string, p Point, out string) (Restored, error
 		return Restored{}, err
 	}
 	defer lock.Unlock()
-	var base baseState
-	if err := vd.readJSON(vd.baseMeta(), &base); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return Restored{}, err
-	}
-	if base.Folding != 0 {
-		return Restored{}, fmt.Errorf("sink: folding segment %d into the base of %s was interrupted: start the receiver to complete it", base.Folding, vol)
-	}
-	seqs, err := vd.segments()
+	t, kept, err := keptPoint(vd, p)
+	res := Restored{Transid: t, Kept: kept}
 	if err != nil {
-		return Restored{}, err
+		return res, err
 	}
-	kept, err := keptIntervals(vd, base, seqs)
+	base, seqs, err := vd.stored()
 	if err != nil {
-		return Restored{}, err
+		return res, err
 	}
-	res := Restored{Kept: kept}
-	switch {
-	case len(kept) == 0:
-		return res, fmt.Errorf("%w: %s holds no consistent image of %s yet (a baseline copy has not completed)", ErrNotKept, dir, vol)
-	case p.Latest:
-		res.Transid = kept[len(kept)-1].To
-	default:
-		res.Transid = p.Transid
-		found := false
-		for _, iv := range kept {
-			found = found || iv.From <= p.Transid && p.Transid <= iv.To
-		}
-		if !found {
-			return res, fmt.Errorf("%w: id %d (%s) of %s; the receiver keeps %s", ErrNotKept, p.Transid,
-				TransidTime(p.Transid).Format(time.RFC3339Nano), vol, describe(kept))
-		}
-	}
-	t := res.Transid
 	img, err := openImage(fsys, out, true)
 	if err != nil {
 		return res, err
@@ -123,6 +100,47 @@ func restore(fsys vfs.FS, dir, vol string, p Point, out string) (Restored, error
 	}
 	res.Size = img.size
 	return res, img.sync()
+}
+
+// stored returns the base's state and the segments after it; the caller
+// holds the volume's lock.
+func (vd volDir) stored() (baseState, []uint64, error) {
+	var base baseState
+	if err := vd.readJSON(vd.baseMeta(), &base); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return base, nil, err
+	}
+	if base.Folding != 0 {
+		return base, nil, fmt.Errorf("sink: folding segment %d into the base of %s was interrupted: start the receiver to complete it", base.Folding, filepath.Base(vd.path))
+	}
+	seqs, err := vd.segments()
+	return base, seqs, err
+}
+
+// keptPoint returns the id point p stands for, if the stored stream keeps
+// it, and the intervals it keeps; the caller holds the volume's lock.
+func keptPoint(vd volDir, p Point) (uint64, []Interval, error) {
+	base, seqs, err := vd.stored()
+	if err != nil {
+		return 0, nil, err
+	}
+	kept, err := keptIntervals(vd, base, seqs)
+	if err != nil {
+		return 0, nil, err
+	}
+	vol := filepath.Base(vd.path)
+	switch {
+	case len(kept) == 0:
+		return 0, kept, fmt.Errorf("%w: no consistent image of %s is kept yet (a baseline copy has not completed)", ErrNotKept, vol)
+	case p.Latest:
+		return kept[len(kept)-1].To, kept, nil
+	}
+	for _, iv := range kept {
+		if iv.From <= p.Transid && p.Transid <= iv.To {
+			return p.Transid, kept, nil
+		}
+	}
+	return 0, kept, fmt.Errorf("%w: id %d (%s) of %s; the receiver keeps %s", ErrNotKept, p.Transid,
+		TransidTime(p.Transid).Format(time.RFC3339Nano), vol, describe(kept))
 }
 
 // keptIntervals walks the stored stream's headers and returns the ids it

@@ -306,7 +306,7 @@ func (s *store) rotate() error {
 }
 
 // fold applies the closed segments whose records are all older than the
-// retention to the base image and removes them.
+// retention to the base image and removes them; never past a pinned id.
 func (s *store) fold(now time.Time) error {
 	if s.retain <= 0 {
 		return nil
@@ -330,6 +330,10 @@ func (s *store) fold(now time.Time) error {
 	if err := s.d.readJSON(s.d.baseMeta(), &base); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
+	low, pinned, err := s.d.lowestPin()
+	if err != nil {
+		return err
+	}
 	for i, seq := range seqs {
 		if seq >= s.seq || i+1 >= len(seqs) {
 			break
@@ -339,7 +343,7 @@ func (s *store) fold(now time.Time) error {
 		if err != nil {
 			return err
 		}
-		if next.Last >= cutoff {
+		if next.Last >= cutoff || pinned && next.Last > low {
 			break
 		}
 		if err := s.foldOne(&base, seq); err != nil {
