@@ -85,23 +85,26 @@ func OpenBuffered(path string) (*OSFile, error) {
 }
 
 // Clone makes dst share all of src's blocks (FICLONE), where the file
-// system can (XFS, btrfs); elsewhere it fails and nothing changed.
+// system can (XFS, btrfs); elsewhere it fails and nothing changed. Shared
+// blocks cost nothing until either file writes them: a write then needs
+// new blocks (copy on write), and can fail for want of space.
 func Clone(dst, src *OSFile) error {
 	return unix.IoctlFileClone(int(dst.f.Fd()), int(src.f.Fd()))
 }
 
 // CopySparse copies src's bytes into dst, which must be as long and hold
 // nothing yet: only src's data (SEEK_DATA: not holes, nor blocks
-// allocated and never written) is copied, by copy_file_range, which
-// shares blocks where the file system can. So dst is as sparse as src
-// holds data. Writes to src meanwhile may or may not be seen, each block
-// whole or not at all.
-func CopySparse(dst, src *OSFile) error {
-	in, out := int(src.f.Fd()), int(dst.f.Fd())
+// allocated and never written), so dst is as sparse as src holds data.
+// With share, copy_file_range lets the file system share blocks where it
+// can (see Clone); without, every block copied is dst's own. Writes to
+// src meanwhile may or may not be seen, each block whole or not at all.
+func CopySparse(dst, src *OSFile, share bool) error {
+	in := int(src.f.Fd())
 	size, err := src.Size()
 	if err != nil {
 		return err
 	}
+	var buf []byte
 	for off := int64(0); off < size; {
 		data, err := unix.Seek(in, off, unix.SEEK_DATA)
 		if errors.Is(err, unix.ENXIO) {
@@ -114,16 +117,57 @@ func CopySparse(dst, src *OSFile) error {
 		if err != nil {
 			return err
 		}
-		for r, w := data, data; r < hole; {
-			n, err := unix.CopyFileRange(in, &r, out, &w, int(min(hole-r, 1<<30)), 0)
-			if err != nil {
-				return fmt.Errorf("copy_file_range at %d: %w", r, err)
-			}
-			if n == 0 {
-				return fmt.Errorf("copy_file_range at %d: %w", r, io.ErrUnexpectedEOF)
+		if share {
+			err = copyRange(dst, src, data, hole)
+			if errors.Is(err, unix.EXDEV) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL) {
+				share = false // another file system, or none that can: copy
 			}
 		}
+		if !share {
+			if buf == nil {
+				buf = AlignedBuffer(1 << 20)
+			}
+			err = copyRead(dst, src, data, hole, buf)
+		}
+		if err != nil {
+			return err
+		}
 		off = hole
+	}
+	return nil
+}
+
+// copyRange copies [from, to) of src into dst with copy_file_range.
+func copyRange(dst, src *OSFile, from, to int64) error {
+	for r, w := from, from; r < to; {
+		n, err := unix.CopyFileRange(int(src.f.Fd()), &r, int(dst.f.Fd()), &w, int(min(to-r, 1<<30)), 0)
+		if err != nil {
+			return fmt.Errorf("copy_file_range at %d: %w", r, err)
+		}
+		if n == 0 {
+			return fmt.Errorf("copy_file_range at %d: %w", r, io.ErrUnexpectedEOF)
+		}
+	}
+	return nil
+}
+
+// copyRead copies [from, to) of src into dst through buf (aligned, for a
+// src opened for direct I/O; extents are block-aligned).
+func copyRead(dst, src *OSFile, from, to int64, buf []byte) error {
+	for off := from; off < to; {
+		n := int(min(int64(len(buf)), to-off))
+		if src.direct {
+			n = (n + BlockSize - 1) &^ (BlockSize - 1)
+		}
+		got, err := src.ReadAt(buf[:n], off)
+		if err != nil && !(errors.Is(err, io.EOF) && got > 0) {
+			return err
+		}
+		got = int(min(int64(got), to-off))
+		if _, err := dst.WriteAt(buf[:got], off); err != nil {
+			return err
+		}
+		off += int64(got)
 	}
 	return nil
 }

@@ -253,15 +253,25 @@ func create(path string, o Options) (Meta, error) {
 	}
 	if err := createImages(path, meta, o.From); err != nil {
 		// Nothing is left half made (on a full disk, above all).
-		for _, f := range []string{Layout(path).Journal(), Layout(path).Data()} {
-			if rerr := os.Remove(f); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
-				err = errors.Join(err, rerr)
-			}
-		}
-		return Meta{}, err
+		return Meta{}, errors.Join(err, removeImages(path))
 	}
 	// The metadata file last: a volume without it was never created.
-	return meta, WriteMeta(path, meta)
+	if err := WriteMeta(path, meta); err != nil {
+		removeImages(path)
+		return Meta{}, err
+	}
+	return meta, nil
+}
+
+// removeImages removes what a create that failed made.
+func removeImages(path string) error {
+	var err error
+	for _, f := range []string{Layout(path).Journal(), Layout(path).Data(), Layout(path).Meta()} {
+		if rerr := os.Remove(f); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			err = errors.Join(err, rerr)
+		}
+	}
+	return err
 }
 
 // createImages makes the journal image, allocated and formatted, and the
@@ -287,7 +297,7 @@ func createImages(path string, meta Meta, from string) error {
 	}
 	defer df.Close()
 	if from != "" {
-		if err := copyImage(Layout(path).Data(), from); err != nil {
+		if err := copyImage(Layout(path).Data(), from, meta.Provisioning == Thin); err != nil {
 			return fmt.Errorf("volume: copying %s: %w", from, err)
 		}
 	}
@@ -302,9 +312,11 @@ func createImages(path string, meta Meta, from string) error {
 	return df.Sync() // fsync: the allocation is metadata
 }
 
-// copyImage makes the empty file dst a copy of the file src: a clone
-// where the file system shares blocks, else the blocks that hold data.
-func copyImage(dst, src string) error {
+// copyImage makes the empty file dst a copy of the file src's blocks
+// that hold data; with share, a clone where the file system shares blocks
+// (a thick volume's image shares none: writing a shared block needs
+// space).
+func copyImage(dst, src string, share bool) error {
 	d, err := vfs.OpenBuffered(dst)
 	if err != nil {
 		return err
@@ -315,7 +327,7 @@ func copyImage(dst, src string) error {
 		return err
 	}
 	defer s.Close()
-	if vfs.Clone(d, s) == nil {
+	if share && vfs.Clone(d, s) == nil {
 		return nil
 	}
 	size, err := s.Size()
@@ -323,7 +335,7 @@ func copyImage(dst, src string) error {
 		err = d.Truncate(size)
 	}
 	if err == nil {
-		err = vfs.CopySparse(d, s)
+		err = vfs.CopySparse(d, s, share)
 	}
 	return err
 }

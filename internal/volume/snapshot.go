@@ -73,6 +73,9 @@ func (v *Volume) applyRing(p *pin, end uint64, size int64, target Data) (int64, 
 		i := 0
 		for i+journal.HeaderSize <= len(b) && pos+uint64(i) < end {
 			n := journal.Align(max(int(binary.LittleEndian.Uint32(b[i+4:])), journal.HeaderSize))
+			if n > journal.Align(journal.MaxRecordSize) {
+				return 0, fmt.Errorf("volume: journal record of %d bytes at %d", n, pos+uint64(i))
+			}
 			if i+n > len(b) {
 				if i == 0 { // a record larger than the buffer
 					buf = vfs.AlignedBuffer(n + vfs.BlockSize)
@@ -128,10 +131,10 @@ func applyRecord(r journal.Record, size int64, target Data) (int64, error) {
 }
 
 // Snapshot writes a crash-consistent copy of the volume into a new file
-// at path, without stopping writes (see Volume.Snapshot): a clone of the
-// data image where its file system shares blocks (FICLONE: XFS, btrfs),
-// else a sparse copy of the blocks that hold data, then the journal's
-// records over it. On failure nothing is left at path.
+// at path, without stopping writes (see Volume.Snapshot): a sparse copy
+// of the data image's blocks that hold data (for a thin volume, a clone
+// where its file system shares blocks: FICLONE on XFS, btrfs), then the
+// journal's records over it. On failure nothing is left at path.
 func (d *Dir) Snapshot(ctx context.Context, path string) (transid uint64, size int64, err error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
@@ -148,14 +151,17 @@ func (d *Dir) Snapshot(ctx context.Context, path string) (transid uint64, size i
 		return 0, 0, err
 	}
 	defer target.Close()
+	// A thick volume shares no blocks with its snapshots: a write to a
+	// shared block would need space it may not get.
+	share := d.Meta.Provisioned() == Thin
 	transid, size, err = d.Volume.Snapshot(ctx, func(size int64) error {
-		if vfs.Clone(target, d.data) == nil {
+		if share && vfs.Clone(target, d.data) == nil {
 			return target.Truncate(size) // a resize may be under way
 		}
 		if err := target.Truncate(size); err != nil {
 			return err
 		}
-		return vfs.CopySparse(target, d.data)
+		return vfs.CopySparse(target, d.data, share)
 	}, target)
 	if err != nil {
 		return 0, 0, err

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -195,17 +196,24 @@ func xfsDir(t *testing.T) string {
 }
 
 // On real files, under a writer: the snapshot is a new file, sparse where
-// the volume holds no data, equal to the volume at its point; cloned on
-// XFS, copied elsewhere. A second snapshot at the same path is refused.
+// the volume holds no data, equal to the volume at its point. A thin
+// volume's is cloned on XFS (it takes no space); a thick volume's is a
+// copy there too (it shares no block with the volume, whose writes would
+// need space for them). A second snapshot at the same path is refused.
 func TestDirSnapshotOfRealFiles(t *testing.T) {
-	for name, dir := range map[string]func() string{
-		"tempdir": t.TempDir,
-		"tmpfs":   func() string { return vfstest.SmallFS(t, 256<<20) },
-		"xfs":     func() string { return xfsDir(t) },
+	for _, c := range []struct {
+		name string
+		dir  func() string
+		p    Provisioning
+	}{
+		{"tempdir", t.TempDir, Thick},
+		{"tmpfs", func() string { return vfstest.SmallFS(t, 256<<20) }, Thick},
+		{"xfs-thick", func() string { return xfsDir(t) }, Thick},
+		{"xfs-thin", func() string { return xfsDir(t) }, Thin},
 	} {
-		t.Run(name, func(t *testing.T) {
-			base := dir()
-			d, err := OpenDir(filepath.Join(base, "v"), Options{Size: 32 * mib, JournalSize: MinJournalSize})
+		t.Run(c.name, func(t *testing.T) {
+			base := c.dir()
+			d, err := OpenDir(filepath.Join(base, "v"), Options{Size: 32 * mib, JournalSize: MinJournalSize, Provisioning: c.p})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -240,6 +248,13 @@ func TestDirSnapshotOfRealFiles(t *testing.T) {
 			case err := <-done:
 				t.Fatal(err)
 			}
+			if err := d.Volume.Commit(ctx); err != nil { // the 4 MiB in the data image, synced
+				t.Fatal(err)
+			}
+			var before unix.Statfs_t
+			if err := unix.Statfs(base, &before); err != nil {
+				t.Fatal(err)
+			}
 			path := filepath.Join(base, "snap.img")
 			transid, size, err := d.Snapshot(ctx, path)
 			close(stop)
@@ -267,6 +282,16 @@ func TestDirSnapshotOfRealFiles(t *testing.T) {
 			}
 			if _, _, err := d.Snapshot(ctx, path); !errors.Is(err, os.ErrExist) {
 				t.Errorf("a second snapshot over the first: %v", err)
+			}
+			if strings.HasPrefix(c.name, "xfs") {
+				var after unix.Statfs_t
+				if err := unix.Statfs(base, &after); err != nil {
+					t.Fatal(err)
+				}
+				took := int64(before.Bfree-after.Bfree) * after.Bsize // the counter's MiB is the writer's either way
+				if c.p == Thick && took < 4*mib || c.p == Thin && took >= 4*mib {
+					t.Errorf("a %s volume's snapshot took %d bytes of the file system for 4 MiB shared or copied", c.p, took)
+				}
 			}
 		})
 	}

@@ -1,10 +1,12 @@
 package volume
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 )
 
 // Provisioning says when a volume's data image gets its disk blocks. A
@@ -84,7 +86,9 @@ func (a *allocated) set(step int64) { a.bits[step/64].Or(1 << (step % 64)) }
 func (a *allocated) clear(step int64) { a.bits[step/64].And(^uint64(1 << (step % 64))) }
 
 // reserve makes sure the data image holds blocks for [off, off+n) before
-// a write there is journaled; the caller holds the size lock (shared).
+// a write there is journaled; the caller holds the size lock (shared). A
+// replay reserves too, but goes on without the space (the blocks may
+// still be there): it fails only if the write itself does.
 func (v *Volume) reserve(off, n int64) error {
 	a := v.alloc
 	if a == nil || n == 0 {
@@ -121,7 +125,7 @@ func (v *Volume) allocStep(s int64) error {
 func (v *Volume) deallocate(off, n int64) error {
 	a := v.alloc
 	if a == nil {
-		return v.data.Zero(off, n)
+		return v.zero(off, n)
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -129,6 +133,37 @@ func (v *Volume) deallocate(off, n int64) error {
 		a.clear(s)
 	}
 	return v.data.Punch(off, n)
+}
+
+// zero zeroes [off, off+n) of a thick volume in place: whole blocks by
+// the file system (unwritten extents), the partial blocks at either end by
+// writing zeros over them (the caller holds the range's lock). A file
+// system that zeroes by freeing and allocating again (XFS) may fail for
+// want of space after freeing: the range then reads as zeros all the
+// same, as a hole, and the failure is counted.
+func (v *Volume) zero(off, n int64) error {
+	start, end := (off+blk-1)&^(blk-1), (off+n)&^(blk-1)
+	if start >= end { // inside one block
+		return v.writeData(make([]byte, n), off)
+	}
+	if off < start {
+		if err := v.writeData(make([]byte, start-off), off); err != nil {
+			return err
+		}
+	}
+	if off+n > end {
+		if err := v.writeData(make([]byte, off+n-end), end); err != nil {
+			return err
+		}
+	}
+	if err := v.data.Zero(start, end-start); err != nil {
+		if !errors.Is(err, syscall.ENOSPC) {
+			return err
+		}
+		v.stats.spaceErrors.Add(1)
+		return v.data.Punch(start, end-start)
+	}
+	return nil
 }
 
 // grown allocates what a grow from old to size adds, for a thick volume;

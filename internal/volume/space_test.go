@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jvol-io/jvol/internal/vfs"
 	"github.com/jvol-io/jvol/internal/vfs/vfstest"
 )
 
@@ -209,4 +210,93 @@ func TestThinVolumeRefusesWritesItCannotStore(t *testing.T) {
 	}
 	defer d.Close()
 	check("after a crash")
+}
+
+// A thick volume's discard of a range that is not block-aligned zeroes
+// exactly that range, and keeps the blocks; one that lost blocks (a crash
+// in a grow) gets them back when it is opened.
+func TestThickVolumeZeroesPartialBlocksAndReallocatesAtOpen(t *testing.T) {
+	path := filepath.Join(vfstest.SmallFS(t, 256*mib), "v")
+	d, err := OpenDir(path, Options{Size: 16 * mib, JournalSize: MinJournalSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ones := bytes.Repeat([]byte{1}, 64<<10)
+	if _, err := d.Volume.WriteAt(ones, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Volume.Discard(1000, 10000); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(ones))
+	if _, err := d.Volume.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	want := bytes.Clone(ones)
+	clear(want[1000:11000])
+	if !bytes.Equal(got, want) {
+		t.Error("an unaligned discard did not zero exactly its range")
+	}
+	d.Close()
+	// Blocks lost: punched behind the volume's back.
+	f, err := vfs.OpenDirect(Layout(path).Data())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Punch(8*mib, 4*mib); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if d, err = OpenDir(path, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if a := holds(t, d); a < 16*mib {
+		t.Errorf("reopened, the thick volume holds %d of its 16 MiB", a)
+	}
+}
+
+// A crash leaves a thin volume's records to replay on a disk that has
+// filled since: a write whose blocks are still there replays although its
+// step cannot be allocated whole (as in a volume an older jvol made,
+// sparse inside the step).
+func TestThinReplayOnAFullDisk(t *testing.T) {
+	fs := vfstest.SmallFS(t, 96*mib)
+	path := filepath.Join(fs, "v")
+	d, err := OpenDir(path, Options{Size: 16 * mib, JournalSize: MinJournalSize, Provisioning: Thin, CommitInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := bytes.Repeat([]byte{3}, 4096)
+	if _, err := d.Volume.WriteAt(p, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Volume.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	crash(d)
+	// The step around the write is a hole again, and the disk is full.
+	f, err := vfs.OpenDirect(Layout(path).Data())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Punch(4096, AllocStep-4096); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(fs, &st); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(fs, "filler"), make([]byte, int64(st.Bavail)*st.Bsize), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if d, err = OpenDir(path, Options{}); err != nil {
+		t.Fatalf("replay on a full disk of a write whose blocks are there: %v", err)
+	}
+	defer d.Close()
+	got := make([]byte, 4096)
+	if _, err := d.Volume.ReadAt(got, 0); err != nil || !bytes.Equal(got, p) {
+		t.Errorf("the replayed write: %v", err)
+	}
 }

@@ -146,6 +146,14 @@ func Open(data Data, jf vfs.File, size int64, cfg Config) (*Volume, journal.Reco
 		if err := v.extend(cur, size); err != nil {
 			return nil, journal.Recovery{}, err
 		}
+	} else if f, ok := data.(SpaceFile); ok && cfg.Provisioning == Thick {
+		// Blocks a crash took from a grow are allocated again. A disk too
+		// full for them fails writes there later, as counted.
+		if held, err := f.Allocated(); err == nil && held < size {
+			if err := data.Allocate(0, size); err != nil {
+				v.stats.spaceErrors.Add(1)
+			}
+		}
 	}
 	v.ctx, v.fail = context.WithCancelCause(context.Background())
 	j, rec, err := journal.Open(jf, cfg.Journal, v.replay)
@@ -189,9 +197,10 @@ func (v *Volume) replay(_ uint64, r journal.Record) error {
 		}
 		switch op.Kind {
 		case blockrec.Write:
-			if err := v.reserve(int64(op.Off), int64(len(op.Data))); err != nil {
-				return err
-			}
+			// Best effort: a full disk may still hold the write's blocks
+			// (the step was allocated before the crash, or by an older
+			// jvol); only the write's own failure is final.
+			v.reserve(int64(op.Off), int64(len(op.Data)))
 			return v.writeData(op.Data, int64(op.Off))
 		case blockrec.Discard:
 			return v.deallocate(int64(op.Off), int64(op.Len))
@@ -348,7 +357,14 @@ func (v *Volume) Grow(ctx context.Context, size int64) error {
 		return v.cause(err)
 	}
 	blockrec.PutResize(r.Payload, uint64(size))
-	if err := v.extend(v.size, size); err != nil {
+	err = v.extend(v.size, size)
+	if err == nil && v.alloc == nil {
+		// A thick volume's new blocks are durable before the resize is:
+		// after a crash the volume is either as it was or grown and
+		// allocated.
+		err = v.data.Sync()
+	}
+	if err != nil {
 		r.Abort()
 		return err
 	}
