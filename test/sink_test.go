@@ -231,13 +231,14 @@ func differ(got, want []byte) string {
 }
 
 // restore runs `jvol restore` from src, a receiver's directory or its
-// URL, into out and returns its output.
+// URL, into out and returns its output. A receiver is asked with the
+// token in tokenFile.
 func restore(src, vol, out string, point ...string) (string, error) {
-	from := "--sink-dir"
+	args := []string{"restore", "--sink-dir", src}
 	if strings.Contains(src, "://") {
-		from = "--sink"
+		args = []string{"restore", "--sink", src, "--sink-token-file", tokenFile}
 	}
-	args := append([]string{"restore", from, src, "--volume", vol, "--out", out}, point...)
+	args = append(append(args, "--volume", vol, "--out", out), point...)
 	b, err := exec.Command(jvolBin, args...).CombinedOutput()
 	return string(b), err
 }
@@ -279,15 +280,22 @@ type streamed struct {
 	f                          *os.File
 }
 
-// attachStreamed starts a receiver and attaches volume vol streaming to it
-// in duplex mode duplex.
+// tokenFile holds the token the streamed volumes' receivers require.
+var tokenFile string
+
+// attachStreamed starts a receiver (with the token in tokenFile) and
+// attaches volume vol streaming to it in duplex mode duplex.
 func attachStreamed(t *testing.T, vol, duplex string) *streamed {
 	t.Helper()
 	base := t.TempDir()
 	sd := &streamed{base: base, sinkDir: filepath.Join(base, "sink"), dir: filepath.Join(base, vol)}
 	sd.mirror = filepath.Join(sd.sinkDir, vol, "mirror.img")
-	sd.rc = startReceiver(t, sd.sinkDir, "127.0.0.1:0")
-	sd.a = attach(t, "--dir", sd.dir, "--size", "64Mi", "--journal-size", "64Mi", "--sink", "tcp://"+sd.rc.addr, "--duplex", duplex)
+	tokenFile = filepath.Join(base, "token")
+	if err := os.WriteFile(tokenFile, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sd.rc = startReceiver(t, sd.sinkDir, "127.0.0.1:0", "--token-file", tokenFile)
+	sd.a = attach(t, "--dir", sd.dir, "--size", "64Mi", "--journal-size", "64Mi", "--sink", "tcp://"+sd.rc.addr, "--duplex", duplex, "--sink-token-file", tokenFile)
 	f, err := os.OpenFile(sd.a.device, os.O_RDWR|unix.O_DIRECT, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -338,7 +346,7 @@ func TestSinkFullDuplexThroughADevice(t *testing.T) {
 				t.Fatalf("a dead receiver acknowledged id %d: %+v", id, s.Sink)
 			}
 			_, port, _ := net.SplitHostPort(rc.addr)
-			rc = startReceiver(t, sinkDir, "127.0.0.1:"+port)
+			rc = startReceiver(t, sinkDir, "127.0.0.1:"+port, "--token-file", tokenFile)
 		}
 		check(id)
 		t.Logf("round %d: id %d (sha256 %x) acknowledged and mirrored in %v", round, id, snaps[round].sum[:8], time.Since(start).Round(time.Millisecond))

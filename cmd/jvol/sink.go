@@ -39,7 +39,7 @@ func sinkCmd(ctx context.Context, args []string) error {
 	if (*certFile == "") != (*keyFile == "") || *clientCA != "" && *certFile == "" {
 		return fmt.Errorf("sink: --tls-cert and --tls-key go together, and --client-ca needs them: %w", errUsage)
 	}
-	cfg := sink.ReceiverConfig{Dir: *dir, Retain: *retain}
+	cfg := sink.ReceiverConfig{Dir: *dir, Retain: *retain, ClientCertificates: *clientCA != ""}
 	if *tokenFile != "" {
 		b, err := os.ReadFile(*tokenFile)
 		if err != nil {

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -156,6 +157,17 @@ type restoreRefusal struct {
 func (e restoreRefusal) Error() string { return e.err.Error() }
 func (e restoreRefusal) Unwrap() error { return e.err }
 
+// requestFailed is a request that failed after it was accepted.
+type requestFailed struct{ err error }
+
+func (e requestFailed) Error() string { return e.err.Error() }
+func (e requestFailed) Unwrap() error { return e.err }
+
+// MaxRestores is how many restores a receiver serves at once; more wait.
+// Each rebuilds an image on the receiver's disk, and holds its volume's
+// folding off.
+const MaxRestores = 2
+
 // restorePiece is how much of the image one data record carries at most.
 const restorePiece = 1 << 20
 
@@ -175,10 +187,18 @@ func (rc *Receiver) serveRequest(c net.Conn, id uint16, payload []byte) (string,
 		return q.Volume, refuse(RefusedBadRequest, fmt.Errorf("%w: a request of stream %#x with name %q", ErrProto, id, q.Name))
 	case len(rc.cfg.Token) > 0 && subtle.ConstantTimeCompare(q.Token, rc.cfg.Token) != 1:
 		return q.Volume, refuse(RefusedAuthentication, errors.New("authentication failed: wrong token"))
+	case len(rc.cfg.Token) == 0 && !rc.cfg.ClientCertificates:
+		// What a receiver keeps is read only by clients it knows.
+		return q.Volume, refuse(RefusedAuthentication, errors.New("the receiver serves requests only to authenticated clients: start it with --token-file or --client-ca"))
 	}
 	c.SetReadDeadline(time.Time{})
 	if id == StreamRestoreRequest {
-		return rc.serveRestore(c, out, q, refuse)
+		vol, err := rc.serveRestore(c, out, q, refuse)
+		var refused restoreRefusal
+		if err != nil && !errors.As(err, &refused) {
+			err = requestFailed{err} // the client gone, say: no sender cut off
+		}
+		return vol, err
 	}
 	var pinned uint64
 	if id == StreamPinRequest {
@@ -204,6 +224,8 @@ func (rc *Receiver) serveRequest(c net.Conn, id uint16, payload []byte) (string,
 // serveRestore answers a restore request: an image of the volume at the
 // point asked, only its blocks that hold data.
 func (rc *Receiver) serveRestore(c net.Conn, out *ackWriter, q Request, refuse func(uint16, error) error) (string, error) {
+	rc.restoring <- struct{}{}
+	defer func() { <-rc.restoring }()
 	start := time.Now()
 	name := make([]byte, 8)
 	rand.Read(name)
@@ -412,11 +434,16 @@ func (cl *Client) RestoreFrom(ctx context.Context, vol string, p Point, out stri
 	if res.Size%4096 != 0 {
 		return res, fmt.Errorf("%w: an image of %d bytes", ErrProto, res.Size)
 	}
-	f, err := os.OpenFile(out, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	// Into a file beside out, renamed over it once whole: a restore cut
+	// short leaves nothing that looks like an image.
+	f, err := os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".*")
 	if err != nil {
 		return res, err
 	}
-	defer f.Close()
+	defer func() {
+		f.Close()
+		os.Remove(f.Name()) // gone already, once renamed
+	}()
 	if err := f.Truncate(res.Size); err != nil {
 		return res, err
 	}
@@ -447,7 +474,10 @@ func (cl *Client) RestoreFrom(ctx context.Context, vol string, p Point, out stri
 			if len(r.Payload) != restoreEndSize || binary.LittleEndian.Uint64(r.Payload) != got {
 				return res, fmt.Errorf("%w: restore ended with %d bytes received", ErrProto, got)
 			}
-			return res, f.Sync()
+			if err := f.Sync(); err != nil {
+				return res, err
+			}
+			return res, os.Rename(f.Name(), out)
 		default:
 			return res, fmt.Errorf("%w: record of stream %#x in a restore", ErrProto, r.ID())
 		}

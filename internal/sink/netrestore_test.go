@@ -173,3 +173,16 @@ func FuzzDecodeRequest(f *testing.F) {
 		}
 	})
 }
+
+// A receiver that knows no client (no token, no client certificates)
+// takes streams but serves no requests: they read what it keeps.
+func TestRequestsNeedAnAuthenticatedReceiver(t *testing.T) {
+	r := newRig(t, 4<<20, true) // a receiver without a token
+	cl := &Client{URL: "tcp://" + r.rc.addr()}
+	if _, err := cl.RestoreFrom(context.Background(), testVolume, Point{Latest: true}, filepath.Join(t.TempDir(), "x.img")); !errors.Is(err, ErrAuthentication) || !strings.Contains(err.Error(), "--token-file") {
+		t.Errorf("a restore from a receiver without a token: %v", err)
+	}
+	if _, err := cl.Pin(context.Background(), testVolume, "p", Point{Latest: true}); !errors.Is(err, ErrAuthentication) {
+		t.Errorf("a pin at a receiver without a token: %v", err)
+	}
+}

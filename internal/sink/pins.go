@@ -59,8 +59,10 @@ func pin(fsys vfs.FS, dir, vol, name string, p Point) (uint64, error) {
 		return 0, fmt.Errorf("%w: volume %q, pin %q", ErrProto, vol, name)
 	}
 	vd := recvDir{fs: fsys, path: dir}.volume(vol)
-	if _, err := fsys.List(vd.path); err != nil {
-		return 0, fmt.Errorf("%w: no volume %s in %s: %v", ErrNoVolume, vol, dir, err)
+	if _, err := fsys.List(vd.path); errors.Is(err, os.ErrNotExist) {
+		return 0, fmt.Errorf("%w: no volume %s in %s", ErrNoVolume, vol, dir)
+	} else if err != nil {
+		return 0, err
 	}
 	lock, err := fsys.Lock(vd.lock(), false, true) // no fold meanwhile
 	if err != nil {
@@ -93,8 +95,10 @@ func unpin(fsys vfs.FS, dir, vol, name string) error {
 		return fmt.Errorf("%w: volume %q, pin %q", ErrProto, vol, name)
 	}
 	vd := recvDir{fs: fsys, path: dir}.volume(vol)
-	if _, err := fsys.List(vd.path); err != nil {
+	if _, err := fsys.List(vd.path); errors.Is(err, os.ErrNotExist) {
 		return nil // nothing kept, nothing pinned
+	} else if err != nil {
+		return err
 	}
 	lock, err := fsys.Lock(vd.lock(), false, true)
 	if err != nil {

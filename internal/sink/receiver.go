@@ -20,8 +20,12 @@ import (
 type ReceiverConfig struct {
 	// Dir holds one directory per volume.
 	Dir string
-	// Token, if set, must be what every hello carries.
+	// Token, if set, must be what every hello and request carries.
 	Token []byte
+	// ClientCertificates says that the listener requires client
+	// certificates (checked by TLS). Requests, which read what the
+	// receiver keeps, are served only with a Token or these.
+	ClientCertificates bool
 	// Retain is how long the stream is kept for restore; zero keeps it all.
 	Retain time.Duration
 	// SegmentSize is when a segment is closed (DefaultSegmentSize if zero).
@@ -44,6 +48,8 @@ type Receiver struct {
 	conns   map[net.Conn]struct{}
 	closed  bool
 	wg      sync.WaitGroup
+
+	restoring chan struct{} // a token per restore being served
 }
 
 type volConn struct {
@@ -72,7 +78,7 @@ func NewReceiver(cfg ReceiverConfig) (*Receiver, error) {
 		return nil, fmt.Errorf("sink: %s is in use by another receiver: %w", cfg.Dir, err)
 	}
 	d.removeRestoreLeftovers()
-	return &Receiver{cfg: cfg, dir: d, lock: lock, vols: map[string]*volConn{}, figures: map[string]*recvStats{}, conns: map[net.Conn]struct{}{}}, nil
+	return &Receiver{cfg: cfg, dir: d, lock: lock, restoring: make(chan struct{}, MaxRestores), vols: map[string]*volConn{}, figures: map[string]*recvStats{}, conns: map[net.Conn]struct{}{}}, nil
 }
 
 // Serve accepts senders on l until Close; each is served on its own.
@@ -133,12 +139,15 @@ func (rc *Receiver) serve(c net.Conn) {
 	remote := c.RemoteAddr().String()
 	volID, err := rc.session(c)
 	var refused restoreRefusal
+	var failed requestFailed
 	switch {
 	case errors.As(err, &refused):
-		klog.InfoS("Refused a restore", "remote", remote, "volume", volID, "reason", err.Error())
+		klog.InfoS("Refused a request", "remote", remote, "volume", volID, "reason", err.Error())
 		if refused.code == RefusedAuthentication {
 			rc.cutOffStats(volID).cutOff(peerError{CutAuthentication, err})
 		}
+	case errors.As(err, &failed):
+		klog.InfoS("A request failed", "remote", remote, "volume", volID, "err", err.Error())
 	case err == nil, errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
 		klog.V(2).InfoS("Sender gone", "remote", remote, "volume", volID)
 	default:

@@ -48,8 +48,10 @@ func restore(fsys vfs.FS, dir, vol string, p Point, out string) (Restored, error
 		return Restored{}, fmt.Errorf("sink: volume id %q", vol)
 	}
 	vd := recvDir{fs: fsys, path: dir}.volume(vol)
-	if _, err := fsys.List(vd.path); err != nil {
-		return Restored{}, fmt.Errorf("%w: no volume %s in %s: %v", ErrNoVolume, vol, dir, err)
+	if _, err := fsys.List(vd.path); errors.Is(err, os.ErrNotExist) {
+		return Restored{}, fmt.Errorf("%w: no volume %s in %s", ErrNoVolume, vol, dir)
+	} else if err != nil {
+		return Restored{}, err
 	}
 	lock, err := fsys.Lock(vd.lock(), true, true) // no folding meanwhile
 	if err != nil {
