@@ -106,12 +106,15 @@ func OpenDir(path string, o Options) (*Dir, error) {
 		if d.Volume != nil {
 			d.Volume.Close()
 		}
-		d.release()
 		if _, serr := os.Stat(Layout(path).Meta()); made && errors.Is(serr, os.ErrNotExist) {
-			// A create that failed leaves no trace.
+			// A create that failed leaves no trace; the lock file goes
+			// while it is still held, so no other process can have taken
+			// it before it goes (one that opened it finds its directory
+			// gone).
 			os.Remove(Layout(path).Lock())
 			os.Remove(path)
 		}
+		d.release()
 		return nil, err
 	}
 	return d, nil
