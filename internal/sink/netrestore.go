@@ -259,11 +259,11 @@ func (rc *Receiver) serveRestore(c net.Conn, out *ackWriter, q Request, refuse f
 		}
 		// Runs of blocks that are not all zeros, each a write sub-record.
 		for i := 0; i < len(p); {
-			for i < len(p) && zero(p[i:min(i+4096, len(p))]) {
+			for i < len(p) && allZero(p[i:min(i+4096, len(p))]) {
 				i += 4096
 			}
 			j := i
-			for j < len(p) && !zero(p[j:min(j+4096, len(p))]) {
+			for j < len(p) && !allZero(p[j:min(j+4096, len(p))]) {
 				j += 4096
 			}
 			if j > i {
@@ -314,15 +314,6 @@ func (d recvDir) removeRestoreLeftovers() {
 			}
 		}
 	}
-}
-
-func zero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // Client reaches a receiver with requests: restores and pins.
