@@ -20,6 +20,7 @@ import (
 
 	"github.com/jvol-io/jvol/internal/blockrec"
 	"github.com/jvol-io/jvol/internal/journal"
+	"github.com/jvol-io/jvol/internal/vfs"
 )
 
 // Requests over the network (protocol version 2): a client opens a
@@ -252,11 +253,7 @@ func (rc *Receiver) serveRestore(c net.Conn, out *ackWriter, q Request, refuse f
 	piece := make([]byte, restorePiece)
 	var rec []byte
 	sent := uint64(0)
-	for off := int64(0); off < res.Size; off += restorePiece {
-		p := piece[:min(restorePiece, res.Size-off)]
-		if _, err := img.ReadAt(p, off); err != nil {
-			return q.Volume, err
-		}
+	send := func(p []byte, off int64) error {
 		// Runs of blocks that are not all zeros, each a write sub-record.
 		for i := 0; i < len(p); {
 			for i < len(p) && allZero(p[i:min(i+4096, len(p))]) {
@@ -272,11 +269,34 @@ func (rc *Receiver) serveRestore(c net.Conn, out *ackWriter, q Request, refuse f
 				blockrec.PutWrite(payload, uint64(off)+uint64(i), run)
 				rec = appendRecord(rec[:0], StreamRestoreData, res.Transid, payload)
 				if err := out.write(rec); err != nil {
-					return q.Volume, err
+					return err
 				}
 				sent += uint64(len(run))
 			}
 			i = j
+		}
+		return nil
+	}
+	// Over the image's data only, in whole blocks: reading its holes would
+	// fill memory with zeros for nothing.
+	for off := int64(0); off < res.Size; {
+		data, hole, ok, err := vfs.NextData(img, off, res.Size)
+		if err != nil {
+			return q.Volume, err
+		}
+		if !ok {
+			break
+		}
+		hole = min((hole+4095)&^4095, res.Size)
+		for off = data &^ 4095; off < hole; {
+			p := piece[:min(restorePiece, hole-off)]
+			if _, err := img.ReadAt(p, off); err != nil {
+				return q.Volume, err
+			}
+			if err := send(p, off); err != nil {
+				return q.Volume, err
+			}
+			off += int64(len(p))
 		}
 	}
 	if err := out.write(appendRecord(nil, StreamRestoreEnd, res.Transid, binary.LittleEndian.AppendUint64(nil, sent))); err != nil {

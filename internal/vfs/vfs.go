@@ -84,6 +84,30 @@ func OpenBuffered(path string) (*OSFile, error) {
 	return &OSFile{f: f}, nil
 }
 
+// NextData returns the first range of f at or after off that may hold
+// data, [data, hole), and false past the last: SEEK_DATA and SEEK_HOLE for
+// a file of the host's (holes, and blocks allocated and never written, are
+// skipped), the whole rest up to size for any other File.
+func NextData(f File, off, size int64) (data, hole int64, ok bool, err error) {
+	o, isOS := f.(*OSFile)
+	if !isOS {
+		return off, size, off < size, nil
+	}
+	fd := int(o.f.Fd())
+	data, err = unix.Seek(fd, off, unix.SEEK_DATA)
+	if errors.Is(err, unix.ENXIO) {
+		return 0, 0, false, nil
+	}
+	if err != nil {
+		return 0, 0, false, err
+	}
+	hole, err = unix.Seek(fd, data, unix.SEEK_HOLE)
+	if err != nil {
+		return 0, 0, false, err
+	}
+	return data, min(hole, size), data < size, nil
+}
+
 // Clone makes dst share all of src's blocks (FICLONE), where the file
 // system can (XFS, btrfs); elsewhere it fails and nothing changed. Shared
 // blocks cost nothing until either file writes them: a write then needs
@@ -99,22 +123,14 @@ func Clone(dst, src *OSFile) error {
 // can (see Clone); without, every block copied is dst's own. Writes to
 // src meanwhile may or may not be seen, each block whole or not at all.
 func CopySparse(dst, src *OSFile, share bool) error {
-	in := int(src.f.Fd())
 	size, err := src.Size()
 	if err != nil {
 		return err
 	}
 	var buf []byte
 	for off := int64(0); off < size; {
-		data, err := unix.Seek(in, off, unix.SEEK_DATA)
-		if errors.Is(err, unix.ENXIO) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		hole, err := unix.Seek(in, data, unix.SEEK_HOLE)
-		if err != nil {
+		data, hole, ok, err := NextData(src, off, size)
+		if err != nil || !ok {
 			return err
 		}
 		if share {
