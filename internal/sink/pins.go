@@ -55,21 +55,19 @@ func (d volDir) lowestPin() (low uint64, pinned bool, err error) {
 func Pin(dir, vol, name string, p Point) (uint64, error) { return pin(vfs.OS, dir, vol, name, p) }
 
 func pin(fsys vfs.FS, dir, vol, name string, p Point) (uint64, error) {
-	if !ValidVolumeID(vol) || !ValidVolumeID(name) {
-		return 0, fmt.Errorf("%w: volume %q, pin %q", ErrProto, vol, name)
+	if !ValidVolumeID(name) {
+		return 0, fmt.Errorf("%w: pin %q", ErrProto, name)
 	}
-	vd := recvDir{fs: fsys, path: dir}.volume(vol)
-	if _, err := fsys.List(vd.path); errors.Is(err, os.ErrNotExist) {
-		return 0, fmt.Errorf("%w: no volume %s in %s", ErrNoVolume, vol, dir)
-	} else if err != nil {
-		return 0, err
-	}
-	lock, err := fsys.Lock(vd.lock(), false, true) // no fold meanwhile
+	vd, lock, err := lockVolume(fsys, dir, vol, false) // no fold meanwhile
 	if err != nil {
 		return 0, err
 	}
 	defer lock.Unlock()
-	t, _, err := keptPoint(vd, p)
+	base, seqs, err := vd.stored()
+	if err != nil {
+		return 0, err
+	}
+	t, _, err := keptPoint(vd, base, seqs, p)
 	if err != nil {
 		return 0, err
 	}
@@ -91,16 +89,13 @@ func pin(fsys vfs.FS, dir, vol, name string, p Point) (uint64, error) {
 func Unpin(dir, vol, name string) error { return unpin(vfs.OS, dir, vol, name) }
 
 func unpin(fsys vfs.FS, dir, vol, name string) error {
-	if !ValidVolumeID(vol) || !ValidVolumeID(name) {
-		return fmt.Errorf("%w: volume %q, pin %q", ErrProto, vol, name)
+	if !ValidVolumeID(name) {
+		return fmt.Errorf("%w: pin %q", ErrProto, name)
 	}
-	vd := recvDir{fs: fsys, path: dir}.volume(vol)
-	if _, err := fsys.List(vd.path); errors.Is(err, os.ErrNotExist) {
+	vd, lock, err := lockVolume(fsys, dir, vol, false)
+	if errors.Is(err, ErrNoVolume) {
 		return nil // nothing kept, nothing pinned
-	} else if err != nil {
-		return err
 	}
-	lock, err := fsys.Lock(vd.lock(), false, true)
 	if err != nil {
 		return err
 	}

@@ -44,26 +44,17 @@ func Restore(dir, vol string, p Point, out string) (Restored, error) {
 
 // restore is Restore in fsys, where out is written too.
 func restore(fsys vfs.FS, dir, vol string, p Point, out string) (Restored, error) {
-	if !ValidVolumeID(vol) {
-		return Restored{}, fmt.Errorf("sink: volume id %q", vol)
-	}
-	vd := recvDir{fs: fsys, path: dir}.volume(vol)
-	if _, err := fsys.List(vd.path); errors.Is(err, os.ErrNotExist) {
-		return Restored{}, fmt.Errorf("%w: no volume %s in %s", ErrNoVolume, vol, dir)
-	} else if err != nil {
-		return Restored{}, err
-	}
-	lock, err := fsys.Lock(vd.lock(), true, true) // no folding meanwhile
+	vd, lock, err := lockVolume(fsys, dir, vol, true) // no folding meanwhile
 	if err != nil {
 		return Restored{}, err
 	}
 	defer lock.Unlock()
-	t, kept, err := keptPoint(vd, p)
-	res := Restored{Transid: t, Kept: kept}
-	if err != nil {
-		return res, err
-	}
 	base, seqs, err := vd.stored()
+	if err != nil {
+		return Restored{}, err
+	}
+	t, kept, err := keptPoint(vd, base, seqs, p)
+	res := Restored{Transid: t, Kept: kept}
 	if err != nil {
 		return res, err
 	}
@@ -118,13 +109,27 @@ func (vd volDir) stored() (baseState, []uint64, error) {
 	return base, seqs, err
 }
 
-// keptPoint returns the id point p stands for, if the stored stream keeps
-// it, and the intervals it keeps; the caller holds the volume's lock.
-func keptPoint(vd volDir, p Point) (uint64, []Interval, error) {
-	base, seqs, err := vd.stored()
-	if err != nil {
-		return 0, nil, err
+// lockVolume takes the lock of volume vol's directory in the receiver
+// directory dir, shared or not, waiting for it: ErrNoVolume if the
+// receiver keeps no such volume.
+func lockVolume(fsys vfs.FS, dir, vol string, shared bool) (volDir, *vfs.Lock, error) {
+	if !ValidVolumeID(vol) {
+		return volDir{}, nil, fmt.Errorf("%w: volume id %q", ErrProto, vol)
 	}
+	vd := recvDir{fs: fsys, path: dir}.volume(vol)
+	if _, err := fsys.List(vd.path); errors.Is(err, os.ErrNotExist) {
+		return vd, nil, fmt.Errorf("%w: no volume %s in %s", ErrNoVolume, vol, dir)
+	} else if err != nil {
+		return vd, nil, err
+	}
+	lock, err := fsys.Lock(vd.lock(), shared, true)
+	return vd, lock, err
+}
+
+// keptPoint returns the id point p stands for, if the stored stream (the
+// base's state and the segments after it) keeps it, and the intervals it
+// keeps; the caller holds the volume's lock.
+func keptPoint(vd volDir, base baseState, seqs []uint64, p Point) (uint64, []Interval, error) {
 	kept, err := keptIntervals(vd, base, seqs)
 	if err != nil {
 		return 0, nil, err
