@@ -333,20 +333,18 @@ func Written(path string) (int64, error) {
 		return 0, err
 	}
 	defer f.Close()
-	fd := int(f.Fd())
-	var n, off int64
-	for {
-		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
-		if errors.Is(err, unix.ENXIO) { // no data after off
-			return n, nil
-		}
-		if err != nil {
-			return 0, err
-		}
-		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
-		if err != nil {
-			return 0, err
+	o := &OSFile{f: f}
+	size, err := o.Size()
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for off := int64(0); off < size; {
+		data, hole, ok, err := NextData(o, off, size)
+		if err != nil || !ok {
+			return n, err
 		}
 		n, off = n+hole-data, hole
 	}
+	return n, nil
 }
