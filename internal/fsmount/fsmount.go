@@ -1,7 +1,7 @@
 // Package fsmount mounts file systems on block devices: mount-utils'
 // SafeFormatAndMount (a device with no file system is formatted first),
-// which also grows an ext2/3/4 file system smaller than its device before
-// mounting it. Growing a mounted ext4 (resize2fs online) needs
+// which also grows a file system smaller than its device: an ext2/3/4 one
+// before mounting it, an XFS one after. Growing a mounted ext4 (resize2fs online) needs
 // CAP_SYS_RESOURCE, which a node plugin's container may lack; growing one
 // that is not mounted needs nothing, so a volume grown while no pod used
 // it gets its space at the next mount.
@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -34,12 +35,32 @@ func New() *Mounter {
 }
 
 // FormatAndMount mounts source at target, formatting it first if it holds
-// no file system, and growing an ext one to the device first.
+// no file system, and growing an ext one to the device first. An XFS one
+// is mounted with nouuid (a clone, or a volume made from a snapshot, has
+// its source's UUID, and XFS refuses to mount a second file system of one
+// UUID), and grown to the device once mounted, as XFS grows only then.
 func (m *Mounter) FormatAndMount(source, target, fstype string, options []string) error {
 	if err := m.GrowExt(source); err != nil {
 		return err
 	}
-	return m.SafeFormatAndMount.FormatAndMount(source, target, fstype, options)
+	format, err := m.GetDiskFormat(source)
+	if err != nil {
+		return err
+	}
+	xfs := format == "xfs" || format == "" && fstype == "xfs"
+	if xfs && !slices.Contains(options, "nouuid") {
+		options = append(slices.Clone(options), "nouuid")
+	}
+	if err := m.SafeFormatAndMount.FormatAndMount(source, target, fstype, options); err != nil {
+		return err
+	}
+	if xfs {
+		// -d: the data section to the device's size; nothing if it is.
+		if out, err := m.Exec.Command("xfs_growfs", "-d", target).CombinedOutput(); err != nil {
+			return fmt.Errorf("xfs_growfs -d %s: %w: %s", target, err, out)
+		}
+	}
+	return nil
 }
 
 // GrowExt grows the ext2/3/4 file system on the unmounted device to the

@@ -73,3 +73,50 @@ func TestAnExtSmallerThanItsDeviceIsGrownBeforeItIsMounted(t *testing.T) {
 		})
 	}
 }
+
+// An XFS file system smaller than its device is grown when it is mounted,
+// and a copy of it (a clone) mounts beside it.
+func TestAnXFSIsGrownAndItsCopyMountsBesideIt(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: loop devices and mounts")
+	}
+	dir := t.TempDir()
+	img, clone := filepath.Join(dir, "img"), filepath.Join(dir, "clone")
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(img, 320<<20); err != nil {
+		t.Fatal(err)
+	}
+	// 4 KiB sectors: the loop device's logical blocks are 4 KiB.
+	if out, err := exec.Command("mkfs.xfs", "-q", "-f", "-s", "size=4096", "-d", "size=300m", img).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.xfs: %v: %s", err, out)
+	}
+	if out, err := exec.Command("cp", "--sparse=always", img, clone).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v: %s", err, out)
+	}
+	if err := os.Truncate(clone, 400<<20); err != nil {
+		t.Fatal(err)
+	}
+	var sizes []uint64
+	for _, f := range []string{img, clone} {
+		dev, err := loop.Attach(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer loop.Detach(dev)
+		mnt := t.TempDir()
+		if err := New().FormatAndMount(dev, mnt, "xfs", nil); err != nil {
+			t.Fatalf("mount %s: %v", filepath.Base(f), err)
+		}
+		defer unix.Unmount(mnt, 0)
+		var st unix.Statfs_t
+		if err := unix.Statfs(mnt, &st); err != nil {
+			t.Fatal(err)
+		}
+		sizes = append(sizes, st.Blocks*uint64(st.Bsize))
+	}
+	if sizes[0] > 300<<20 || sizes[1] < 320<<20 {
+		t.Errorf("mounted with %d and %d bytes, want under 300 MiB, then over 320 (grown to 400)", sizes[0], sizes[1])
+	}
+}
