@@ -162,6 +162,12 @@ func (a *Attachment) Size() int64 { return a.dir.Volume.Size() }
 // Provisioning is the volume's: thick or thin.
 func (a *Attachment) Provisioning() volume.Provisioning { return a.dir.Meta.Provisioned() }
 
+// Snapshot writes a crash-consistent copy of the data image to a new file
+// at path while the volume serves on (volume.Dir.Snapshot).
+func (a *Attachment) Snapshot(ctx context.Context, path string) (transid uint64, size int64, err error) {
+	return a.dir.Snapshot(ctx, path)
+}
+
 // Commit commits the volume's journal to its data image.
 func (a *Attachment) Commit(ctx context.Context) error { return a.dir.Volume.Commit(ctx) }
 

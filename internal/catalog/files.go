@@ -22,10 +22,12 @@ import (
 	v1 "github.com/jvol-io/jvol/pkg/apis/jvol/v1alpha1"
 )
 
-// Files keeps Journals as JSON files, one per Journal (NAME.json), each
-// replaced atomically (temporary file, fsync, rename, fsync of the
-// directory). It checks specs as the API server's schema would.
-type Files struct {
+// FilesOf keeps objects of one kind as JSON files, one per object
+// (NAME.json), each replaced atomically (temporary file, fsync, rename,
+// fsync of the directory). It checks specs as the API server's schema
+// would.
+type FilesOf[T any, P Object[T]] struct {
+	kind    kind[T, P]
 	fs      vfs.FS
 	dir     string
 	changed func(name string) // told of every change but of a status alone
@@ -33,79 +35,89 @@ type Files struct {
 	mu sync.Mutex
 }
 
+// Files keeps Journals, SnapshotFiles JournalSnapshots.
+type (
+	Files         = FilesOf[v1.Journal, *v1.Journal]
+	SnapshotFiles = FilesOf[v1.JournalSnapshot, *v1.JournalSnapshot]
+)
+
 // OpenFiles keeps Journals in dir, creating it if needed. changed, if not
 // nil, is called with a Journal's name after every change but of its status
 // alone.
 func OpenFiles(dir string, changed func(name string)) (*Files, error) {
-	return openFiles(vfs.OS, dir, changed)
+	return openFiles(vfs.OS, journalKind, dir, changed)
 }
 
-func openFiles(fsys vfs.FS, dir string, changed func(name string)) (*Files, error) {
+// OpenSnapshotFiles keeps JournalSnapshots in dir as OpenFiles does
+// Journals.
+func OpenSnapshotFiles(dir string, changed func(name string)) (*SnapshotFiles, error) {
+	return openFiles(vfs.OS, snapshotKind, dir, changed)
+}
+
+func openFiles[T any, P Object[T]](fsys vfs.FS, k kind[T, P], dir string, changed func(name string)) (*FilesOf[T, P], error) {
 	if err := fsys.MkdirAll(dir); err != nil {
 		return nil, err
 	}
 	if changed == nil {
 		changed = func(string) {}
 	}
-	return &Files{fs: fsys, dir: dir, changed: changed}, nil
+	return &FilesOf[T, P]{kind: k, fs: fsys, dir: dir, changed: changed}, nil
 }
 
-func metaName(name string) metav1.ObjectMeta { return metav1.ObjectMeta{Name: name} }
+func (f *FilesOf[T, P]) path(name string) string { return filepath.Join(f.dir, name+".json") }
 
-func (f *Files) path(name string) string { return filepath.Join(f.dir, name+".json") }
-
-func (f *Files) read(name string) (*v1.Journal, error) {
+func (f *FilesOf[T, P]) read(name string) (P, error) {
 	if errs := validation.IsDNS1123Subdomain(name); len(errs) > 0 {
-		return nil, apierrors.NewNotFound(journals, name)
+		return nil, apierrors.NewNotFound(f.kind.resource, name)
 	}
 	b, err := vfs.ReadFile(f.fs, f.path(name))
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, apierrors.NewNotFound(journals, name)
+		return nil, apierrors.NewNotFound(f.kind.resource, name)
 	}
 	if err != nil {
 		return nil, err
 	}
-	var j v1.Journal
-	if err := json.Unmarshal(b, &j); err != nil {
+	o := P(new(T))
+	if err := json.Unmarshal(b, o); err != nil {
 		return nil, fmt.Errorf("catalog: %s: %w", f.path(name), err)
 	}
-	return &j, nil
+	return o, nil
 }
 
-func (f *Files) write(j *v1.Journal) error {
-	rv, _ := strconv.ParseUint(j.ResourceVersion, 10, 64)
-	j.ResourceVersion = strconv.FormatUint(rv+1, 10)
-	j.TypeMeta = metav1.TypeMeta{APIVersion: v1.GroupVersion.String(), Kind: "Journal"}
-	b, err := json.MarshalIndent(j, "", "  ")
+func (f *FilesOf[T, P]) write(o P) error {
+	rv, _ := strconv.ParseUint(o.GetResourceVersion(), 10, 64)
+	o.SetResourceVersion(strconv.FormatUint(rv+1, 10))
+	o.GetObjectKind().SetGroupVersionKind(v1.GroupVersion.WithKind(f.kind.name))
+	b, err := json.MarshalIndent(o, "", "  ")
 	if err != nil {
 		return err
 	}
-	return vfs.WriteFileAtomic(f.fs, f.path(j.Name), b)
+	return vfs.WriteFileAtomic(f.fs, f.path(o.GetName()), b)
 }
 
 // remove removes the Journal's file durably: a deleted Journal does not
 // come back after a power cut.
-func (f *Files) remove(name string) error {
+func (f *FilesOf[T, P]) remove(name string) error {
 	if err := f.fs.Remove(f.path(name)); err != nil {
 		return err
 	}
 	return f.fs.SyncDir(f.dir)
 }
 
-func (f *Files) Get(_ context.Context, name string) (*v1.Journal, error) {
+func (f *FilesOf[T, P]) Get(_ context.Context, name string) (P, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.read(name)
 }
 
-func (f *Files) List(_ context.Context) ([]v1.Journal, error) {
+func (f *FilesOf[T, P]) List(_ context.Context) ([]T, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	ents, err := f.fs.List(f.dir)
 	if err != nil {
 		return nil, err
 	}
-	var out []v1.Journal
+	var out []T
 	for _, e := range ents {
 		name, ok := strings.CutSuffix(e, ".json")
 		if !ok || strings.HasPrefix(name, ".") {
@@ -123,122 +135,122 @@ func (f *Files) List(_ context.Context) ([]v1.Journal, error) {
 	return out, nil
 }
 
-func invalid(name string, err error) error {
-	return apierrors.NewBadRequest(fmt.Sprintf("Journal.jvol.io %q is invalid: %v", name, err))
+func (f *FilesOf[T, P]) invalid(name string, err error) error {
+	return apierrors.NewBadRequest(fmt.Sprintf("%s.jvol.io %q is invalid: %v", f.kind.name, name, err))
 }
 
-func (f *Files) Create(_ context.Context, j *v1.Journal) error {
-	if errs := validation.IsDNS1123Subdomain(j.Name); len(errs) > 0 {
-		return invalid(j.Name, errors.New(strings.Join(errs, "; ")))
+func (f *FilesOf[T, P]) Create(_ context.Context, o P) error {
+	if errs := validation.IsDNS1123Subdomain(o.GetName()); len(errs) > 0 {
+		return f.invalid(o.GetName(), errors.New(strings.Join(errs, "; ")))
 	}
-	if err := j.Spec.Validate(); err != nil {
-		return invalid(j.Name, err)
+	if err := f.kind.validate(o); err != nil {
+		return f.invalid(o.GetName(), err)
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if _, err := f.read(j.Name); err == nil {
-		return apierrors.NewAlreadyExists(journals, j.Name)
+	if _, err := f.read(o.GetName()); err == nil {
+		return apierrors.NewAlreadyExists(f.kind.resource, o.GetName())
 	} else if !apierrors.IsNotFound(err) {
 		return err
 	}
-	j.UID = types.UID(uuid.NewUUID())
-	j.Generation = 1
-	j.ResourceVersion = ""
-	j.CreationTimestamp = metav1.Now()
-	j.DeletionTimestamp = nil
-	if j.Spec.Duplex == "" {
-		j.Spec.Duplex = v1.Half
-	}
-	if err := f.write(j); err != nil {
+	o.SetUID(types.UID(uuid.NewUUID()))
+	o.SetGeneration(1)
+	o.SetResourceVersion("")
+	o.SetCreationTimestamp(metav1.Now())
+	o.SetDeletionTimestamp(nil)
+	f.kind.defaults(o)
+	if err := f.write(o); err != nil {
 		return err
 	}
-	f.changed(j.Name)
+	f.changed(o.GetName())
 	return nil
 }
 
-// current reads the stored Journal that j updates, checking its version.
-func (f *Files) current(j *v1.Journal) (*v1.Journal, error) {
-	old, err := f.read(j.Name)
+// current reads the stored object that o updates, checking its version.
+func (f *FilesOf[T, P]) current(o P) (P, error) {
+	old, err := f.read(o.GetName())
 	if err != nil {
 		return nil, err
 	}
-	if j.ResourceVersion != old.ResourceVersion {
-		return nil, apierrors.NewConflict(journals, j.Name, errors.New("the object has been modified; please apply your changes to the latest version and try again"))
+	if o.GetResourceVersion() != old.GetResourceVersion() {
+		return nil, apierrors.NewConflict(f.kind.resource, o.GetName(), errors.New("the object has been modified; please apply your changes to the latest version and try again"))
 	}
 	return old, nil
 }
 
-func (f *Files) Update(_ context.Context, j *v1.Journal) error {
+func (f *FilesOf[T, P]) Update(_ context.Context, o P) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	old, err := f.current(j)
+	old, err := f.current(o)
 	if err != nil {
 		return err
 	}
-	if err := j.Spec.ValidateUpdate(&old.Spec); err != nil {
-		return invalid(j.Name, err)
+	if err := f.kind.validateUpdate(o, old); err != nil {
+		return f.invalid(o.GetName(), err)
 	}
-	next := old.DeepCopy()
-	next.Labels, next.Annotations, next.Finalizers = j.Labels, j.Annotations, j.Finalizers
-	if old.DeletionTimestamp != nil && len(next.Finalizers) == 0 {
-		if err := f.remove(j.Name); err != nil {
+	next := old.DeepCopyObject().(P)
+	next.SetLabels(o.GetLabels())
+	next.SetAnnotations(o.GetAnnotations())
+	next.SetFinalizers(o.GetFinalizers())
+	if old.GetDeletionTimestamp() != nil && len(next.GetFinalizers()) == 0 {
+		if err := f.remove(o.GetName()); err != nil {
 			return err
 		}
-		f.changed(j.Name)
+		f.changed(o.GetName())
 		return nil
 	}
-	if !equality.Semantic.DeepEqual(old.Spec, j.Spec) {
-		next.Spec = j.Spec
-		next.Generation++
+	if !equality.Semantic.DeepEqual(f.kind.spec(old), f.kind.spec(o)) {
+		set(f.kind.spec, next, o)
+		next.SetGeneration(next.GetGeneration() + 1)
 	}
 	if err := f.write(next); err != nil {
 		return err
 	}
-	*j = *next
-	f.changed(j.Name)
+	*o = *next
+	f.changed(o.GetName())
 	return nil
 }
 
-func (f *Files) UpdateStatus(_ context.Context, j *v1.Journal) error {
-	return f.setStatus(j, f.current)
+func (f *FilesOf[T, P]) UpdateStatus(_ context.Context, o P) error {
+	return f.setStatus(o, f.current)
 }
 
-func (f *Files) ApplyStatus(_ context.Context, j *v1.Journal) error {
-	return f.setStatus(j, func(j *v1.Journal) (*v1.Journal, error) { return f.read(j.Name) })
+func (f *FilesOf[T, P]) ApplyStatus(_ context.Context, o P) error {
+	return f.setStatus(o, func(o P) (P, error) { return f.read(o.GetName()) })
 }
 
-// setStatus stores j's status on the Journal get returns.
-func (f *Files) setStatus(j *v1.Journal, get func(*v1.Journal) (*v1.Journal, error)) error {
+// setStatus stores o's status on the object get returns.
+func (f *FilesOf[T, P]) setStatus(o P, get func(P) (P, error)) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	old, err := get(j)
+	old, err := get(o)
 	if err != nil {
 		return err
 	}
-	next := old.DeepCopy()
-	next.Status = j.Status
+	next := old.DeepCopyObject().(P)
+	set(f.kind.status, next, o)
 	if err := f.write(next); err != nil {
 		return err
 	}
-	*j = *next
+	*o = *next
 	return nil // a status change is not a change to act on
 }
 
-func (f *Files) Delete(_ context.Context, name string) error {
+func (f *FilesOf[T, P]) Delete(_ context.Context, name string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	j, err := f.read(name)
+	o, err := f.read(name)
 	if err != nil {
 		return err
 	}
-	if len(j.Finalizers) == 0 {
+	if len(o.GetFinalizers()) == 0 {
 		if err := f.remove(name); err != nil {
 			return err
 		}
-	} else if j.DeletionTimestamp == nil {
+	} else if o.GetDeletionTimestamp() == nil {
 		now := metav1.Now()
-		j.DeletionTimestamp = &now
-		if err := f.write(j); err != nil {
+		o.SetDeletionTimestamp(&now)
+		if err := f.write(o); err != nil {
 			return err
 		}
 	}

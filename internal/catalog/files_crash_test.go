@@ -67,7 +67,7 @@ func TestFilesSurviveAPowerCutAtEveryStep(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			fsys := faultfs.NewFS()
-			f, err := openFiles(fsys, "/journals", nil)
+			f, err := openFiles(fsys, journalKind, "/journals", nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -109,7 +109,7 @@ func stored(t *testing.T, fsys vfs.FS, f *Files) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := openFiles(fsys, f.dir, nil)
+	g, err := openFiles(fsys, journalKind, f.dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

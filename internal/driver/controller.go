@@ -14,8 +14,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/klog/v2"
-	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	"github.com/jvol-io/jvol/internal/catalog"
 	v1 "github.com/jvol-io/jvol/pkg/apis/jvol/v1alpha1"
@@ -27,6 +25,8 @@ import (
 type Controller struct {
 	csi.UnimplementedControllerServer
 	Store catalog.Store
+	// Snapshots keeps the JournalSnapshots; nil: no snapshots.
+	Snapshots catalog.Snapshots
 	// DefaultNode holds volumes whose request names no node (standalone);
 	// empty in a cluster, where topology must name one.
 	DefaultNode string
@@ -47,6 +47,10 @@ func (c *Controller) ControllerGetCapabilities(context.Context, *csi.ControllerG
 		// SINGLE_NODE_SINGLE_WRITER (ReadWriteOncePod) and
 		// SINGLE_NODE_MULTI_WRITER: a volume lives on one node anyway.
 		csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+		csi.ControllerServiceCapability_RPC_CLONE_VOLUME,
+	}
+	if c.Snapshots != nil {
+		types = append(types, csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT, csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS)
 	}
 	if c.Capacity != nil {
 		types = append(types, csi.ControllerServiceCapability_RPC_GET_CAPACITY)
@@ -67,9 +71,6 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	if err := checkCapabilities(req.GetVolumeCapabilities()); err != nil {
 		return nil, errorf(codes.InvalidArgument, "%v", err)
 	}
-	if req.GetVolumeContentSource() != nil {
-		return nil, errorf(codes.InvalidArgument, "volume content sources (snapshots, clones) are not supported")
-	}
 	size, err := capacity(req.GetCapacityRange())
 	if err != nil {
 		return nil, errorf(codes.OutOfRange, "%v", err)
@@ -87,10 +88,19 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	if spec.Node == "" {
 		spec.Node = c.DefaultNode
 	}
+	spec.Capacity = *resource.NewQuantity(size, resource.BinarySI)
+	src, node, need, err := c.volumeSource(ctx, req.GetVolumeContentSource())
+	if err != nil {
+		return nil, err
+	}
+	if src != nil {
+		if err := withSource(&spec, req, src, node, need); err != nil {
+			return nil, err
+		}
+	}
 	if spec.Node == "" {
 		return nil, errorf(codes.InvalidArgument, "no node in the accessibility requirements (%s): use volumeBindingMode WaitForFirstConsumer", TopologyKey)
 	}
-	spec.Capacity = *resource.NewQuantity(size, resource.BinarySI)
 	if err := spec.Validate(); err != nil {
 		return nil, errorf(codes.InvalidArgument, "%v", err)
 	}
@@ -134,7 +144,7 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	j, err = c.waitFor(ctx, id, func(j *v1.Journal) bool { return ready(j) && atLeast(j, j.Spec.Capacity.Value()) })
 	if err != nil {
 		var nf *nodeFailure
-		if errors.As(err, &nf) && (created || nf.j.Status.Capacity == nil) {
+		if errors.As(err, &nf) && (created || !nf.made) {
 			// The node could not make it: leave no Journal behind for a
 			// volume the CO never learns of. (Never for one that was made
 			// once: that one holds data.)
@@ -146,6 +156,7 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 		VolumeId:           id,
 		CapacityBytes:      j.Status.Capacity.Value(),
 		AccessibleTopology: []*csi.Topology{{Segments: map[string]string{TopologyKey: j.Spec.Node}}},
+		ContentSource:      req.GetVolumeContentSource(),
 	}}, nil
 }
 
@@ -183,23 +194,33 @@ func atLeast(j *v1.Journal, size int64) bool {
 	return j.Status.Capacity != nil && j.Status.Capacity.Value() >= size
 }
 
-// waitFor polls the Journal, with capped back-off, until done says so, the
-// node reports it Failed (its condition's reason picks the code), or ctx
-// ends.
+// waitFor polls the Journal until done says so, its node reports it
+// Failed, or ctx ends (waitUntil).
 func (c *Controller) waitFor(ctx context.Context, id string, done func(*v1.Journal) bool) (*v1.Journal, error) {
+	return waitUntil(ctx, c.Store, id, done, func(j *v1.Journal) error {
+		if j.Status.Phase == v1.PhaseFailed && j.Status.ObservedGeneration >= j.Generation && j.DeletionTimestamp == nil {
+			return &nodeFailure{node: j.Spec.Node, what: "volume " + j.Name, conditions: j.Status.Conditions, made: j.Status.Capacity != nil}
+		}
+		return nil
+	})
+}
+
+// waitUntil polls the object id of table, with capped back-off, until done
+// says so, failed returns an error, or ctx ends.
+func waitUntil[T any, P catalog.Object[T]](ctx context.Context, table catalog.Table[T, P], id string, done func(P) bool, failed func(P) error) (P, error) {
 	ctx, cancel := context.WithTimeout(ctx, MaxWait)
 	defer cancel()
 	b := wait.Backoff{Duration: 20 * time.Millisecond, Factor: 2, Cap: 2 * time.Second, Steps: 1 << 30}
 	for {
-		j, err := c.Store.Get(ctx, id)
+		o, err := table.Get(ctx, id)
 		if err != nil {
 			return nil, apiError(err)
 		}
-		if done(j) {
-			return j, nil
+		if done(o) {
+			return o, nil
 		}
-		if j.Status.Phase == v1.PhaseFailed && j.Status.ObservedGeneration >= j.Generation && j.DeletionTimestamp == nil {
-			return nil, failure(j)
+		if err := failed(o); err != nil {
+			return nil, err
 		}
 		select {
 		case <-ctx.Done():
@@ -212,17 +233,20 @@ func (c *Controller) waitFor(ctx context.Context, id string, done func(*v1.Journ
 // MaxWait bounds how long a call waits for the node: the CO retries.
 var MaxWait = 2 * time.Minute
 
-// nodeFailure is a Journal its node reports Failed; its gRPC status comes
-// from the reason of the Ready condition.
-type nodeFailure struct{ j *v1.Journal }
+// nodeFailure is an object its node reports Failed; its gRPC status comes
+// from the reason of its Ready condition.
+type nodeFailure struct {
+	node, what string // "volume NAME"
+	conditions []metav1.Condition
+	made       bool // a volume that was made once: it holds data
+}
 
 func (f *nodeFailure) Error() string { return f.GRPCStatus().Message() }
 
 func (f *nodeFailure) GRPCStatus() *status.Status {
-	j := f.j
-	c := meta.FindStatusCondition(j.Status.Conditions, v1.ConditionReady)
+	c := meta.FindStatusCondition(f.conditions, v1.ConditionReady)
 	if c == nil {
-		return status.Newf(codes.Internal, "node %s failed volume %s", j.Spec.Node, j.Name)
+		return status.Newf(codes.Internal, "node %s failed %s", f.node, f.what)
 	}
 	code := codes.Internal
 	switch c.Reason {
@@ -230,11 +254,11 @@ func (f *nodeFailure) GRPCStatus() *status.Status {
 		code = codes.ResourceExhausted
 	case v1.ReasonStaged:
 		code = codes.FailedPrecondition
+	case v1.ReasonSourceNotFound:
+		code = codes.NotFound
 	}
-	return status.Newf(code, "node %s: volume %s: %s", j.Spec.Node, j.Name, c.Message)
+	return status.Newf(code, "node %s: %s: %s", f.node, f.what, c.Message)
 }
-
-func failure(j *v1.Journal) error { return &nodeFailure{j} }
 
 // apiError turns an error of the Journal store into a gRPC status.
 func apiError(err error) error {
@@ -287,7 +311,7 @@ func (c *Controller) remove(ctx context.Context, id string) error {
 	if err := c.Store.Delete(ctx, id); err != nil && !apierrors.IsNotFound(err) {
 		return apiError(err)
 	}
-	if err := c.releaseOrphan(ctx, id); err != nil {
+	if err := releaseOrphan(ctx, c, c.Store, id, func(j *v1.Journal) string { return j.Spec.Node }, v1.Finalizer); err != nil {
 		return err
 	}
 	_, err := c.waitFor(ctx, id, func(*v1.Journal) bool { return false })
@@ -387,30 +411,6 @@ func (c *Controller) nodeGone(ctx context.Context, node string) (bool, error) {
 		return false, nil
 	}
 	return c.NodeGone(ctx, node)
-}
-
-// releaseOrphan removes the finalizer of a deleted Journal whose node is
-// gone, so that it does not hang in deletion forever.
-func (c *Controller) releaseOrphan(ctx context.Context, id string) error {
-	j, err := c.Store.Get(ctx, id)
-	if apierrors.IsNotFound(err) {
-		return nil
-	}
-	if err != nil {
-		return apiError(err)
-	}
-	gone, err := c.nodeGone(ctx, j.Spec.Node)
-	if err != nil {
-		return errorf(codes.Unavailable, "is node %s still there: %v", j.Spec.Node, err)
-	}
-	if !gone || !controllerutil.RemoveFinalizer(j, v1.Finalizer) {
-		return nil
-	}
-	klog.InfoS("Node is gone: releasing its volume", "volume", id, "node", j.Spec.Node)
-	if err := c.Store.Update(ctx, j); err != nil && !apierrors.IsNotFound(err) {
-		return apiError(err)
-	}
-	return nil
 }
 
 // claimAnnotations are a new Journal's annotations: the CSI name, and the

@@ -36,12 +36,16 @@ func newDriverIn(t *testing.T, dir string) *driver {
 	if err != nil {
 		t.Fatal(err)
 	}
+	snaps, err := catalog.OpenSnapshotFiles(filepath.Join(dir, "journalsnapshots"), func(name string) { changes.Add(reconciler.SnapshotKey(name)) })
+	if err != nil {
+		t.Fatal(err)
+	}
 	fakes := hosttest.New()
 	volumes, err := host.New(host.Config{StateDir: dir, Changed: changes.Add, OS: fakes.OS()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &reconciler.Reconciler{Store: files, Volumes: volumes, NodeID: "n1"}
+	r := &reconciler.Reconciler{Store: files, Snapshots: snaps, Volumes: volumes, NodeID: "n1"}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- r.RunStandalone(ctx, changes) }()
@@ -51,7 +55,7 @@ func newDriverIn(t *testing.T, dir string) *driver {
 			t.Error(err)
 		}
 	})
-	return &driver{c: &Controller{Store: files, DefaultNode: "n1"}, n: &Node{Volumes: volumes, NodeID: "n1", Journals: r, MaxVolumes: 7}, dir: dir, fakes: fakes}
+	return &driver{c: &Controller{Store: files, Snapshots: snaps, DefaultNode: "n1"}, n: &Node{Volumes: volumes, NodeID: "n1", Journals: r, MaxVolumes: 7}, dir: dir, fakes: fakes}
 }
 
 var mountCap = &csi.VolumeCapability{
@@ -112,7 +116,7 @@ func TestCreateVolumeRefusesBadRequests(t *testing.T) {
 	r = createReq("v", 8<<20, nil)
 	r.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: "x"}}}
 	_, err = d.c.CreateVolume(ctx, r)
-	wantCode(t, "clone", err, codes.InvalidArgument)
+	wantCode(t, "clone of no volume", err, codes.NotFound)
 
 	cluster := &Controller{Store: d.c.Store}
 	_, err = cluster.CreateVolume(ctx, createReq("v", 8<<20, nil))
@@ -332,5 +336,66 @@ func TestCreateVolumeRecordsTheClaim(t *testing.T) {
 	}
 	if _, err := d.c.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func snapshotSource(id string) *csi.VolumeContentSource {
+	return &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: id}}}
+}
+
+func TestSnapshotRequestsGetTheRightCodes(t *testing.T) {
+	d := newDriver(t)
+	ctx := context.Background()
+	v, err := d.c.CreateVolume(ctx, createReq("v", 8<<20, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := v.GetVolume().GetVolumeId()
+	_, err = d.c.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "s", SourceVolumeId: id, Parameters: map[string]string{"kind": "tape"}})
+	wantCode(t, "unknown kind", err, codes.InvalidArgument)
+	_, err = d.c.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "s", SourceVolumeId: id, Parameters: map[string]string{"colour": "blue"}})
+	wantCode(t, "unknown parameter", err, codes.InvalidArgument)
+	_, err = d.c.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "s", SourceVolumeId: "gone"})
+	wantCode(t, "of no volume", err, codes.NotFound)
+	s, err := d.c.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "s", SourceVolumeId: id, Parameters: map[string]string{"kind": "local"}})
+	if err != nil || !s.GetSnapshot().GetReadyToUse() || s.GetSnapshot().GetSizeBytes() != 8<<20 {
+		t.Fatalf("snapshot: %v %v", s, err)
+	}
+	sid := s.GetSnapshot().GetSnapshotId()
+
+	r := createReq("small", 4<<20, nil)
+	r.CapacityRange.LimitBytes = 4 << 20
+	r.VolumeContentSource = snapshotSource(sid)
+	_, err = d.c.CreateVolume(ctx, r)
+	wantCode(t, "a snapshot larger than the limit", err, codes.OutOfRange)
+
+	r = createReq("elsewhere", 8<<20, nil)
+	r.VolumeContentSource = snapshotSource(sid)
+	r.AccessibilityRequirements = &csi.TopologyRequirement{Requisite: []*csi.Topology{{Segments: map[string]string{TopologyKey: "n2"}}}}
+	_, err = d.c.CreateVolume(ctx, r)
+	wantCode(t, "a snapshot on another node", err, codes.ResourceExhausted)
+
+	// The snapshot's size is the least the volume gets.
+	r = createReq("restored", 4<<20, nil)
+	r.VolumeContentSource = snapshotSource(sid)
+	got, err := d.c.CreateVolume(ctx, r)
+	if err != nil || got.GetVolume().GetCapacityBytes() != 8<<20 || got.GetVolume().GetContentSource().GetSnapshot().GetSnapshotId() != sid {
+		t.Errorf("volume from the snapshot: %v %v", got, err)
+	}
+
+	// The snapshot's image is gone from the node: it fails, and says so.
+	if err := os.RemoveAll(filepath.Join(d.dir, "snapshots", sid)); err != nil {
+		t.Fatal(err)
+	}
+	r = createReq("lost", 8<<20, nil)
+	r.VolumeContentSource = snapshotSource(sid)
+	_, err = d.c.CreateVolume(ctx, r)
+	wantCode(t, "a snapshot whose image is gone", err, codes.NotFound)
+
+	if _, err := d.c.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: sid}); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := d.c.ListSnapshots(ctx, &csi.ListSnapshotsRequest{}); err != nil || len(l.GetEntries()) != 0 {
+		t.Errorf("after the delete: %v %v", l, err)
 	}
 }

@@ -226,9 +226,15 @@ func Run(ctx context.Context, cfg Config) error {
 			if err != nil {
 				return err
 			}
-			r = &reconciler.Reconciler{Store: files, Volumes: volumes, NodeID: cfg.NodeID}
+			snaps, err := catalog.OpenSnapshotFiles(filepath.Join(cfg.StateDir, "journalsnapshots"), func(name string) {
+				changes.Add(reconciler.SnapshotKey(name))
+			})
+			if err != nil {
+				return err
+			}
+			r = &reconciler.Reconciler{Store: files, Snapshots: snaps, Volumes: volumes, NodeID: cfg.NodeID}
 			background(func() error { return r.RunStandalone(ctx, changes) })
-			cs = &Controller{Store: files, DefaultNode: cfg.NodeID, Capacity: func(context.Context, string) (int64, error) {
+			cs = &Controller{Store: files, Snapshots: snaps, DefaultNode: cfg.NodeID, Capacity: func(context.Context, string) (int64, error) {
 				return volumes.Available()
 			}}
 		}
@@ -248,8 +254,8 @@ func Run(ctx context.Context, cfg Config) error {
 		if err != nil {
 			return err
 		}
-		kube := catalog.Kube{Client: c}
-		cs = &Controller{Store: kube, Capacity: kube.Available, NodeGone: kube.NodeGone}
+		nodes := catalog.Nodes{Client: c}
+		cs = &Controller{Store: catalog.NewKube(c, nil), Snapshots: catalog.NewKubeSnapshots(c, nil), Capacity: nodes.Available, NodeGone: nodes.NodeGone}
 	}
 
 	l, err := Listen(cfg.Endpoint)

@@ -95,6 +95,8 @@ func TestSchemaRefusesBadJournals(t *testing.T) {
 		{"commit-interval", func(s *v1.JournalSpec) { s.CommitInterval = &metav1.Duration{Duration: time.Millisecond} }, "commitInterval must be from 1s to 1h"},
 		{"fs", func(s *v1.JournalSpec) { s.FSType = "btrfs" }, "spec.fsType"},
 		{"provisioning", func(s *v1.JournalSpec) { s.Provisioning = "Thickish" }, "spec.provisioning"},
+		{"empty-source", func(s *v1.JournalSpec) { s.Source = &v1.VolumeSource{} }, "source names exactly one of snapshot and journal"},
+		{"two-sources", func(s *v1.JournalSpec) { s.Source = &v1.VolumeSource{Snapshot: "s", Journal: "j"} }, "source names exactly one"},
 	}
 	for _, b := range bad {
 		j := journal(b.name, "node-a", "1Gi")
@@ -125,6 +127,7 @@ func TestSchemaRefusesBadJournals(t *testing.T) {
 		{func(s *v1.JournalSpec) { s.Node = "node-b" }, "node is immutable"},
 		{func(s *v1.JournalSpec) { s.JournalSize = q("256Mi") }, "journalSize is immutable"},
 		{func(s *v1.JournalSpec) { s.Provisioning = v1.Thin }, "provisioning is immutable"},
+		{func(s *v1.JournalSpec) { s.Source = &v1.VolumeSource{Journal: "other"} }, "source is immutable"},
 	}
 	for _, u := range updates {
 		k := j.DeepCopy()
@@ -141,6 +144,29 @@ func TestSchemaRefusesBadJournals(t *testing.T) {
 	k.Spec.Capacity = resource.MustParse("2Gi")
 	if err := c.Update(ctx, k); err != nil {
 		t.Errorf("growing: %v", err)
+	}
+
+	// A snapshot's spec is checked, defaulted and immutable.
+	for _, spec := range []v1.JournalSnapshotSpec{{Node: "node-a"}, {Source: "good"}, {Source: "good", Node: "node-a", Kind: "Tape"}} {
+		snap := &v1.JournalSnapshot{ObjectMeta: metav1.ObjectMeta{Name: "bad-snapshot"}, Spec: spec}
+		if err := c.Create(ctx, snap); !apierrors.IsInvalid(err) {
+			t.Errorf("snapshot %+v: got %v, want Invalid", spec, err)
+		}
+		if spec.Validate() == nil {
+			t.Errorf("snapshot %+v: the API server refuses it but Validate (standalone) accepts it", spec)
+		}
+	}
+	snap := &v1.JournalSnapshot{ObjectMeta: metav1.ObjectMeta{Name: "snap"}, Spec: v1.JournalSnapshotSpec{Source: "good", Node: "node-a"}}
+	if err := c.Create(ctx, snap); err != nil || snap.Spec.Kind != v1.Local {
+		t.Fatalf("snapshot: kind %q, %v", snap.Spec.Kind, err)
+	}
+	moved := snap.DeepCopy()
+	moved.Spec.Source = "other"
+	if err := c.Update(ctx, moved); !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "spec is immutable") {
+		t.Errorf("changing a snapshot's source: %v", err)
+	}
+	if moved.Spec.ValidateUpdate(&snap.Spec) == nil {
+		t.Error("changing a snapshot's source: ValidateUpdate (standalone) accepts it")
 	}
 
 	// Sizes compare as quantities, not strings: the Go client sends 65536Ki
@@ -222,8 +248,8 @@ func TestNodeReconcilesItsJournals(t *testing.T) {
 			t.Error(err)
 		}
 	}()
-	kube := catalog.Kube{Client: c}
-	ctrl := &driver.Controller{Store: kube, Capacity: kube.Available, NodeGone: kube.NodeGone}
+	nodes := catalog.Nodes{Client: c}
+	ctrl := &driver.Controller{Store: catalog.NewKube(c, nil), Snapshots: catalog.NewKubeSnapshots(c, nil), Capacity: nodes.Available, NodeGone: nodes.NodeGone}
 	nodeA := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a", Annotations: map[string]string{catalog.AvailableAnnotation: "123456789"}}}
 	if err := c.Create(ctx, nodeA); err != nil {
 		t.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/labels"
@@ -28,8 +29,16 @@ import (
 	v1 "github.com/jvol-io/jvol/pkg/apis/jvol/v1alpha1"
 )
 
+// snapshotPrefix marks a JournalSnapshot's name in RunStandalone's queue,
+// which Journals' names share: no Journal's name holds a "/".
+const snapshotPrefix = "snapshot/"
+
+// SnapshotKey is what a change to the JournalSnapshot called name is
+// queued as in RunStandalone's Changes.
+func SnapshotKey(name string) string { return snapshotPrefix + name }
+
 // RunStandalone reconciles without an API server: it queues every Journal
-// of r.Store, then reconciles what is queued (and what changes queues)
+// of r.Store and JournalSnapshot of r.Snapshots, then reconciles what is queued (and what changes queues)
 // until ctx ends, with rate-limited retries.
 func (r *Reconciler) RunStandalone(ctx context.Context, changes *Changes) error {
 	q := workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]())
@@ -39,6 +48,15 @@ func (r *Reconciler) RunStandalone(ctx context.Context, changes *Changes) error 
 	}
 	for _, j := range js {
 		q.Add(j.Name)
+	}
+	if r.Snapshots != nil {
+		ss, err := r.Snapshots.List(ctx)
+		if err != nil {
+			return err
+		}
+		for _, s := range ss {
+			q.Add(SnapshotKey(s.Name))
+		}
 	}
 	go changes.drain(ctx, q.Add)
 	go func() {
@@ -50,7 +68,12 @@ func (r *Reconciler) RunStandalone(ctx context.Context, changes *Changes) error 
 		if quit {
 			return nil
 		}
-		again, err := r.Reconcile(ctx, name)
+		var again time.Duration
+		if snap, ok := strings.CutPrefix(name, snapshotPrefix); ok {
+			again, err = r.ReconcileSnapshot(ctx, snap)
+		} else {
+			again, err = r.Reconcile(ctx, name)
+		}
 		switch {
 		case err != nil:
 			klog.ErrorS(err, "Reconcile failed", "journal", name)
@@ -69,7 +92,7 @@ func (r *Reconciler) RunStandalone(ctx context.Context, changes *Changes) error 
 // holds only this node's Journals (by their catalog.NodeLabel); changes
 // come in as requests too.
 func (r *Reconciler) setupWithManager(mgr ctrl.Manager, changes *Changes) error {
-	return ctrl.NewControllerManagedBy(mgr).
+	if err := ctrl.NewControllerManagedBy(mgr).
 		Named("journal").
 		// One per manager; tests make more than one manager per process.
 		WithOptions(controller.Options{SkipNameValidation: ptr.To(true)}).
@@ -87,6 +110,21 @@ func (r *Reconciler) setupWithManager(mgr ctrl.Manager, changes *Changes) error 
 		})).
 		Complete(reconcile.Func(func(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
 			again, err := r.Reconcile(ctx, req.Name)
+			return reconcile.Result{RequeueAfter: again}, err
+		})); err != nil {
+		return err
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("journalsnapshot").
+		WithOptions(controller.Options{SkipNameValidation: ptr.To(true)}).
+		For(&v1.JournalSnapshot{}, builder.WithPredicates(
+			predicate.NewPredicateFuncs(func(o client.Object) bool {
+				return o.GetLabels()[catalog.NodeLabel] == catalog.NodeLabelValue(r.NodeID)
+			}),
+			predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool { return !statusOnly(e.ObjectOld, e.ObjectNew) }},
+		)).
+		Complete(reconcile.Func(func(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+			again, err := r.ReconcileSnapshot(ctx, req.Name)
 			return reconcile.Result{RequeueAfter: again}, err
 		}))
 }
@@ -123,20 +161,22 @@ func NewManager(cfg *rest.Config, o Options) (ctrl.Manager, *Reconciler, error) 
 		Scheme:  catalog.Scheme(),
 		Metrics: metricsserver.Options{BindAddress: "0"},
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			&v1.Journal{}: {Label: labels.SelectorFromSet(labels.Set{catalog.NodeLabel: catalog.NodeLabelValue(nodeID)})},
+			&v1.Journal{}:         {Label: labels.SelectorFromSet(labels.Set{catalog.NodeLabel: catalog.NodeLabelValue(nodeID)})},
+			&v1.JournalSnapshot{}: {Label: labels.SelectorFromSet(labels.Set{catalog.NodeLabel: catalog.NodeLabelValue(nodeID)})},
 		}},
 	})
 	if err != nil {
 		return nil, nil, err
 	}
 	r := &Reconciler{
-		Store:    catalog.Kube{Client: mgr.GetClient()},
-		Fresh:    catalog.Kube{Client: mgr.GetClient(), Reader: mgr.GetAPIReader()},
-		Volumes:  o.Volumes,
-		NodeID:   nodeID,
-		Refresh:  o.Refresh,
-		Secrets:  mgr.GetAPIReader(),
-		Recorder: mgr.GetEventRecorderFor("jvol-node"),
+		Store:     catalog.NewKube(mgr.GetClient(), nil),
+		Fresh:     catalog.NewKube(mgr.GetClient(), mgr.GetAPIReader()),
+		Snapshots: catalog.NewKubeSnapshots(mgr.GetClient(), nil),
+		Volumes:   o.Volumes,
+		NodeID:    nodeID,
+		Refresh:   o.Refresh,
+		Secrets:   mgr.GetAPIReader(),
+		Recorder:  mgr.GetEventRecorderFor("jvol-node"),
 	}
 	return mgr, r, r.setupWithManager(mgr, o.Changes)
 }

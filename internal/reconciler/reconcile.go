@@ -40,10 +40,12 @@ const DefaultRefresh = 5 * time.Second
 // Reconciler brings the Journals of one node to their spec: it makes,
 // grows and removes their images, and reports their state and figures.
 type Reconciler struct {
-	Store   catalog.Store
-	Volumes *host.Volumes
-	NodeID  string
-	Refresh time.Duration
+	Store catalog.Store
+	// Snapshots keeps the JournalSnapshots.
+	Snapshots catalog.Snapshots
+	Volumes   *host.Volumes
+	NodeID    string
+	Refresh   time.Duration
 	// Fresh, if set, is Store reading from the API server itself rather
 	// than a cache: Sync uses it.
 	Fresh catalog.Store
@@ -114,8 +116,19 @@ func (r *Reconciler) reconcile(ctx context.Context, store catalog.Store, name st
 	// Only a Journal never made may be made: one that was made and is gone
 	// is an error to report, not an empty volume to serve.
 	made := j.Status.Capacity != nil
+	var size int64
+	switch src := j.Spec.Source; {
+	case !made && src != nil && src.Journal != "":
+		size, err = r.Volumes.EnsureFrom(ctx, name, src.Journal, o)
+	case !made && src != nil && src.Snapshot != "":
+		if _, err = r.Volumes.Snapshot(src.Snapshot); err == nil {
+			o.From = r.Volumes.SnapshotImage(src.Snapshot)
+		}
+	}
 	unlock := r.Volumes.Lock(name)
-	size, err := r.Volumes.Ensure(ctx, name, o, !made)
+	if err == nil && size == 0 {
+		size, err = r.Volumes.Ensure(ctx, name, o, !made)
+	}
 	s, attached := r.Volumes.Status(name)
 	recorded := r.Volumes.Recorded(name)
 	unlock()
@@ -124,8 +137,11 @@ func (r *Reconciler) reconcile(ctx context.Context, store catalog.Store, name st
 	next.ObservedGeneration = j.Generation
 	if err != nil {
 		reason := v1.ReasonError
-		if errors.Is(err, syscall.ENOSPC) {
+		switch {
+		case errors.Is(err, syscall.ENOSPC):
 			reason = v1.ReasonOutOfSpace
+		case errors.Is(err, host.ErrNoSnapshot), errors.Is(err, host.ErrNotFound):
+			reason = v1.ReasonSourceNotFound
 		}
 		next.Phase = v1.PhaseFailed
 		setReady(next, metav1.ConditionFalse, reason, err.Error())

@@ -16,5 +16,5 @@ var (
 )
 
 func init() {
-	SchemeBuilder.Register(&Journal{}, &JournalList{})
+	SchemeBuilder.Register(&Journal{}, &JournalList{}, &JournalSnapshot{}, &JournalSnapshotList{})
 }

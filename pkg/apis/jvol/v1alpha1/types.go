@@ -82,6 +82,9 @@ const (
 	ReasonOutOfSpace = "OutOfSpace" // ResourceExhausted
 	ReasonStaged     = "Staged"     // FailedPrecondition
 	ReasonError      = "Error"      // Internal
+	// ReasonSourceNotFound: what a volume or snapshot is to be made from
+	// is not on the node (NotFound).
+	ReasonSourceNotFound = "SourceNotFound"
 )
 
 // Events recorded on Journals.
@@ -132,6 +135,7 @@ const (
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.capacity) || quantity(string(self.capacity)).compareTo(quantity(string(oldSelf.capacity))) >= 0",message="capacity never shrinks"
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.journalSize) ? !has(self.journalSize) : (has(self.journalSize) && quantity(string(self.journalSize)).compareTo(quantity(string(oldSelf.journalSize))) == 0)",message="journalSize is immutable"
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.provisioning) ? !has(self.provisioning) : (has(self.provisioning) && self.provisioning == oldSelf.provisioning)",message="provisioning is immutable"
+// +kubebuilder:validation:XValidation:rule="has(self.source) == has(oldSelf.source) && (!has(self.source) || self.source == oldSelf.source)",message="source is immutable"
 type JournalSpec struct {
 	// Node is the name of the node that holds the volume.
 	// +kubebuilder:validation:MinLength=1
@@ -184,6 +188,26 @@ type JournalSpec struct {
 	// +optional
 	// +kubebuilder:validation:Enum="";ext4;xfs
 	FSType string `json:"fsType,omitempty"`
+
+	// Source, if set, is what the volume starts as when it is made; fixed.
+	// +optional
+	Source *VolumeSource `json:"source,omitempty"`
+}
+
+// VolumeSource is what a new volume starts as: exactly one of a
+// JournalSnapshot's image or a copy of another Journal (a clone), either
+// on the volume's node.
+//
+// +kubebuilder:validation:XValidation:rule="has(self.snapshot) != has(self.journal)",message="source names exactly one of snapshot and journal"
+type VolumeSource struct {
+	// Snapshot names a JournalSnapshot.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	Snapshot string `json:"snapshot,omitempty"`
+	// Journal names the Journal to clone.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	Journal string `json:"journal,omitempty"`
 }
 
 // SinkSpec names an off-site receiver of the journal stream.
@@ -305,4 +329,96 @@ type JournalList struct {
 	metav1.TypeMeta `json:",inline"`
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []Journal `json:"items"`
+}
+
+// SnapshotKind says where a snapshot is kept.
+// +kubebuilder:validation:Enum=Local
+type SnapshotKind string
+
+const (
+	// Local: an image on the source volume's node, independent of the
+	// volume (it outlives it); volumes made from it are made there.
+	Local SnapshotKind = "Local"
+)
+
+// Finalizer of a JournalSnapshot: its node has not removed its image.
+const SnapshotFinalizer = "jvol.io/snapshot-image"
+
+// JournalSnapshotSpec is what the snapshot is of. It is immutable.
+//
+// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec is immutable"
+type JournalSnapshotSpec struct {
+	// Source is the name of the Journal the snapshot is taken of.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Source string `json:"source"`
+	// Node is the source's node, which takes the snapshot and, for a Local
+	// one, keeps it.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Node string `json:"node"`
+	// Kind is Local (the default).
+	// +optional
+	// +kubebuilder:default=Local
+	Kind SnapshotKind `json:"kind,omitempty"`
+}
+
+// JournalSnapshotStatus is what the node did.
+type JournalSnapshotStatus struct {
+	// Phase is Pending until the node has taken the snapshot, then Ready;
+	// Failed if it cannot (see conditions).
+	// +optional
+	Phase Phase `json:"phase,omitempty"`
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// ReadyToUse: volumes can be made from it.
+	// +optional
+	ReadyToUse bool `json:"readyToUse,omitempty"`
+	// Size is the source's size when the snapshot was taken: the least a
+	// volume made from it has.
+	// +optional
+	Size *resource.Quantity `json:"size,omitempty"`
+	// Transid is the source's last transaction id the snapshot holds:
+	// every write acknowledged before it was taken, and none after.
+	// +optional
+	Transid int64 `json:"transid,omitempty"`
+	// TakenAt is when the node took it.
+	// +optional
+	TakenAt *metav1.Time `json:"takenAt,omitempty"`
+	// AllocatedBytes is the disk its image holds on its node.
+	// +optional
+	AllocatedBytes int64 `json:"allocatedBytes,omitempty"`
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// JournalSnapshot is a point-in-time copy of a Journal's volume.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:scope=Cluster,shortName=jsnap
+// +kubebuilder:printcolumn:name="Source",type=string,JSONPath=`.spec.source`
+// +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.spec.node`
+// +kubebuilder:printcolumn:name="Kind",type=string,JSONPath=`.spec.kind`
+// +kubebuilder:printcolumn:name="Size",type=string,JSONPath=`.status.size`
+// +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="Transid",type=integer,JSONPath=`.status.transid`,priority=1
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type JournalSnapshot struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   JournalSnapshotSpec   `json:"spec"`
+	Status JournalSnapshotStatus `json:"status,omitempty"`
+}
+
+// JournalSnapshotList is a list of JournalSnapshots.
+//
+// +kubebuilder:object:root=true
+type JournalSnapshotList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []JournalSnapshot `json:"items"`
 }

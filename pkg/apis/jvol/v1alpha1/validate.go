@@ -56,6 +56,9 @@ func (s *JournalSpec) Validate() error {
 	default:
 		return fmt.Errorf("spec.provisioning: %q: must be Thick or Thin", s.Provisioning)
 	}
+	if src := s.Source; src != nil && (src.Snapshot == "") == (src.Journal == "") {
+		return fmt.Errorf("spec.source: source names exactly one of snapshot and journal")
+	}
 	return nil
 }
 
@@ -75,6 +78,29 @@ func (s *JournalSpec) ValidateUpdate(old *JournalSpec) error {
 		return fmt.Errorf("spec.journalSize: journalSize is immutable")
 	case s.Provisioning != old.Provisioning:
 		return fmt.Errorf("spec.provisioning: provisioning is immutable")
+	case (s.Source == nil) != (old.Source == nil) || s.Source != nil && *s.Source != *old.Source:
+		return fmt.Errorf("spec.source: source is immutable")
 	}
 	return s.Validate()
+}
+
+// Validate checks a snapshot's spec on its own.
+func (s *JournalSnapshotSpec) Validate() error {
+	switch {
+	case s.Source == "" || len(s.Source) > 253:
+		return fmt.Errorf("spec.source: must be 1 to 253 characters")
+	case s.Node == "" || len(s.Node) > 253:
+		return fmt.Errorf("spec.node: must be 1 to 253 characters")
+	case s.Kind != "" && s.Kind != Local:
+		return fmt.Errorf("spec.kind: %q: must be Local", s.Kind)
+	}
+	return nil
+}
+
+// ValidateUpdate checks a change from old to s: there may be none.
+func (s *JournalSnapshotSpec) ValidateUpdate(old *JournalSnapshotSpec) error {
+	if *s != *old {
+		return fmt.Errorf("spec: spec is immutable")
+	}
+	return nil
 }
