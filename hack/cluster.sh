@@ -134,6 +134,13 @@ control_plane() {
     --service-cluster-ip-range=10.0.0.0/24 --allocate-node-cidrs=false
   start kube-scheduler "$(bin kube-scheduler)" --kubeconfig="$ks" \
     --authentication-kubeconfig="$ks" --authorization-kubeconfig="$ks" --bind-address=127.0.0.1 --leader-elect=false
+  # VolumeSnapshots are the cluster's: their CRDs and controller.
+  say "VolumeSnapshot CRDs, snapshot-controller"
+  local crd
+  for crd in "$(bin snapshot-crds)"/snapshot.storage.k8s.io_*.yaml; do kubectl apply -f "$crd" >/dev/null; done
+  waitfor "VolumeSnapshot CRDs" kubectl wait --for=condition=Established crd/volumesnapshots.snapshot.storage.k8s.io \
+    crd/volumesnapshotcontents.snapshot.storage.k8s.io crd/volumesnapshotclasses.snapshot.storage.k8s.io --timeout=1s
+  start snapshot-controller "$(bin snapshot-controller)" --kubeconfig="$P/admin.kubeconfig" --leader-election=false
 }
 
 containerd_up() {
@@ -230,7 +237,7 @@ up() {
   # Build first: nothing runs yet if a build fails.
   say "tools (built once from the Go module proxy, then cached)"
   local t
-  for t in etcd kube-apiserver crictl csi-provisioner csi-resizer; do bin "$t" >/dev/null; done
+  for t in etcd kube-apiserver crictl csi-provisioner csi-resizer csi-snapshotter snapshot-crds; do bin "$t" >/dev/null; done
   "$hack/helm.sh" version >/dev/null
   mkdir -p "$L" "$R"
   pki
@@ -320,7 +327,7 @@ down() {
     stop dockerd
   done
   local n
-  for n in containerd kube-scheduler kube-controller-manager kube-apiserver etcd; do stop "$n"; done
+  for n in containerd snapshot-controller kube-scheduler kube-controller-manager kube-apiserver etcd; do stop "$n"; done
   # containerd's shims outlive it, and so would containers whose sandbox
   # could not be removed.
   pkill -9 -f "containerd-shim.*-address $SOCK" 2>/dev/null || true

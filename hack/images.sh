@@ -6,7 +6,8 @@
 #                    hack/dockerfile-build.sh on the cluster's containerd
 #   pause.tar        registry.k8s.io/pause:3.10.1  hack/pause
 #   busybox.tar      localhost/busybox:e2e  Debian's busybox-static, for test pods
-#   csi-provisioner.tar, csi-resizer.tar  under their registry.k8s.io names and
+#   csi-provisioner.tar, csi-resizer.tar, csi-snapshotter.tar
+#                    under their registry.k8s.io names and
 #                    tags, the sidecars built by hack/tools.sh
 #
 # The images without a Dockerfile are single layers packed by umoci and
@@ -56,9 +57,10 @@ echo 'root:x:0:0:root:/root:/bin/sh' > "$work/busybox/etc/passwd"
 echo 'root:x:0:' > "$work/busybox/etc/group"
 image busybox localhost/busybox:e2e "$work/busybox" /bin/sh
 
-for s in csi-provisioner csi-resizer; do
+for s in csi-provisioner csi-resizer csi-snapshotter; do
   bin=$("$hack/tools.sh" "$s")
   mkdir -p "$work/$s" && cp "$bin" "$work/$s/"
-  image "$s" "registry.k8s.io/sig-storage/$s:$(basename "$(dirname "$bin")" | sed "s/^$s-//")" "$work/$s" "/$s"
+  # The version ends the name of the binary's cache directory.
+  image "$s" "registry.k8s.io/sig-storage/$s:$(basename "$(dirname "$bin")" | sed 's/.*-\(v[0-9][^-]*\)$/\1/')" "$work/$s" "/$s"
 done
 ls -la "$out" >&2

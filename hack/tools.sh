@@ -8,7 +8,9 @@
 #
 # Usage: hack/tools.sh TOOL...
 #   kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl
-#   etcd crictl csi-provisioner csi-resizer
+#   etcd crictl csi-provisioner csi-resizer csi-snapshotter snapshot-controller
+#   snapshot-crds (a directory: the VolumeSnapshot CRDs of the snapshotter's
+#   client module)
 set -euo pipefail
 shopt -s inherit_errexit # set -e inside $(...) too: a failed build must not be cached
 K8S_VERSION=v1.34.4
@@ -17,6 +19,8 @@ ETCD_VERSION=v3.6.4
 CRICTL_VERSION=v1.34.0
 PROVISIONER_VERSION=v5.3.0
 RESIZER_VERSION=v1.14.0
+SNAPSHOTTER_VERSION=v8.4.0
+SNAPSHOTTER=github.com/kubernetes-csi/external-snapshotter
 
 GO=${GO:-$("$(dirname "$0")/ensure-go.sh")/go}
 cache=${JVOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/jvol}
@@ -90,6 +94,19 @@ build_wrapped() {
   build -trimpath -ldflags "-s -w -X main.version=$4" -o "$1/$2" "$3/cmd/$2"
 }
 
+# external-snapshotter uses its client module from its own tree; the
+# wrapper takes the published one of the same version.
+snapshotter_replaces() {
+  copy_replaces "$1"
+  echo "replace $SNAPSHOTTER/client/v8 => $SNAPSHOTTER/client/v8 $SNAPSHOTTER_VERSION"
+}
+
+build_snapshotter() { # OUT: csi-snapshotter and snapshot-controller
+  local cmds=("$SNAPSHOTTER/v8/cmd/csi-snapshotter" "$SNAPSHOTTER/v8/cmd/snapshot-controller")
+  wrapper "$work/snapshotter" "$SNAPSHOTTER/v8" "$SNAPSHOTTER_VERSION" snapshotter_replaces "${cmds[@]}"
+  build -trimpath -ldflags "-s -w -X main.version=$SNAPSHOTTER_VERSION" -o "$1/" "${cmds[@]}"
+}
+
 # ensure KEY BUILD ARGS...: runs BUILD OUT ARGS... once, into the cache
 # directory KEY, and prints that directory.
 ensure() {
@@ -122,6 +139,13 @@ for tool in "$@"; do
   csi-resizer)
     dir=$(ensure "csi-resizer-$RESIZER_VERSION" build_wrapped csi-resizer \
       github.com/kubernetes-csi/external-resizer "$RESIZER_VERSION") ;;
+  csi-snapshotter | snapshot-controller)
+    dir=$(ensure "external-snapshotter-$SNAPSHOTTER_VERSION" build_snapshotter) ;;
+  snapshot-crds)
+    dir=$(moddir "$SNAPSHOTTER/client/v8@$SNAPSHOTTER_VERSION")/config/crd
+    [ -f "$dir/snapshot.storage.k8s.io_volumesnapshots.yaml" ] || { echo "tools.sh: no snapshot CRDs in $dir" >&2; exit 1; }
+    echo "$dir"
+    continue ;;
   *) echo "tools.sh: unknown tool $tool" >&2; exit 2 ;;
   esac
   [ -x "$dir/$tool" ] || { echo "tools.sh: $dir has no $tool; remove it to build again" >&2; exit 1; }

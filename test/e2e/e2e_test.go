@@ -570,7 +570,7 @@ func TestHelmUpgradeAndUninstall(t *testing.T) {
 		for _, kind := range []string{"all", "serviceaccounts", "roles", "rolebindings"} {
 			left += kubectl(t, "get", kind, "-A", "-l", sel, "-o", "name")
 		}
-		for _, kind := range []string{"clusterroles", "clusterrolebindings", "csidrivers", "storageclasses"} {
+		for _, kind := range []string{"clusterroles", "clusterrolebindings", "csidrivers", "storageclasses", "volumesnapshotclasses"} {
 			left += kubectl(t, "get", kind, "-l", sel, "-o", "name")
 		}
 		if out, _ := tryRun("pgrep", "-a", "-x", "jvol"); out != "" {
@@ -586,6 +586,13 @@ func TestHelmUpgradeAndUninstall(t *testing.T) {
 	}
 	if len(journals.Items) != 0 {
 		t.Errorf("%d Journals left", len(journals.Items))
+	}
+	var snapshots jvolv1.JournalSnapshotList
+	if err := ctrl.List(t.Context(), &snapshots); err != nil && !apierrors.IsNotFound(err) {
+		t.Fatal(err)
+	}
+	if len(snapshots.Items) != 0 {
+		t.Errorf("%d JournalSnapshots left", len(snapshots.Items))
 	}
 	entries, err := os.ReadDir(stateDir + "/volumes")
 	if err != nil && !os.IsNotExist(err) {

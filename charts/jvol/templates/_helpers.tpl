@@ -38,3 +38,13 @@ dnsPolicy: ClusterFirstWithHostNet
 {{- define "jvol.sinkURL" -}}
 {{ ternary "tls" "tcp" .Values.sink.tls }}://{{ .Values.sink.address | default (printf "%s-sink.%s.svc" .Release.Name .Release.Namespace) }}:{{ .Values.sink.port }}
 {{- end }}
+
+{{/*
+"true" when VolumeSnapshots are served: asked for, and the cluster has the
+snapshot API (its CRDs; the snapshot-controller is the cluster's).
+*/}}
+{{- define "jvol.snapshots" -}}
+{{- if and .Values.snapshots.enabled (.Capabilities.APIVersions.Has "snapshot.storage.k8s.io/v1/VolumeSnapshotClass") -}}
+true
+{{- end -}}
+{{- end }}
