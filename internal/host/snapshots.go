@@ -193,3 +193,21 @@ func (n *Volumes) EnsureFrom(ctx context.Context, name, source string, o volume.
 	defer n.Lock(name)()
 	return n.Ensure(ctx, name, o, true)
 }
+
+// WorkDir makes an empty directory, for work on name that must leave
+// nothing behind (a restore's image, a receiver's credentials), and
+// returns it with its removal. It is under the state directory: an image
+// made there is on the volumes' file system.
+func (n *Volumes) WorkDir(name string) (string, func(), error) {
+	if err := CheckName(name); err != nil {
+		return "", nil, err
+	}
+	dir := n.snapshotDir(".work-" + name)
+	if err := os.RemoveAll(dir); err != nil {
+		return "", nil, err
+	}
+	if err := vfs.OS.MkdirAll(dir); err != nil {
+		return "", nil, err
+	}
+	return dir, func() { os.RemoveAll(dir) }, nil
+}

@@ -147,7 +147,13 @@ func TestSchemaRefusesBadJournals(t *testing.T) {
 	}
 
 	// A snapshot's spec is checked, defaulted and immutable.
-	for _, spec := range []v1.JournalSnapshotSpec{{Node: "node-a"}, {Source: "good"}, {Source: "good", Node: "node-a", Kind: "Tape"}} {
+	for _, spec := range []v1.JournalSnapshotSpec{{Node: "node-a"}, {Source: "good"}, {Source: "good", Node: "node-a", Kind: "Tape"},
+		{Source: "good", Node: "node-a", Kind: v1.SinkKind},
+		{Source: "good", Node: "node-a", Point: &v1.SnapshotPoint{Transid: 7}},
+		{Source: "good", Node: "node-a", Kind: v1.SinkKind, Sink: &v1.SinkSpec{URL: "tcp://sink:7070"}, Point: &v1.SnapshotPoint{}},
+		{Source: "good", Node: "node-a", Kind: v1.SinkKind, Sink: &v1.SinkSpec{URL: "tcp://sink:7070"}, Point: &v1.SnapshotPoint{Transid: 7, Time: &metav1.Time{Time: time.Unix(1e9, 0)}}},
+		{Source: "good", Node: "node-a", Kind: v1.SinkKind, Sink: &v1.SinkSpec{URL: "http://sink/x"}},
+	} {
 		snap := &v1.JournalSnapshot{ObjectMeta: metav1.ObjectMeta{Name: "bad-snapshot"}, Spec: spec}
 		if err := c.Create(ctx, snap); !apierrors.IsInvalid(err) {
 			t.Errorf("snapshot %+v: got %v, want Invalid", spec, err)
@@ -159,6 +165,11 @@ func TestSchemaRefusesBadJournals(t *testing.T) {
 	snap := &v1.JournalSnapshot{ObjectMeta: metav1.ObjectMeta{Name: "snap"}, Spec: v1.JournalSnapshotSpec{Source: "good", Node: "node-a"}}
 	if err := c.Create(ctx, snap); err != nil || snap.Spec.Kind != v1.Local {
 		t.Fatalf("snapshot: kind %q, %v", snap.Spec.Kind, err)
+	}
+	pinned := &v1.JournalSnapshot{ObjectMeta: metav1.ObjectMeta{Name: "pinned"}, Spec: v1.JournalSnapshotSpec{Source: "good", Node: "node-a",
+		Kind: v1.SinkKind, Sink: &v1.SinkSpec{URL: "tcp://sink:7070"}, Point: &v1.SnapshotPoint{Time: &metav1.Time{Time: time.Unix(1e9, 0)}}}}
+	if err := c.Create(ctx, pinned); err != nil || pinned.Spec.Validate() != nil {
+		t.Errorf("a Sink snapshot at a time: %v, Validate (standalone): %v", err, pinned.Spec.Validate())
 	}
 	moved := snap.DeepCopy()
 	moved.Spec.Source = "other"

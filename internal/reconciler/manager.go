@@ -169,14 +169,15 @@ func NewManager(cfg *rest.Config, o Options) (ctrl.Manager, *Reconciler, error) 
 		return nil, nil, err
 	}
 	r := &Reconciler{
-		Store:     catalog.NewKube(mgr.GetClient(), nil),
-		Fresh:     catalog.NewKube(mgr.GetClient(), mgr.GetAPIReader()),
-		Snapshots: catalog.NewKubeSnapshots(mgr.GetClient(), nil),
-		Volumes:   o.Volumes,
-		NodeID:    nodeID,
-		Refresh:   o.Refresh,
-		Secrets:   mgr.GetAPIReader(),
-		Recorder:  mgr.GetEventRecorderFor("jvol-node"),
+		Store:        catalog.NewKube(mgr.GetClient(), nil),
+		Fresh:        catalog.NewKube(mgr.GetClient(), mgr.GetAPIReader()),
+		Snapshots:    catalog.NewKubeSnapshots(mgr.GetClient(), nil),
+		AllSnapshots: catalog.NewKubeSnapshots(mgr.GetClient(), mgr.GetAPIReader()),
+		Volumes:      o.Volumes,
+		NodeID:       nodeID,
+		Refresh:      o.Refresh,
+		Secrets:      mgr.GetAPIReader(),
+		Recorder:     mgr.GetEventRecorderFor("jvol-node"),
 	}
 	return mgr, r, r.setupWithManager(mgr, o.Changes)
 }

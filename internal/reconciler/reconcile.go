@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -41,11 +40,14 @@ const DefaultRefresh = 5 * time.Second
 // grows and removes their images, and reports their state and figures.
 type Reconciler struct {
 	Store catalog.Store
-	// Snapshots keeps the JournalSnapshots.
-	Snapshots catalog.Snapshots
-	Volumes   *host.Volumes
-	NodeID    string
-	Refresh   time.Duration
+	// Snapshots keeps the JournalSnapshots; AllSnapshots, if set, reads
+	// those of every node (Snapshots may see only this node's), for
+	// volumes restored from a Sink snapshot taken elsewhere.
+	Snapshots    catalog.Snapshots
+	AllSnapshots catalog.Snapshots
+	Volumes      *host.Volumes
+	NodeID       string
+	Refresh      time.Duration
 	// Fresh, if set, is Store reading from the API server itself rather
 	// than a cache: Sync uses it.
 	Fresh catalog.Store
@@ -120,9 +122,10 @@ func (r *Reconciler) reconcile(ctx context.Context, store catalog.Store, name st
 	switch src := j.Spec.Source; {
 	case !made && src != nil && src.Journal != "":
 		size, err = r.Volumes.EnsureFrom(ctx, name, src.Journal, o)
-	case !made && src != nil && src.Snapshot != "":
-		if _, err = r.Volumes.Snapshot(src.Snapshot); err == nil {
-			o.From = r.Volumes.SnapshotImage(src.Snapshot)
+	case !made && src != nil && src.Snapshot != "" && !r.Volumes.Exists(name):
+		var done func()
+		if o.From, done, err = r.snapshotImage(ctx, name, src.Snapshot); err == nil {
+			defer done()
 		}
 	}
 	unlock := r.Volumes.Lock(name)
@@ -136,13 +139,7 @@ func (r *Reconciler) reconcile(ctx context.Context, store catalog.Store, name st
 	next := j.Status.DeepCopy()
 	next.ObservedGeneration = j.Generation
 	if err != nil {
-		reason := v1.ReasonError
-		switch {
-		case errors.Is(err, syscall.ENOSPC):
-			reason = v1.ReasonOutOfSpace
-		case errors.Is(err, host.ErrNoSnapshot), errors.Is(err, host.ErrNotFound):
-			reason = v1.ReasonSourceNotFound
-		}
+		reason := reasonOf(err)
 		next.Phase = v1.PhaseFailed
 		setReady(next, metav1.ConditionFalse, reason, err.Error())
 		r.changes(j, next)

@@ -83,8 +83,17 @@ const (
 	ReasonStaged     = "Staged"     // FailedPrecondition
 	ReasonError      = "Error"      // Internal
 	// ReasonSourceNotFound: what a volume or snapshot is to be made from
-	// is not on the node (NotFound).
+	// is not on the node, or its receiver keeps no stream of it (NotFound).
 	ReasonSourceNotFound = "SourceNotFound"
+	// ReasonNotKept: the receiver does not keep the point asked for; the
+	// message names what it keeps (OutOfRange).
+	ReasonNotKept = "NotKept"
+	// ReasonRefused: the receiver refused the credentials
+	// (FailedPrecondition).
+	ReasonRefused = "Refused"
+	// ReasonCatchingUp: a Sink snapshot waits for its receiver to have
+	// every write acknowledged before it was asked for.
+	ReasonCatchingUp = "CatchingUp"
 )
 
 // Events recorded on Journals.
@@ -332,14 +341,32 @@ type JournalList struct {
 }
 
 // SnapshotKind says where a snapshot is kept.
-// +kubebuilder:validation:Enum=Local
+// +kubebuilder:validation:Enum=Local;Sink
 type SnapshotKind string
 
 const (
 	// Local: an image on the source volume's node, independent of the
 	// volume (it outlives it); volumes made from it are made there.
 	Local SnapshotKind = "Local"
+	// SinkKind: a point of the source's stream, pinned at its receiver
+	// (kept from folding until the snapshot is deleted); it outlives the
+	// node, and volumes made from it are restored from the receiver on
+	// any node.
+	SinkKind SnapshotKind = "Sink"
 )
+
+// SnapshotPoint is a point of a volume's stream: a transaction id, or
+// the point of a time (the volume after every write handed an id before
+// it).
+//
+// +kubebuilder:validation:XValidation:rule="has(self.transid) != has(self.time)",message="point names exactly one of transid and time"
+type SnapshotPoint struct {
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	Transid int64 `json:"transid,omitempty"`
+	// +optional
+	Time *metav1.Time `json:"time,omitempty"`
+}
 
 // Finalizer of a JournalSnapshot: its node has not removed its image.
 const SnapshotFinalizer = "jvol.io/snapshot-image"
@@ -347,6 +374,8 @@ const SnapshotFinalizer = "jvol.io/snapshot-image"
 // JournalSnapshotSpec is what the snapshot is of. It is immutable.
 //
 // +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec is immutable"
+// +kubebuilder:validation:XValidation:rule="!has(self.kind) || self.kind != 'Sink' || has(self.sink)",message="a Sink snapshot needs a sink"
+// +kubebuilder:validation:XValidation:rule="!has(self.point) || (has(self.kind) && self.kind == 'Sink')",message="only a Sink snapshot has a point"
 type JournalSnapshotSpec struct {
 	// Source is the name of the Journal the snapshot is taken of.
 	// +kubebuilder:validation:MinLength=1
@@ -357,10 +386,19 @@ type JournalSnapshotSpec struct {
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=253
 	Node string `json:"node"`
-	// Kind is Local (the default).
+	// Kind is Local (the default) or Sink.
 	// +optional
 	// +kubebuilder:default=Local
 	Kind SnapshotKind `json:"kind,omitempty"`
+	// Sink is the receiver a Sink snapshot is pinned at: the source's, as
+	// its spec said when the snapshot was asked for.
+	// +optional
+	Sink *SinkSpec `json:"sink,omitempty"`
+	// Point, of a Sink snapshot, is the point of the source's stream it
+	// holds; without one, the newest the receiver has once it has every
+	// write acknowledged before the snapshot was asked for.
+	// +optional
+	Point *SnapshotPoint `json:"point,omitempty"`
 }
 
 // JournalSnapshotStatus is what the node did.

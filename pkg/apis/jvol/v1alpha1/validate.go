@@ -3,6 +3,7 @@ package v1alpha1
 import (
 	"errors"
 	"fmt"
+	"reflect"
 	"regexp"
 	"time"
 )
@@ -91,15 +92,26 @@ func (s *JournalSnapshotSpec) Validate() error {
 		return fmt.Errorf("spec.source: must be 1 to 253 characters")
 	case s.Node == "" || len(s.Node) > 253:
 		return fmt.Errorf("spec.node: must be 1 to 253 characters")
-	case s.Kind != "" && s.Kind != Local:
-		return fmt.Errorf("spec.kind: %q: must be Local", s.Kind)
+	case s.Kind != "" && s.Kind != Local && s.Kind != SinkKind:
+		return fmt.Errorf("spec.kind: %q: must be Local or Sink", s.Kind)
+	case s.Kind == SinkKind && s.Sink == nil:
+		return fmt.Errorf("spec: a Sink snapshot needs a sink")
+	case s.Point != nil && s.Kind != SinkKind:
+		return fmt.Errorf("spec: only a Sink snapshot has a point")
+	case s.Point != nil && (s.Point.Transid != 0) == (s.Point.Time != nil):
+		return fmt.Errorf("spec.point: point names exactly one of transid and time")
+	case s.Point != nil && s.Point.Transid < 0:
+		return fmt.Errorf("spec.point.transid: must be at least 1")
+	}
+	if s.Sink != nil && !sinkURL.MatchString(s.Sink.URL) {
+		return fmt.Errorf("spec.sink.url: %q: must be tcp://host:port or tls://host:port", s.Sink.URL)
 	}
 	return nil
 }
 
 // ValidateUpdate checks a change from old to s: there may be none.
 func (s *JournalSnapshotSpec) ValidateUpdate(old *JournalSnapshotSpec) error {
-	if *s != *old {
+	if !reflect.DeepEqual(s, old) {
 		return fmt.Errorf("spec: spec is immutable")
 	}
 	return nil
