@@ -256,6 +256,10 @@ func (f *nodeFailure) GRPCStatus() *status.Status {
 		code = codes.FailedPrecondition
 	case v1.ReasonSourceNotFound:
 		code = codes.NotFound
+	case v1.ReasonNotKept:
+		code = codes.OutOfRange
+	case v1.ReasonRefused:
+		code = codes.FailedPrecondition
 	}
 	return status.Newf(code, "node %s: %s: %s", f.node, f.what, c.Message)
 }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
+	"time"
 
 	csi "github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -357,6 +359,24 @@ func TestSnapshotRequestsGetTheRightCodes(t *testing.T) {
 	wantCode(t, "unknown parameter", err, codes.InvalidArgument)
 	_, err = d.c.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "s", SourceVolumeId: "gone"})
 	wantCode(t, "of no volume", err, codes.NotFound)
+	_, err = d.c.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "s", SourceVolumeId: id, Parameters: map[string]string{"kind": "sink"}})
+	wantCode(t, "sink snapshot of a volume without a sink", err, codes.FailedPrecondition)
+
+	// Points in time: of a volume that does not exist, of one without a
+	// sink, and a handle whose point is neither a time nor an id.
+	r0 := createReq("p", 8<<20, nil)
+	r0.VolumeContentSource = snapshotSource("gone@2026-12-01T10:00:00Z")
+	_, err = d.c.CreateVolume(ctx, r0)
+	wantCode(t, "a point of no volume", err, codes.NotFound)
+	r0.VolumeContentSource = snapshotSource(id + "@12345")
+	_, err = d.c.CreateVolume(ctx, r0)
+	wantCode(t, "a point of a volume without a sink", err, codes.FailedPrecondition)
+	r0.VolumeContentSource = snapshotSource(id + "@yesterday")
+	_, err = d.c.CreateVolume(ctx, r0)
+	wantCode(t, "a point that is neither", err, codes.InvalidArgument)
+	if l, err := d.c.ListSnapshots(ctx, &csi.ListSnapshotsRequest{SnapshotId: id + "@12345"}); err != nil || len(l.GetEntries()) != 0 {
+		t.Errorf("a point of a volume without a sink is listed: %v %v", l, err)
+	}
 	s, err := d.c.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "s", SourceVolumeId: id, Parameters: map[string]string{"kind": "local"}})
 	if err != nil || !s.GetSnapshot().GetReadyToUse() || s.GetSnapshot().GetSizeBytes() != 8<<20 {
 		t.Fatalf("snapshot: %v %v", s, err)
@@ -397,5 +417,31 @@ func TestSnapshotRequestsGetTheRightCodes(t *testing.T) {
 	}
 	if l, err := d.c.ListSnapshots(ctx, &csi.ListSnapshotsRequest{}); err != nil || len(l.GetEntries()) != 0 {
 		t.Errorf("after the delete: %v %v", l, err)
+	}
+}
+
+func TestPointHandles(t *testing.T) {
+	for h, want := range map[string]string{
+		"pvc-1@2026-12-03T10:00:00Z":        "pvc-1 time 2026-12-03T10:00:00Z",
+		"pvc-1@2026-12-03T10:00:00.5+01:00": "pvc-1 time 2026-12-03T09:00:00.5Z",
+		"pvc-1@1796292000000000000":         "pvc-1 transid 1796292000000000000",
+		"pvc-1":                             "",
+		"@12":                               "",
+		"pvc-1@":                            "",
+		"pvc-1@0":                           "",
+		"pvc-1@-5":                          "",
+		"pvc-1@tuesday":                     "",
+	} {
+		vol, p, ok := parsePointHandle(h)
+		got := ""
+		switch {
+		case ok && p.Time != nil:
+			got = vol + " time " + p.Time.UTC().Format(time.RFC3339Nano)
+		case ok:
+			got = vol + " transid " + strconv.FormatInt(p.Transid, 10)
+		}
+		if got != want {
+			t.Errorf("%q: %q, want %q", h, got, want)
+		}
 	}
 }

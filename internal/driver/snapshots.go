@@ -2,10 +2,12 @@ package driver
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	csi "github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -18,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	"github.com/jvol-io/jvol/internal/catalog"
+	"github.com/jvol-io/jvol/internal/sink"
 	v1 "github.com/jvol-io/jvol/pkg/apis/jvol/v1alpha1"
 )
 
@@ -25,7 +28,7 @@ import (
 // says so in its status, which the calls here wait for.
 
 // SnapshotKindParameter is the VolumeSnapshotClass parameter that chooses
-// a snapshot's kind: "local" (the default).
+// a snapshot's kind: "local" (the default) or "sink".
 const SnapshotKindParameter = "kind"
 
 func parseSnapshotParams(p map[string]string) (v1.SnapshotKind, error) {
@@ -34,8 +37,10 @@ func parseSnapshotParams(p map[string]string) (v1.SnapshotKind, error) {
 		switch {
 		case strings.HasPrefix(k, "csi.storage.k8s.io/"):
 		case k == SnapshotKindParameter && val == "local":
+		case k == SnapshotKindParameter && val == "sink":
+			kind = v1.SinkKind
 		case k == SnapshotKindParameter:
-			return "", fmt.Errorf("parameter %s: %q: want local", k, val)
+			return "", fmt.Errorf("parameter %s: %q: want local or sink", k, val)
 		default:
 			return "", fmt.Errorf("unknown parameter %q: the snapshot class takes %s", k, SnapshotKindParameter)
 		}
@@ -76,6 +81,9 @@ func (c *Controller) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshot
 		if j.DeletionTimestamp != nil {
 			return nil, errorf(codes.FailedPrecondition, "source volume %s is being deleted", source)
 		}
+		if kind == v1.SinkKind && j.Spec.Sink == nil {
+			return nil, errorf(codes.FailedPrecondition, "volume %s streams to no sink: its StorageClass names none, so it has no sink snapshots", source)
+		}
 		s = &v1.JournalSnapshot{
 			ObjectMeta: metav1.ObjectMeta{
 				Name:        id,
@@ -84,6 +92,9 @@ func (c *Controller) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshot
 				Finalizers:  []string{v1.SnapshotFinalizer},
 			},
 			Spec: v1.JournalSnapshotSpec{Source: source, Node: j.Spec.Node, Kind: kind},
+		}
+		if kind == v1.SinkKind {
+			s.Spec.Sink = j.Spec.Sink.DeepCopy()
 		}
 		if err := c.Snapshots.Create(ctx, s); err != nil {
 			return nil, apiError(err)
@@ -141,6 +152,9 @@ func (c *Controller) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshot
 	if id == "" {
 		return nil, errorf(codes.InvalidArgument, "snapshot id missing")
 	}
+	if _, _, ok := parsePointHandle(id); ok {
+		id = pointSnapshotName(id)
+	}
 	unlock, err := c.locks.try("snapshot/" + id)
 	if err != nil {
 		return nil, err
@@ -169,6 +183,9 @@ func (c *Controller) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRe
 		return nil, errorf(codes.InvalidArgument, "max_entries %d is negative", req.GetMaxEntries())
 	}
 	var all []v1.JournalSnapshot
+	if vol, p, ok := parsePointHandle(req.GetSnapshotId()); ok {
+		return c.listPoint(ctx, req.GetSnapshotId(), vol, p, req.GetSourceVolumeId())
+	}
 	if id := req.GetSnapshotId(); id != "" {
 		s, err := c.Snapshots.Get(ctx, id)
 		if err != nil && !apierrors.IsNotFound(err) {
@@ -211,8 +228,8 @@ func (c *Controller) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRe
 }
 
 // volumeSource checks what CreateVolume asks a volume to start as and
-// returns it, with the node it must be made on and the least size it
-// needs; nil if it asks for none.
+// returns it, with the node it must be made on (none: any) and the least
+// size it needs; nil if it asks for none.
 func (c *Controller) volumeSource(ctx context.Context, cs *csi.VolumeContentSource) (src *v1.VolumeSource, node string, size int64, err error) {
 	switch {
 	case cs == nil:
@@ -221,6 +238,17 @@ func (c *Controller) volumeSource(ctx context.Context, cs *csi.VolumeContentSour
 		id := cs.GetSnapshot().GetSnapshotId()
 		if c.Snapshots == nil {
 			return nil, "", 0, errorf(codes.InvalidArgument, "snapshots are not kept here")
+		}
+		if strings.Contains(id, "@") {
+			vol, p, err := parsePoint(id)
+			if err != nil {
+				return nil, "", 0, errorf(codes.InvalidArgument, "%v", err)
+			}
+			s, err := c.pinPoint(ctx, id, vol, p)
+			if err != nil {
+				return nil, "", 0, err
+			}
+			return &v1.VolumeSource{Snapshot: s.Name}, "", s.Status.Size.Value(), nil
 		}
 		s, err := c.Snapshots.Get(ctx, id)
 		switch {
@@ -231,7 +259,11 @@ func (c *Controller) volumeSource(ctx context.Context, cs *csi.VolumeContentSour
 		case !s.Status.ReadyToUse || s.Status.Size == nil:
 			return nil, "", 0, errorf(codes.Unavailable, "snapshot %s is not ready to use yet", id)
 		}
-		return &v1.VolumeSource{Snapshot: id}, s.Spec.Node, s.Status.Size.Value(), nil
+		node := s.Spec.Node
+		if s.Spec.Kind == v1.SinkKind {
+			node = "" // restored from the receiver, on any node
+		}
+		return &v1.VolumeSource{Snapshot: id}, node, s.Status.Size.Value(), nil
 	case cs.GetVolume() != nil:
 		id := cs.GetVolume().GetVolumeId()
 		j, err := c.Store.Get(ctx, id)
@@ -251,10 +283,13 @@ func (c *Controller) volumeSource(ctx context.Context, cs *csi.VolumeContentSour
 // withSource puts a volume's source in spec: its node, and a size that
 // holds the source within the capacity range.
 func withSource(spec *v1.JournalSpec, req *csi.CreateVolumeRequest, src *v1.VolumeSource, node string, need int64) error {
-	if want := spec.Node; want != "" && want != node && !topologyAllows(req.GetAccessibilityRequirements(), node) {
+	if want := spec.Node; node != "" && want != "" && want != node && !topologyAllows(req.GetAccessibilityRequirements(), node) {
 		return errorf(codes.ResourceExhausted, "the source of the volume is on node %s, not among the nodes asked for (%s): the volume must be on that node", node, want)
 	}
-	spec.Source, spec.Node = src, node
+	if node != "" {
+		spec.Node = node
+	}
+	spec.Source = src
 	if need > spec.Capacity.Value() {
 		if lim := req.GetCapacityRange().GetLimitBytes(); lim > 0 && need > lim {
 			return errorf(codes.OutOfRange, "the source holds %d bytes, more than limit bytes %d", need, lim)
@@ -303,4 +338,97 @@ func releaseOrphan[T any, P catalog.Object[T]](ctx context.Context, c *Controlle
 		return apiError(err)
 	}
 	return nil
+}
+
+// A point-in-time snapshot handle names a volume streamed to a receiver
+// and a point of its stream: VOLUME@TIME (RFC 3339) or VOLUME@TRANSID. A
+// pre-provisioned VolumeSnapshotContent carries one; a volume made from
+// it pins that point first, as a Sink snapshot would.
+func parsePointHandle(h string) (volume string, p v1.SnapshotPoint, ok bool) {
+	volume, p, err := parsePoint(h)
+	return volume, p, err == nil
+}
+
+// parsePoint parses a handle that holds an @ as a point-in-time handle.
+func parsePoint(h string) (volume string, p v1.SnapshotPoint, err error) {
+	volume, point, _ := strings.Cut(h, "@")
+	if volume == "" || point == "" {
+		return "", p, fmt.Errorf("snapshot handle %q: want VOLUME@TIME (RFC 3339) or VOLUME@TRANSID", h)
+	}
+	if n, err := strconv.ParseInt(point, 10, 64); err == nil && n > 0 {
+		return volume, v1.SnapshotPoint{Transid: n}, nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, point)
+	if err != nil {
+		return "", p, fmt.Errorf("snapshot handle %q: %q is neither an RFC 3339 time nor a transaction id", h, point)
+	}
+	mt := metav1.NewTime(t)
+	return volume, v1.SnapshotPoint{Time: &mt}, nil
+}
+
+// pointSnapshotName is the name of the JournalSnapshot a point-in-time
+// handle is pinned as.
+func pointSnapshotName(handle string) string { return volumeID("point:" + handle) }
+
+// listPoint is ListSnapshots of a point-in-time handle: the point of the
+// volume, ready (whether its receiver keeps it, a volume made from it
+// finds out), if the volume exists.
+func (c *Controller) listPoint(ctx context.Context, handle, vol string, p v1.SnapshotPoint, source string) (*csi.ListSnapshotsResponse, error) {
+	j, err := c.Store.Get(ctx, vol)
+	switch {
+	case apierrors.IsNotFound(err) || err == nil && (j.Spec.Sink == nil || j.Status.Capacity == nil) || source != "" && source != vol:
+		return &csi.ListSnapshotsResponse{}, nil
+	case err != nil:
+		return nil, apiError(err)
+	}
+	at := sink.TransidTime(uint64(p.Transid))
+	if p.Time != nil {
+		at = p.Time.Time
+	}
+	return &csi.ListSnapshotsResponse{Entries: []*csi.ListSnapshotsResponse_Entry{{Snapshot: &csi.Snapshot{
+		SnapshotId: handle, SourceVolumeId: vol, SizeBytes: j.Status.Capacity.Value(),
+		CreationTime: timestamppb.New(at), ReadyToUse: true,
+	}}}}, nil
+}
+
+// pinPoint pins the point a handle names at its volume's receiver, as a
+// Sink JournalSnapshot, and returns it; one the receiver cannot pin is
+// removed again, and its error (a point not kept: OutOfRange, naming
+// what is kept) returned.
+func (c *Controller) pinPoint(ctx context.Context, handle, vol string, p v1.SnapshotPoint) (*v1.JournalSnapshot, error) {
+	id := pointSnapshotName(handle)
+	if _, err := c.Snapshots.Get(ctx, id); apierrors.IsNotFound(err) {
+		j, err := c.Store.Get(ctx, vol)
+		switch {
+		case apierrors.IsNotFound(err):
+			return nil, errorf(codes.NotFound, "snapshot %s: volume %s not found", handle, vol)
+		case err != nil:
+			return nil, apiError(err)
+		case j.Spec.Sink == nil:
+			return nil, errorf(codes.FailedPrecondition, "snapshot %s: volume %s streams to no sink", handle, vol)
+		}
+		s := &v1.JournalSnapshot{
+			ObjectMeta: metav1.ObjectMeta{
+				Name:        id,
+				Labels:      map[string]string{catalog.NodeLabel: catalog.NodeLabelValue(j.Spec.Node)},
+				Annotations: map[string]string{catalog.NameAnnotation: handle},
+				Finalizers:  []string{v1.SnapshotFinalizer},
+			},
+			Spec: v1.JournalSnapshotSpec{Source: vol, Node: j.Spec.Node, Kind: v1.SinkKind, Sink: j.Spec.Sink.DeepCopy(), Point: &p},
+		}
+		if err := c.Snapshots.Create(ctx, s); err != nil && !apierrors.IsAlreadyExists(err) {
+			return nil, apiError(err)
+		}
+	} else if err != nil {
+		return nil, apiError(err)
+	}
+	s, err := c.waitForSnapshot(ctx, id, func(s *v1.JournalSnapshot) bool { return s.Status.ReadyToUse })
+	if err != nil {
+		var nf *nodeFailure
+		if errors.As(err, &nf) {
+			c.Snapshots.Delete(context.WithoutCancel(ctx), id) // it pinned nothing
+		}
+		return nil, err
+	}
+	return s, nil
 }

@@ -4,10 +4,13 @@ package e2e
 
 import (
 	"context"
+	"crypto/md5"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -104,5 +107,90 @@ func TestInClusterReceiver(t *testing.T) {
 	if out, err := metricsAt("127.0.0.1:" + metricsPort); err != nil || !strings.Contains(out, restores) {
 		t.Errorf("the receiver's metrics do not say %q (%v)", restores, err)
 	}
+	sinkSnapshots(t, client, volume, dir)
+}
+
+// md5Head is the md5 of the first n bytes of file, in hex.
+func md5Head(file string, n int64) (string, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := md5.New()
+	if _, err := io.CopyN(h, f, n); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// sinkSnapshots: a sink VolumeSnapshot of the claim "received" (streamed
+// to the chart's receiver, detached, its first write whole there), and a
+// point in time between that write and a second, both restore the first
+// write; a point the receiver does not keep gives the claim an event
+// naming what it keeps; the sink snapshot restores after its source and
+// node volume are gone; deleting the snapshots releases their pins.
+func sinkSnapshots(t *testing.T, client *sink.Client, volume, dir string) {
+	first := strings.TrimSpace(runPod(t, "received-first", "received", true, readBlock))
+	handle := volumeSnapshot(t, "received-snap", sinkClass, "received")
+	between := time.Now()
+
+	startPod(t, "received-second", "received", true, writeBlock)
+	var second string
+	eventually(t, waitLong, "the second write", func(ctx context.Context) (bool, string) {
+		second = strings.TrimSpace(kubectl(t, "logs", "received-second"))
+		return second != "", "no md5 printed yet"
+	})
+	deletePod(t, "received-second")
+	eventually(t, waitLong, "the receiver holding the second write", func(ctx context.Context) (bool, string) {
+		out := filepath.Join(t.TempDir(), "latest.img")
+		if _, err := client.RestoreFrom(ctx, volume, sink.Point{Latest: true}, out); err != nil {
+			return false, err.Error()
+		}
+		got, err := md5Head(out, 8<<20)
+		return got == second, fmt.Sprintf("the receiver's latest image starts with md5 %s (%v)", got, err)
+	})
+	if first == second || first == "" {
+		t.Fatalf("the writes were %q and %q", first, second)
+	}
+
+	pointSnapshot(t, "received-point", volume+"@"+between.UTC().Format(time.RFC3339Nano))
+	claimFrom(t, "from-point", "journal", "64Mi", "VolumeSnapshot", "received-point", true)
+	if got := strings.TrimSpace(runPod(t, "read-point", "from-point", true, readBlock)); got != first {
+		t.Errorf("the volume of the point in time holds %q, want the first write %q (the second is %q)", got, first, second)
+	}
+	deleteClaim(t, "from-point", volumeOf(t, "from-point"))
+
+	pointSnapshot(t, "received-early", volume+"@"+between.Add(-24*time.Hour).UTC().Format(time.RFC3339))
+	claimFrom(t, "from-early", "journal", "64Mi", "VolumeSnapshot", "received-early", true)
+	pod(t, "read-early", "from-early", true, true, "true")
+	if msg := provisioningFailed(t, "from-early"); !strings.Contains(msg, "OutOfRange") || !strings.Contains(msg, "keeps") {
+		t.Errorf("the event does not say what the receiver keeps: %s", msg)
+	}
+	deletePod(t, "read-early")
+	kubectl(t, "delete", "pvc", "from-early", "--wait", "--timeout="+waitLong.String())
+
+	// The source and its node volume go; the receiver restores the snapshot.
 	deleteClaim(t, "received", volume)
+	claimFrom(t, "from-sink", "journal", "64Mi", "VolumeSnapshot", "received-snap", true)
+	if got := strings.TrimSpace(runPod(t, "read-sink", "from-sink", true, readBlock)); got != first {
+		t.Errorf("the volume of the sink snapshot holds %q, want %q", got, first)
+	}
+	deleteClaim(t, "from-sink", volumeOf(t, "from-sink"))
+
+	pins := filepath.Join(dir, volume, "pins.json")
+	if b, err := os.ReadFile(pins); err != nil || !strings.Contains(string(b), handle) {
+		t.Errorf("the receiver's pins do not hold the snapshot %s: %s %v", handle, b, err)
+	}
+	for _, s := range []string{"received-snap", "received-point", "received-early"} {
+		kubectl(t, "delete", "volumesnapshot", s, "--wait", "--timeout="+waitLong.String())
+	}
+	eventually(t, waitLong, "every pin released", func(ctx context.Context) (bool, string) {
+		var l jvolv1.JournalSnapshotList
+		if err := ctrl.List(ctx, &l); err != nil || len(l.Items) > 0 {
+			return false, fmt.Sprintf("%d JournalSnapshots left (%v)", len(l.Items), err)
+		}
+		b, err := os.ReadFile(pins)
+		return err == nil && !strings.Contains(string(b), handle), fmt.Sprintf("pins.json: %s %v", b, err)
+	})
 }

@@ -10,17 +10,21 @@ import (
 	"testing"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	jvolv1 "github.com/jvol-io/jvol/pkg/apis/jvol/v1alpha1"
 )
 
-// localClass is the chart's VolumeSnapshotClass of local snapshots.
-const localClass = "journal-local"
+// The chart's VolumeSnapshotClasses.
+const (
+	localClass = "journal-local"
+	sinkClass  = "journal-sink"
+)
 
-// volumeSnapshot takes a VolumeSnapshot of claim, waits until it is ready
-// and returns its JournalSnapshot's name.
-func volumeSnapshot(t *testing.T, name, claim string) string {
+// volumeSnapshot takes a VolumeSnapshot of class of claim, waits until it
+// is ready and returns its JournalSnapshot's name.
+func volumeSnapshot(t *testing.T, name, class, claim string) string {
 	t.Helper()
 	kubectlApply(t, fmt.Sprintf(`apiVersion: snapshot.storage.k8s.io/v1
 kind: VolumeSnapshot
@@ -28,7 +32,7 @@ metadata: {name: %s, namespace: %s}
 spec:
   volumeSnapshotClassName: %s
   source: {persistentVolumeClaimName: %s}
-`, name, ns, localClass, claim))
+`, name, ns, class, claim))
 	kubectl(t, "wait", "--for=jsonpath={.status.readyToUse}=true", "volumesnapshot/"+name, "--timeout="+waitLong.String())
 	content := strings.TrimSpace(kubectl(t, "get", "volumesnapshot", name, "-o", "jsonpath={.status.boundVolumeSnapshotContentName}"))
 	return strings.TrimSpace(kubectl(t, "get", "volumesnapshotcontent", content, "-o", "jsonpath={.status.snapshotHandle}"))
@@ -90,7 +94,7 @@ func TestSnapshotsAndClones(t *testing.T) {
 			pvc(t, src, c.class, c.size, c.block)
 			first := runPod(t, "first-"+c.name, src, c.block, c.write)
 			volume := volumeOf(t, src)
-			handle := volumeSnapshot(t, snap, src)
+			handle := volumeSnapshot(t, snap, localClass, src)
 			if _, err := os.Stat(stateDir + "/snapshots/" + handle + "/image"); err != nil {
 				t.Errorf("the snapshot's image on the node: %v", err)
 			}
@@ -126,4 +130,42 @@ func TestSnapshotsAndClones(t *testing.T) {
 			})
 		})
 	}
+}
+
+// provisioningFailed waits for a ProvisioningFailed event on claim and
+// returns its message.
+func provisioningFailed(t *testing.T, claim string) string {
+	t.Helper()
+	var message string
+	eventually(t, waitLong, "a ProvisioningFailed event on claim "+claim, func(ctx context.Context) (bool, string) {
+		ev, err := kube.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.kind=PersistentVolumeClaim,involvedObject.name=" + claim + ",reason=ProvisioningFailed"})
+		if err != nil || len(ev.Items) == 0 {
+			return false, fmt.Sprint("no event yet ", err)
+		}
+		message = ev.Items[0].Message
+		return true, ""
+	})
+	return message
+}
+
+// pointSnapshot binds a VolumeSnapshot to a pre-provisioned content whose
+// handle is handle (a point in time of a volume).
+func pointSnapshot(t *testing.T, name, handle string) {
+	t.Helper()
+	kubectlApply(t, fmt.Sprintf(`apiVersion: snapshot.storage.k8s.io/v1
+kind: VolumeSnapshotContent
+metadata: {name: %[1]s-content}
+spec:
+  driver: jvol.io
+  deletionPolicy: Delete
+  source: {snapshotHandle: %[2]q}
+  volumeSnapshotRef: {name: %[1]s, namespace: %[3]s}
+---
+apiVersion: snapshot.storage.k8s.io/v1
+kind: VolumeSnapshot
+metadata: {name: %[1]s, namespace: %[3]s}
+spec:
+  source: {volumeSnapshotContentName: %[1]s-content}
+`, name, handle, ns))
+	kubectl(t, "wait", "--for=jsonpath={.status.readyToUse}=true", "volumesnapshot/"+name, "--timeout="+waitLong.String())
 }
