@@ -465,3 +465,23 @@ func TestSpaceLowDegradesAThinVolume(t *testing.T) {
 		}
 	}
 }
+
+// A Sink snapshot of a point before its volume was made is not kept (a
+// receiver given a volume never written would restore it all zeros),
+// whatever the receiver says: it is not asked.
+func TestASinkPointBeforeTheVolumeIsNotKept(t *testing.T) {
+	r, files := newReconciler(t)
+	j := createJournal(t, files, "v", func(s *v1.JournalSpec) { s.Sink = &v1.SinkSpec{URL: "tcp://127.0.0.1:1"} })
+	made := j.CreationTimestamp.Time
+	for _, p := range []v1.SnapshotPoint{
+		{Time: &metav1.Time{Time: made.Add(-24 * time.Hour)}},
+		{Transid: int64(journal.ClockTransid(made.Add(-time.Second)))},
+	} {
+		s := &v1.JournalSnapshot{ObjectMeta: metav1.ObjectMeta{Name: "early"},
+			Spec: v1.JournalSnapshotSpec{Source: "v", Node: "n1", Kind: v1.SinkKind, Sink: j.Spec.Sink, Point: &p}}
+		_, err := r.pinSnapshot(context.Background(), s)
+		if !errors.Is(err, sink.ErrNotKept) || reasonOf(err) != v1.ReasonNotKept || !strings.Contains(err.Error(), "before volume v was made") {
+			t.Errorf("point %+v: %v (reason %s)", p, err, reasonOf(err))
+		}
+	}
+}

@@ -139,13 +139,12 @@ var errBehind = errors.New("the receiver does not have the stream that far yet")
 func (r *Reconciler) pinSnapshot(ctx context.Context, s *v1.JournalSnapshot) (host.Snapshot, error) {
 	snap := host.Snapshot{Source: s.Spec.Source, TakenAt: time.Now().UTC()}
 	j, err := r.Store.Get(ctx, s.Spec.Source)
-	if apierrors.IsNotFound(err) || err == nil && j.Status.Capacity == nil {
+	if apierrors.IsNotFound(err) {
 		return snap, fmt.Errorf("%w: %s", host.ErrNotFound, s.Spec.Source)
 	}
 	if err != nil {
 		return snap, err
 	}
-	snap.Size = j.Status.Capacity.Value()
 	var want uint64
 	p := sink.Point{Latest: true}
 	switch pt := s.Spec.Point; {
@@ -158,6 +157,16 @@ func (r *Reconciler) pinSnapshot(ctx context.Context, s *v1.JournalSnapshot) (ho
 			want = st.Transid
 		}
 	}
+	// A receiver given a volume never written keeps every point before
+	// it: all zeros. A point before the volume was made is no point of it.
+	if made := j.CreationTimestamp.Time; !p.Latest && sink.TransidTime(p.Transid).Before(made) {
+		return snap, fmt.Errorf("%w: %s is before volume %s was made (%s); the receiver keeps no point before that",
+			sink.ErrNotKept, sink.TransidTime(p.Transid).Format(time.RFC3339Nano), s.Spec.Source, made.UTC().Format(time.RFC3339))
+	}
+	if j.Status.Capacity == nil {
+		return snap, fmt.Errorf("%w: %s", host.ErrNotFound, s.Spec.Source)
+	}
+	snap.Size = j.Status.Capacity.Value()
 	err = r.withSink(ctx, "snapshot-"+s.Name, s.Spec.Sink, func(cl *sink.Client) error {
 		t, err := cl.Pin(ctx, s.Spec.Source, s.Name, p)
 		if p.Latest && errors.Is(err, sink.ErrNotKept) { // no whole image yet
