@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -45,10 +46,11 @@ func TestInClusterReceiver(t *testing.T) {
 		helm(t, "upgrade", release, chart, "--namespace", "kube-system", "--reuse-values", "--set", "sink.enabled=false", "--wait", "--timeout", "3m")
 		os.RemoveAll(dir)
 	})
-	storageClass(t, "journal-received", map[string]string{
+	params := map[string]string{
 		"sinkURL": "tls://127.0.0.1:" + port, "duplex": "full",
 		"sinkSecretName": release + "-sink-client", "sinkSecretNamespace": "kube-system",
-	})
+	}
+	storageClass(t, "journal-received", params)
 	pvc(t, "received", "journal-received", "64Mi", true)
 	startPod(t, "received", "received", true, writeBlock)
 	volume := volumeOf(t, "received")
@@ -107,7 +109,32 @@ func TestInClusterReceiver(t *testing.T) {
 	if out, err := metricsAt("127.0.0.1:" + metricsPort); err != nil || !strings.Contains(out, restores) {
 		t.Errorf("the receiver's metrics do not say %q (%v)", restores, err)
 	}
+	sinkSnapshotsOfFileSystems(t, params)
 	sinkSnapshots(t, client, volume, dir)
+}
+
+// sinkSnapshotsOfFileSystems: an ext4 and an xfs volume streamed to the
+// receiver restore from sink VolumeSnapshots once they are gone.
+func sinkSnapshotsOfFileSystems(t *testing.T, params map[string]string) {
+	for _, c := range []struct{ fs, size string }{{"ext4", "64Mi"}, {"xfs", "320Mi"}} { // XFS wants 300 MB
+		class := "journal-received-" + c.fs
+		p := maps.Clone(params)
+		p["csi.storage.k8s.io/fstype"] = c.fs
+		storageClass(t, class, p)
+		src, snap := "received-"+c.fs, "received-"+c.fs+"-snap"
+		pvc(t, src, class, c.size, false)
+		written := runPod(t, "write-"+src, src, false, writeFile)
+		volumeSnapshot(t, snap, sinkClass, src)
+		deleteClaim(t, src, volumeOf(t, src))
+
+		restored := "from-" + snap
+		claimFrom(t, restored, class, c.size, "VolumeSnapshot", snap, false)
+		if got := runPod(t, "read-"+restored, restored, false, readFile); got != written {
+			t.Errorf("%s: the volume of the sink snapshot holds %q, want %q", c.fs, got, written)
+		}
+		deleteClaim(t, restored, volumeOf(t, restored))
+		kubectl(t, "delete", "volumesnapshot", snap, "--wait", "--timeout="+waitLong.String())
+	}
 }
 
 // md5Head is the md5 of the first n bytes of file, in hex.
