@@ -285,6 +285,11 @@ stop() {
   local pid i
   [ -f "$R/$1.pid" ] || return 0
   pid=$(cat "$R/$1.pid")
+  # A pid file from before a reboot may name someone else's process now.
+  if ! tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$1"; then
+    rm -f "$R/$1.pid"
+    return 0
+  fi
   kill "$pid" 2>/dev/null || true
   for ((i = 0; i < 20; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
   kill -9 "$pid" 2>/dev/null || true
