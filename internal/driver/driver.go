@@ -315,8 +315,10 @@ func dialHolder(ctx context.Context, path string) (*holder.Client, error) {
 }
 
 // keepHolder waits for the holder to die (the connections then live only
-// in this process), connects to its next instance and has it keep them.
-func keepHolder(ctx context.Context, path string, now *atomic.Pointer[holder.Client], volumes *host.Volumes) {
+// as long as this process), then connects to the next one, again and again
+// until ctx ends. A holder that refuses or fails is tried again: the
+// volumes have no other way to outlive this process.
+func keepHolder(ctx context.Context, path string, now *atomic.Pointer[holder.Client], volumes heldVolumes) {
 	for {
 		hc := now.Load()
 		select {
@@ -327,10 +329,21 @@ func keepHolder(ctx context.Context, path string, now *atomic.Pointer[holder.Cli
 		hc.Close()
 		volumes.HolderGone()
 		klog.ErrorS(nil, "The FUSE connection holder is gone: the volumes would not outlive this process; connecting to the next", "socket", path)
-		next, err := holder.Dial(ctx, path)
-		if err != nil {
-			klog.ErrorS(err, "No FUSE connection holder")
-			return
+		var next *holder.Client
+		for {
+			var err error
+			if next, err = holder.Dial(ctx, path); err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			klog.ErrorS(err, "No FUSE connection holder yet; trying again")
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second): // a back-off between refusals
+			}
 		}
 		for _, f := range next.Held {
 			f.Close() // a new holder holds nothing: nothing to take over
@@ -339,6 +352,13 @@ func keepHolder(ctx context.Context, path string, now *atomic.Pointer[holder.Cli
 		now.Store(next)
 		klog.InfoS("A FUSE connection holder keeps the volumes' connections again", "volumes", volumes.Served())
 	}
+}
+
+// heldVolumes is what keepHolder tells of the holder: host.Volumes.
+type heldVolumes interface {
+	HolderGone()
+	SetHolder(host.Holder)
+	Served() int
 }
 
 // giver hands host volumes to a successor.
