@@ -255,27 +255,14 @@ func (rc *Receiver) serveRestore(c net.Conn, out *ackWriter, q Request, refuse f
 	sent := uint64(0)
 	send := func(p []byte, off int64) error {
 		// Runs of blocks that are not all zeros, each a write sub-record.
-		for i := 0; i < len(p); {
-			for i < len(p) && allZero(p[i:min(i+4096, len(p))]) {
-				i += 4096
-			}
-			j := i
-			for j < len(p) && !allZero(p[j:min(j+4096, len(p))]) {
-				j += 4096
-			}
-			if j > i {
-				run := p[i:min(j, len(p))]
-				payload := make([]byte, blockrec.WriteSize(len(run)))
-				blockrec.PutWrite(payload, uint64(off)+uint64(i), run)
-				rec = appendRecord(rec[:0], StreamRestoreData, res.Transid, payload)
-				if err := out.write(rec); err != nil {
-					return err
-				}
-				sent += uint64(len(run))
-			}
-			i = j
-		}
-		return nil
+		return vfs.DataRuns(p, func(i, j int) error {
+			run := p[i:j]
+			payload := make([]byte, blockrec.WriteSize(len(run)))
+			blockrec.PutWrite(payload, uint64(off)+uint64(i), run)
+			rec = appendRecord(rec[:0], StreamRestoreData, res.Transid, payload)
+			sent += uint64(len(run))
+			return out.write(rec)
+		})
 	}
 	// Over the image's data only, in whole blocks: reading its holes would
 	// fill memory with zeros for nothing.

@@ -61,7 +61,7 @@ func TestRestoreOverTheNetworkMatchesTheReceiversFiles(t *testing.T) {
 		sameImage(t, "restored over the network", readFile(t, remote), img)
 		var data int64
 		for o := 0; o < len(img); o += 4096 {
-			if !allZero(img[o : o+4096]) {
+			if !vfs.IsZero(img[o : o+4096]) {
 				data += 4096
 			}
 		}

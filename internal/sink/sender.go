@@ -490,7 +490,7 @@ func (s *Sender) baseline(ctx context.Context, c net.Conn) (pos, after uint64, e
 			return 0, 0, err
 		}
 		var payload []byte
-		if allZero(data[:n]) {
+		if vfs.IsZero(data[:n]) {
 			blockrec.PutDiscard(sub[:], uint64(off), uint64(n))
 			payload = sub[:]
 		} else {
@@ -514,21 +514,6 @@ func (s *Sender) baseline(ctx context.Context, c net.Conn) (pos, after uint64, e
 	}
 	klog.InfoS("Sent a baseline copy", "volume", s.cfg.Volume, "size", size, "from", x0, "consistentAt", y)
 	return p0, x0, nil
-}
-
-func allZero(b []byte) bool {
-	for len(b) >= 8 {
-		if binary.LittleEndian.Uint64(b) != 0 {
-			return false
-		}
-		b = b[8:]
-	}
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // readChunk is how much of the ring one read takes.

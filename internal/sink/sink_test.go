@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jvol-io/jvol/internal/journal"
+	"github.com/jvol-io/jvol/internal/vfs"
 	"github.com/jvol-io/jvol/internal/vfs/vfstest"
 	"github.com/jvol-io/jvol/internal/volume"
 )
@@ -196,10 +197,10 @@ func sameImage(t *testing.T, what string, got, want []byte) {
 		for o := 0; o+4096 <= min(len(got), len(want)); o += 4096 {
 			if !bytes.Equal(got[o:o+4096], want[o:o+4096]) {
 				blocks++
-				if allZero(got[o : o+4096]) {
+				if vfs.IsZero(got[o : o+4096]) {
 					zeroGot++
 				}
-				if allZero(want[o : o+4096]) {
+				if vfs.IsZero(want[o : o+4096]) {
 					zeroWant++
 				}
 			}

@@ -9,6 +9,7 @@
 package vfs
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -118,7 +119,8 @@ func Clone(dst, src *OSFile) error {
 
 // CopySparse copies src's bytes into dst, which must be as long and hold
 // nothing yet: only src's data (SEEK_DATA: not holes, nor blocks
-// allocated and never written), so dst is as sparse as src holds data.
+// allocated and never written) and, where it copies through memory, only
+// blocks that are not all zeros, so dst is as sparse as src holds data.
 // With share, copy_file_range lets the file system share blocks where it
 // can (see Clone); without, every block copied is dst's own. Writes to
 // src meanwhile may or may not be seen, each block whole or not at all.
@@ -168,7 +170,8 @@ func copyRange(dst, src *OSFile, from, to int64) error {
 }
 
 // copyRead copies [from, to) of src into dst through buf (aligned, for a
-// src opened for direct I/O; extents are block-aligned).
+// src opened for direct I/O; extents are block-aligned), writing only the
+// blocks that are not all zeros (dst holds nothing yet: it reads zeros).
 func copyRead(dst, src *OSFile, from, to int64, buf []byte) error {
 	for off := from; off < to; {
 		n := int(min(int64(len(buf)), to-off))
@@ -180,7 +183,11 @@ func copyRead(dst, src *OSFile, from, to int64, buf []byte) error {
 			return err
 		}
 		got = int(min(int64(got), to-off))
-		if _, err := dst.WriteAt(buf[:got], off); err != nil {
+		err = DataRuns(buf[:got], func(i, j int) error {
+			_, err := dst.WriteAt(buf[i:j], off+int64(i))
+			return err
+		})
+		if err != nil {
 			return err
 		}
 		off += int64(got)
@@ -347,4 +354,39 @@ func Written(path string) (int64, error) {
 		n, off = n+hole-data, hole
 	}
 	return n, nil
+}
+
+// IsZero reports whether b holds only zeros.
+func IsZero(b []byte) bool {
+	for len(b) > 0 { // compared a block at a time: memequal is vectorised
+		n := min(len(b), len(zeroBlock))
+		if !bytes.Equal(b[:n], zeroBlock[:n]) {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
+}
+
+var zeroBlock [BlockSize]byte
+
+// DataRuns calls fn for each run [i, j) of p's BlockSize blocks (the last
+// may be short) that are not all zeros, in order, until fn fails.
+func DataRuns(p []byte, fn func(i, j int) error) error {
+	for i := 0; i < len(p); {
+		for i < len(p) && IsZero(p[i:min(i+BlockSize, len(p))]) {
+			i += BlockSize
+		}
+		j := i
+		for j < len(p) && !IsZero(p[j:min(j+BlockSize, len(p))]) {
+			j += BlockSize
+		}
+		if j > i {
+			if err := fn(i, min(j, len(p))); err != nil {
+				return err
+			}
+		}
+		i = j
+	}
+	return nil
 }

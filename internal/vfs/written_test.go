@@ -1,6 +1,7 @@
 package vfs_test
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"testing"
@@ -52,5 +53,54 @@ func TestWrittenCountsDataNotAllocation(t *testing.T) {
 			}
 			written(0, "punched")
 		})
+	}
+}
+
+// A copy through memory (no block sharing) writes only the source's blocks
+// that are not all zeros, and a short last block whole: the copy holds
+// the same bytes, as sparse as the data in them.
+func TestCopySparseSkipsZeroBlocks(t *testing.T) {
+	dir := t.TempDir()
+	const size, blk = 4<<20 + 512, vfs.BlockSize
+	src := filepath.Join(dir, "src")
+	b := make([]byte, size)
+	b[blk] = 1                                          // block 1
+	b[3*blk+blk-1] = 2                                  // block 3, its last byte
+	b[size-1] = 3                                       // the short last block
+	if err := os.WriteFile(src, b, 0o600); err != nil { // zeros written, not holes
+		t.Fatal(err)
+	}
+	if n, err := vfs.Written(src); err != nil || n < size-512 {
+		t.Fatalf("the source holds %d bytes of data (%v): its zeros are not written", n, err)
+	}
+	s, err := vfs.OpenBuffered(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	dst := filepath.Join(dir, "dst")
+	if err := os.WriteFile(dst, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d, err := vfs.OpenBuffered(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	if err := vfs.CopySparse(d, s, false); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, b) {
+		t.Error("the copy differs from its source")
+	}
+	if n, err := vfs.Written(dst); err != nil || n > 3*blk {
+		t.Errorf("the copy holds %d bytes of data (%v), want 3 blocks at most", n, err)
 	}
 }
