@@ -243,7 +243,7 @@ func checkCut(t *testing.T, step int, k cut, cfg ReceiverConfig, images map[uint
 		return
 	}
 	restored := func(p Point) (Restored, []byte, error) {
-		res, err := restore(k.fs, cfg.Dir, testVolume, p, "/restored.img")
+		res, err := restore(k.fs, cfg.Dir, testVolume, p, "/restored.img", nil)
 		if err != nil {
 			return res, nil, err
 		}

@@ -14,8 +14,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
 	"github.com/jvol-io/jvol/internal/blockrec"
@@ -225,15 +227,26 @@ func (rc *Receiver) serveRequest(c net.Conn, id uint16, payload []byte) (string,
 // serveRestore answers a restore request: an image of the volume at the
 // point asked, only its blocks that hold data.
 func (rc *Receiver) serveRestore(c net.Conn, out *ackWriter, q Request, refuse func(uint16, error) error) (string, error) {
-	rc.restoring <- struct{}{}
+	for waiting := true; waiting; {
+		select {
+		case rc.restoring <- struct{}{}:
+			waiting = false
+		case <-time.After(time.Second):
+			if err := peerGone(c); err != nil {
+				return q.Volume, err
+			}
+		}
+	}
 	defer func() { <-rc.restoring }()
 	start := time.Now()
 	name := make([]byte, 8)
 	rand.Read(name)
 	tmp := rc.dir.volume(q.Volume).file(restorePrefix + hex.EncodeToString(name) + ".img")
 	defer rc.cfg.FS.Remove(tmp)
-	res, err := restore(rc.cfg.FS, rc.cfg.Dir, q.Volume, q.Point, tmp)
+	res, err := restore(rc.cfg.FS, rc.cfg.Dir, q.Volume, q.Point, tmp, func() error { return peerGone(c) })
 	switch {
+	case errors.Is(err, ErrPeerGone):
+		return q.Volume, err
 	case errors.Is(err, ErrNoVolume):
 		return q.Volume, refuse(RefusedNoVolume, err)
 	case errors.Is(err, ErrNotKept):
@@ -293,6 +306,45 @@ func (rc *Receiver) serveRestore(c net.Conn, out *ackWriter, q Request, refuse f
 	klog.InfoS("Served a restore", "remote", c.RemoteAddr().String(), "volume", q.Volume, "transid", res.Transid,
 		"size", res.Size, "sent", sent, "took", time.Since(start))
 	return q.Volume, nil
+}
+
+// ErrPeerGone: the client of a request closed its connection, or the
+// receiver did, before the answer was whole.
+var ErrPeerGone = errors.New("sink: the client went away")
+
+// peerGone says, without waiting, whether c was closed by its peer or by
+// the receiver (Close). A client sends nothing after its request, so
+// anything to read (an end of file, a TLS close_notify) means it is gone.
+// A connection without a socket to peek at is never gone.
+func peerGone(c net.Conn) error {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrPeerGone, err)
+	}
+	n, rerr := 0, error(nil)
+	err = raw.Read(func(fd uintptr) bool {
+		var b [1]byte
+		n, _, rerr = unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		return true
+	})
+	switch {
+	case err != nil:
+		return fmt.Errorf("%w: %v", ErrPeerGone, err)
+	case rerr == unix.EAGAIN:
+		return nil
+	case rerr != nil:
+		return fmt.Errorf("%w: %v", ErrPeerGone, rerr)
+	case n == 0:
+		return fmt.Errorf("%w: it closed the connection", ErrPeerGone)
+	}
+	return fmt.Errorf("%w: it sent more after its request", ErrPeerGone)
 }
 
 // restorePrefix names the receiver's images being served, in the volume's

@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -184,5 +186,80 @@ func TestRequestsNeedAnAuthenticatedReceiver(t *testing.T) {
 	}
 	if _, err := cl.Pin(context.Background(), testVolume, "p", Point{Latest: true}); !errors.Is(err, ErrAuthentication) {
 		t.Errorf("a pin at a receiver without a token: %v", err)
+	}
+}
+
+// gatedFS holds the nth Open of a segment until let is closed, and counts
+// the segment opens.
+type gatedFS struct {
+	vfs.FS
+	n      int32
+	opened atomic.Int32
+	held   chan struct{} // closed when the nth open waits
+	let    chan struct{}
+}
+
+func (g *gatedFS) Open(name string) (vfs.RWFile, error) {
+	if strings.HasSuffix(name, segSuffix) && g.opened.Add(1) == g.n {
+		close(g.held)
+		<-g.let
+	}
+	return g.FS.Open(name)
+}
+
+// A restore whose client goes away while the receiver rebuilds the image
+// stops at the next segment, frees its place and leaves no image behind.
+func TestRestoreStopsWhenItsClientGoes(t *testing.T) {
+	r := &rig{t: t, vdir: filepath.Join(t.TempDir(), "vol"), rdir: t.TempDir(), size: 16 << 20, rng: newRand(t), timeout: time.Minute}
+	r.rc = startReceiver(t, ReceiverConfig{Dir: r.rdir, SegmentSize: 1 << 20}, nil)
+	r.openVolume(true, "tcp://"+r.rc.addr())
+	r.ready()
+	r.waitAcked(r.write(64))
+	r.close()
+	r.stopReceiver()
+	names, err := os.ReadDir(filepath.Join(r.rdir, testVolume))
+	if err != nil {
+		t.Fatal(err)
+	}
+	segs := 0
+	for _, e := range names {
+		if strings.HasSuffix(e.Name(), segSuffix) {
+			segs++
+		}
+	}
+	if segs < 3 {
+		t.Fatalf("%d segments stored; the test wants 3 or more", segs)
+	}
+
+	// keptPoint opens every segment once, then the rebuild walks them: the
+	// rebuild's first open waits until the client is gone.
+	token := []byte("s3cret")
+	g := &gatedFS{FS: vfs.OS, n: int32(segs) + 1, held: make(chan struct{}), let: make(chan struct{})}
+	rc := startReceiver(t, ReceiverConfig{Dir: r.rdir, Token: token, FS: g}, nil)
+	client := &Client{URL: "tcp://" + rc.addr(), Token: token}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() {
+		_, err := client.RestoreFrom(ctx, testVolume, Point{Latest: true}, filepath.Join(t.TempDir(), "x.img"))
+		done <- err
+	}()
+	<-g.held
+	cancel()
+	if err := <-done; err == nil {
+		t.Fatal("a restore cancelled by its client succeeded")
+	}
+	close(g.let)
+	rc.stop() // waits for the request to end
+	if n := g.opened.Load(); n != g.n {
+		t.Errorf("the rebuild opened %d segments after its client went, want none", n-g.n)
+	}
+	for _, st := range rc.Stats() {
+		if st.Restores != 0 {
+			t.Errorf("receiver figures %+v, want no restore served", st)
+		}
+	}
+	left, err := filepath.Glob(filepath.Join(r.rdir, testVolume, restorePrefix+"*"))
+	if err != nil || len(left) > 0 {
+		t.Errorf("images left behind: %v %v", left, err)
 	}
 }

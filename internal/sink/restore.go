@@ -39,11 +39,16 @@ type Restored struct {
 // It may run beside the receiver: it sees the stream as stored when it
 // began.
 func Restore(dir, vol string, p Point, out string) (Restored, error) {
-	return restore(vfs.OS, dir, vol, p, out)
+	return restore(vfs.OS, dir, vol, p, out, nil)
 }
 
-// restore is Restore in fsys, where out is written too.
-func restore(fsys vfs.FS, dir, vol string, p Point, out string) (Restored, error) {
+// restore is Restore in fsys, where out is written too. If goOn is set, it
+// is asked before each large step (the base image, each segment) and the
+// restore stops with its error, if any.
+func restore(fsys vfs.FS, dir, vol string, p Point, out string, goOn func() error) (Restored, error) {
+	if goOn == nil {
+		goOn = func() error { return nil }
+	}
 	vd, lock, err := lockVolume(fsys, dir, vol, true) // no folding meanwhile
 	if err != nil {
 		return Restored{}, err
@@ -63,6 +68,9 @@ func restore(fsys vfs.FS, dir, vol string, p Point, out string) (Restored, error
 		return res, err
 	}
 	defer img.close()
+	if err := goOn(); err != nil {
+		return res, err
+	}
 	if err := copyImage(fsys, vd.baseImage(), img); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return res, err
 	}
@@ -77,6 +85,9 @@ func restore(fsys vfs.FS, dir, vol string, p Point, out string) (Restored, error
 	for _, seq := range seqs {
 		if seq <= base.Through {
 			continue
+		}
+		if err := goOn(); err != nil {
+			return res, err
 		}
 		if st, stopped, err = walkSegment(fsys, vd.seg(seq), img, stop); err != nil {
 			return res, err
