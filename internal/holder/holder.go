@@ -222,12 +222,23 @@ type Client struct {
 }
 
 // Dial connects to the holder at path, retrying until ctx ends (the holder
-// may start after the plugin), and receives what it holds.
+// may start after the plugin), and receives what it holds; a holder that
+// does not answer is given up when ctx ends.
 func Dial(ctx context.Context, path string) (*Client, error) {
 	for {
 		c, err := fdpass.Dial(path)
 		if err == nil {
-			return receive(c)
+			fired := make(chan struct{})
+			stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(time.Now()); close(fired) })
+			cl, err := receive(c)
+			if !stop() {
+				<-fired
+				if err != nil {
+					return nil, fmt.Errorf("holder at %s gave no answer: %w", path, context.Cause(ctx))
+				}
+				c.SetReadDeadline(time.Time{})
+			}
+			return cl, err
 		}
 		select {
 		case <-ctx.Done():

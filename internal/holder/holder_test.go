@@ -2,6 +2,8 @@ package holder
 
 import (
 	"context"
+	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -133,5 +135,30 @@ func TestASecondPluginIsRefusedWhileTheFirstLives(t *testing.T) {
 	defer c.Close()
 	if _, err := receive(c); err == nil || !strings.Contains(err.Error(), "holder refused") {
 		t.Fatalf("a second plugin: %v, want the holder's refusal", err)
+	}
+}
+
+// A holder that takes the connection and never answers (stopped, say) is
+// given up when the plugin's context ends, not waited for for ever.
+func TestDialGivesUpOnAHolderThatDoesNotAnswer(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "holder.sock")
+	l, err := fdpass.Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	accepted := make(chan *net.UnixConn, 1)
+	go l.Serve(t.Context(), func(c *net.UnixConn) bool { accepted <- c; return true })
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() {
+		_, err := Dial(ctx, path)
+		done <- err
+	}()
+	c := <-accepted
+	defer c.Close()
+	cancel()
+	if err := <-done; err == nil || !errors.Is(err, context.Canceled) {
+		t.Errorf("Dial of a holder that does not answer: %v, want the context's end", err)
 	}
 }
