@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -217,16 +216,11 @@ func TestRestoreStopsWhenItsClientGoes(t *testing.T) {
 	r.waitAcked(r.write(64))
 	r.close()
 	r.stopReceiver()
-	names, err := os.ReadDir(filepath.Join(r.rdir, testVolume))
+	seqs, err := recvDir{fs: vfs.OS, path: r.rdir}.volume(testVolume).segments()
 	if err != nil {
 		t.Fatal(err)
 	}
-	segs := 0
-	for _, e := range names {
-		if strings.HasSuffix(e.Name(), segSuffix) {
-			segs++
-		}
-	}
+	segs := len(seqs)
 	if segs < 3 {
 		t.Fatalf("%d segments stored; the test wants 3 or more", segs)
 	}
