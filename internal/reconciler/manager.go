@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/time/rate"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
@@ -41,7 +42,7 @@ func SnapshotKey(name string) string { return snapshotPrefix + name }
 // of r.Store and JournalSnapshot of r.Snapshots, then reconciles what is queued (and what changes queues)
 // until ctx ends, with rate-limited retries.
 func (r *Reconciler) RunStandalone(ctx context.Context, changes *Changes) error {
-	q := workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]())
+	q := workqueue.NewTypedRateLimitingQueue(retries[string]())
 	js, err := r.Store.List(ctx)
 	if err != nil {
 		return err
@@ -88,6 +89,21 @@ func (r *Reconciler) RunStandalone(ctx context.Context, changes *Changes) error 
 	}
 }
 
+// MaxRetryDelay is the longest a failed reconcile waits for its next try.
+// client-go's default doubles up to 1000 s: a volume whose removal failed
+// a dozen times while its node was busy would then wait many minutes after
+// the cause went away, and its claim with it.
+const MaxRetryDelay = 30 * time.Second
+
+// retries is the queues' rate limiter: client-go's default, with failed
+// items retried at most MaxRetryDelay apart.
+func retries[T comparable]() workqueue.TypedRateLimiter[T] {
+	return workqueue.NewTypedMaxOfRateLimiter(
+		workqueue.NewTypedItemExponentialFailureRateLimiter[T](5*time.Millisecond, MaxRetryDelay),
+		&workqueue.TypedBucketRateLimiter[T]{Limiter: rate.NewLimiter(rate.Limit(10), 100)},
+	)
+}
+
 // setupWithManager runs r in a controller-runtime manager whose cache
 // holds only this node's Journals (by their catalog.NodeLabel); changes
 // come in as requests too.
@@ -95,7 +111,7 @@ func (r *Reconciler) setupWithManager(mgr ctrl.Manager, changes *Changes) error 
 	if err := ctrl.NewControllerManagedBy(mgr).
 		Named("journal").
 		// One per manager; tests make more than one manager per process.
-		WithOptions(controller.Options{SkipNameValidation: ptr.To(true)}).
+		WithOptions(controller.Options{SkipNameValidation: ptr.To(true), RateLimiter: retries[reconcile.Request]()}).
 		For(&v1.Journal{}, builder.WithPredicates(
 			predicate.NewPredicateFuncs(func(o client.Object) bool {
 				return o.GetLabels()[catalog.NodeLabel] == catalog.NodeLabelValue(r.NodeID)
@@ -116,7 +132,7 @@ func (r *Reconciler) setupWithManager(mgr ctrl.Manager, changes *Changes) error 
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("journalsnapshot").
-		WithOptions(controller.Options{SkipNameValidation: ptr.To(true)}).
+		WithOptions(controller.Options{SkipNameValidation: ptr.To(true), RateLimiter: retries[reconcile.Request]()}).
 		For(&v1.JournalSnapshot{}, builder.WithPredicates(
 			predicate.NewPredicateFuncs(func(o client.Object) bool {
 				return o.GetLabels()[catalog.NodeLabel] == catalog.NodeLabelValue(r.NodeID)
