@@ -56,6 +56,9 @@ func TestMain(m *testing.M) {
 	}
 	cfg, err := clientcmd.BuildConfigFromFlags("", os.Getenv("KUBECONFIG"))
 	if err == nil {
+		// Polls are not throttled to client-go's 5 a second: a waiting
+		// test would otherwise report the limiter, not what it waits for.
+		cfg.QPS, cfg.Burst = 50, 100
 		kube, err = kubernetes.NewForConfig(cfg)
 	}
 	if err == nil {
@@ -106,7 +109,9 @@ func eventually(t *testing.T, d time.Duration, what string, cond func(ctx contex
 	var last string
 	err := wait.PollUntilContextTimeout(t.Context(), pollEvery, d, true, func(ctx context.Context) (bool, error) {
 		ok, why := cond(ctx)
-		last = why
+		if ctx.Err() == nil { // a poll cut short by the deadline says nothing
+			last = why
+		}
 		return ok, nil
 	})
 	if err != nil {
@@ -269,17 +274,26 @@ func deleteClaim(t *testing.T, claim, volume string) {
 	if err := kube.CoreV1().PersistentVolumeClaims(ns).Delete(t.Context(), claim, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	start := time.Now()
 	eventually(t, waitLong, "claim, volume and Journal of "+claim+" gone", func(ctx context.Context) (bool, string) {
-		if _, err := kube.CoreV1().PersistentVolumeClaims(ns).Get(ctx, claim, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
-			return false, fmt.Sprintf("claim: %v", err)
+		if c, err := kube.CoreV1().PersistentVolumeClaims(ns).Get(ctx, claim, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			return false, fmt.Sprintf("claim: %v %s", err, objectState(&c.ObjectMeta, string(c.Status.Phase)))
 		}
-		if _, err := kube.CoreV1().PersistentVolumes().Get(ctx, c.Spec.VolumeName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
-			return false, fmt.Sprintf("volume %s: %v", c.Spec.VolumeName, err)
+		if v, err := kube.CoreV1().PersistentVolumes().Get(ctx, c.Spec.VolumeName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			return false, fmt.Sprintf("volume %s: %v %s", c.Spec.VolumeName, err, objectState(&v.ObjectMeta, string(v.Status.Phase)+" "+v.Status.Message))
 		}
-		err := ctrl.Get(ctx, client.ObjectKey{Name: volume}, &jvolv1.Journal{})
-		return apierrors.IsNotFound(err), fmt.Sprintf("Journal %s: %v", volume, err)
+		j := &jvolv1.Journal{}
+		err := ctrl.Get(ctx, client.ObjectKey{Name: volume}, j)
+		return apierrors.IsNotFound(err), fmt.Sprintf("Journal %s: %v %s %v", volume, err, objectState(&j.ObjectMeta, string(j.Status.Phase)), j.Status.Conditions)
 	})
+	t.Logf("claim %s and its volume deleted in %v", claim, time.Since(start).Round(time.Millisecond))
 	noTrace(t, volume)
+}
+
+// objectState says what keeps an object that is being deleted: its
+// deletion time, its finalizers and its phase.
+func objectState(m *metav1.ObjectMeta, phase string) string {
+	return fmt.Sprintf("(deleted %v, finalizers %v, phase %s)", m.DeletionTimestamp, m.Finalizers, phase)
 }
 
 // noTrace checks that the node keeps nothing of volume: no directory, no
