@@ -22,14 +22,31 @@ keep_logs() {
   cp -r /var/log/pods "$logs/" 2>/dev/null || true
   echo "e2e.sh: cluster and pod logs kept in $logs" >&2
 }
+# digest: what a failed run's reader needs first, printed last (CI shows
+# the end of the output): the failures, and the errors jvol and its
+# sidecars logged.
+digest() {
+  echo "e2e.sh: failures:" >&2
+  grep -E -- '--- FAIL|not after|_test.go:[0-9]+: ' "$logs/e2e.log" 2>/dev/null | grep -v 'deleted in\|longest write' | tail -n 15 >&2 || true
+  echo "e2e.sh: the last errors jvol's pods logged:" >&2
+  find "$logs/pods" -path '*kube-system_jvol-*' -name '*.log' -print0 2>/dev/null |
+    xargs -0 -r grep -h -E '^\S+ std(out|err) F E[0-9]{4} ' 2>/dev/null |
+    sort | cut -d' ' -f4- | cut -c1-300 | tail -n 25 >&2 || true
+}
 trap 'keep_logs; "$hack/cluster.sh" down' EXIT
 "$hack/cluster.sh" up
 echo "e2e.sh: cluster up after $((SECONDS - start))s" >&2
 
 export KUBECONFIG=$JVOL_CLUSTER/pki/admin.kubeconfig KUBECTL=$("$hack/tools.sh" kubectl) HELM=$hack/helm.sh
+# Pods' logs go with their pods: copy them as the tests go, for a failure's
+# reader.
+mkdir -p "$JVOL_CLUSTER/logs/pods"
+(while :; do cp -ru /var/log/pods/. "$JVOL_CLUSTER/logs/pods/" 2>/dev/null; sleep 2; done) &
+copier=$!
 set +e
 "$GO" test -C "$hack/.." -tags e2e -count=1 -timeout 30m -v ./test/e2e 2>&1 | tee "$JVOL_CLUSTER/logs/e2e.log"
 rc=${PIPESTATUS[0]}
+kill "$copier"
 set -e
 [ "$rc" = 0 ] || keep_logs
 
@@ -50,4 +67,5 @@ if [ -n "$left" ]; then
   rc=1
 fi
 echo "e2e.sh: done after $((SECONDS - start))s" >&2
+[ "$rc" = 0 ] || digest
 exit "$rc"
