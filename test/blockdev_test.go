@@ -21,6 +21,7 @@ import (
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 
+	"github.com/jvol-io/jvol/internal/host"
 	"github.com/jvol-io/jvol/internal/loop"
 	"github.com/jvol-io/jvol/internal/vfs"
 	"github.com/jvol-io/jvol/internal/vfs/faultfs"
@@ -499,4 +500,31 @@ func TestAttachThroughASymlinkCleansUpAfterKill9(t *testing.T) {
 	b := attach(t, "--dir", dir)
 	b.stop(t)
 	leftovers(t, filepath.Join(base, "real dir", "vol"))
+}
+
+// TestRemoveClearsWhatADeadServerLeft: a volume's server died (the plugin
+// before, which kept the volume when a handover failed) and left its FUSE
+// mount and loop device; the plugin now deleting it never served it, so
+// no attach of its own clears them. Regression: the directory's removal
+// failed on the dead mount for good, and the claim stayed.
+func TestRemoveClearsWhatADeadServerLeft(t *testing.T) {
+	requireRoot(t)
+	state := t.TempDir()
+	dir := filepath.Join(state, "volumes", "pvc-dead")
+	a := attach(t, "--dir", dir, "--size", "64Mi", "--keeper=false")
+	a.kill(t)
+	if devs, _ := loop.Backing(filepath.Join(dir, "fuse", "pvc-dead")); len(devs) != 1 {
+		t.Fatalf("expected the dead server's loop device to remain, found %v", devs)
+	}
+	n, err := host.New(host.Config{StateDir: state})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Remove("pvc-dead"); err != nil {
+		t.Fatal(err)
+	}
+	if n.Exists("pvc-dead") {
+		t.Error("the volume is still there")
+	}
+	leftovers(t, dir)
 }

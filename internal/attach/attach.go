@@ -202,6 +202,25 @@ func (a *Attachment) Handover() error {
 	return a.dir.Close() // flushes and commits
 }
 
+// ClearLeftovers undoes what a server of the volume in dir that died left
+// behind (see fuseloop.ClearLeftovers): its block device, the file systems
+// on it and its FUSE mount, which would keep the directory from being
+// removed. The caller holds the volume's lock, or knows that no process
+// serves it.
+func ClearLeftovers(dir string) error {
+	m, err := volume.ReadMeta(dir)
+	if err != nil {
+		return nil // made only in part, or unreadable: never served by that name
+	}
+	// The kernel names loop backing files and mount points by their real
+	// path.
+	if dir, err = filepath.EvalSymlinks(dir); err != nil {
+		return err
+	}
+	mnt := volume.Layout(dir).Fuse()
+	return fuseloop.ClearLeftovers(mnt, filepath.Join(mnt, m.Name))
+}
+
 // resyncMarker returns whether the sink needs a baseline copy, and what
 // to call once it has one. crash says that the server before died: the
 // writes still in its memory FIFO are missing from the stream, so the

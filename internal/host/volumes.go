@@ -300,6 +300,15 @@ func (n *Volumes) Remove(name string) error {
 	if st, err := n.readStage(name); err == nil && st.StagingPath != "" {
 		return fmt.Errorf("%w at %s: %s", ErrStaged, st.StagingPath, name)
 	}
+	if err := n.notServedElsewhere(name); err != nil {
+		return err
+	}
+	// A server that died elsewhere (the plugin before, which kept the
+	// volume when a handover failed, and was unstaged here) left its FUSE
+	// mount and loop device: they would keep the directory forever.
+	if err := attach.ClearLeftovers(n.Path(name)); err != nil {
+		return err
+	}
 	return os.RemoveAll(n.Path(name))
 }
 

@@ -57,7 +57,7 @@ func Open(mnt, name string, dev frontend.Device, o Options) (*FuseLoop, error) {
 	if o.Resume {
 		return fl, fl.resume(name, dev, o.Conn)
 	}
-	if err := clearLeftovers(mnt, fl.file); err != nil {
+	if err := ClearLeftovers(mnt, fl.file); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(mnt, 0o700); err != nil {
@@ -196,11 +196,12 @@ func (f *FuseLoop) unmount() error {
 	return nil
 }
 
-// clearLeftovers undoes what a dead process left at mnt: file systems
+// ClearLeftovers undoes what a dead process left at mnt: file systems
 // mounted from loop devices on file, those loop devices, and the FUSE mount
 // (whose server is gone: "transport endpoint is not connected"). Loop
-// devices and mounts of other files are not touched.
-func clearLeftovers(mnt, file string) error {
+// devices and mounts of other files are not touched. The caller must own
+// mnt exclusively: a live server's mounts are not leftovers.
+func ClearLeftovers(mnt, file string) error {
 	devs, err := loop.Backing(file)
 	if err != nil {
 		return err
