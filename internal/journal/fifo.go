@@ -83,6 +83,7 @@ type FIFO struct {
 	buf    []byte
 	mask   uint64
 	duplex Duplex
+	retain bool // space is freed only up to what the owner released
 
 	mu      sync.Mutex
 	windex  uint64
@@ -91,6 +92,7 @@ type FIFO struct {
 	nextID  uint64        // next transaction id handed out
 	clock   bool          // ids follow the clock (see ClockTransid)
 	acked   uint64        // last acknowledged id (full duplex)
+	kept    uint64        // index the owner released up to (retain)
 	space   chan struct{} // closed and replaced when space is freed and someone waits
 	waiting int           // writers waiting on space
 	wokeAt  uint64        // windex when a reservation last woke the consumer
@@ -116,7 +118,7 @@ func newFIFOAt(size int, duplex Duplex, firstID, start uint64) (*FIFO, error) {
 		return nil, fmt.Errorf("journal: FIFO size %d is not a power of two between %d and %d", size, MinFIFOSize, MaxFIFOSize)
 	}
 	return &FIFO{
-		windex: start, rindex: start, xindex: start,
+		windex: start, rindex: start, xindex: start, kept: start,
 		buf:    vfs.AlignedBuffer(size),
 		mask:   uint64(size - 1),
 		duplex: duplex,
@@ -131,6 +133,7 @@ func newFIFOAt(size int, duplex Duplex, firstID, start uint64) (*FIFO, error) {
 // commits or aborts, exactly once.
 type Reservation struct {
 	f       *FIFO
+	pos     uint64 // index of the record
 	off     uint64 // offset in the ring
 	n       int    // aligned bytes reserved
 	stream  uint16 // id and flags
@@ -215,7 +218,7 @@ func (f *FIFO) reserve(ctx context.Context, stream uint16, n int) (Reservation, 
 		f.windex += pad
 		off = 0
 	}
-	r := Reservation{f: f, off: off, n: int(need), stream: stream, Transid: f.nextID}
+	r := Reservation{f: f, pos: f.windex, off: off, n: int(need), stream: stream, Transid: f.nextID}
 	r.Payload = f.buf[off+HeaderSize : off+HeaderSize+uint64(n)]
 	f.nextID += 2 // the odd id is kept for a pad behind this record
 	publish(f.word0(off), IncompleteMagic, stream)
@@ -265,6 +268,14 @@ func (f *FIFO) finish(off uint64, stream uint16, n int, transid uint64, crcPaylo
 	}
 	publish(f.word0(off), BeginMagic, stream)
 }
+
+// PayloadIndex is the FIFO index of the payload's first byte. A retaining
+// FIFO keeps the bytes there until its owner releases them (see
+// Journal.Bytes).
+func (r *Reservation) PayloadIndex() uint64 { return r.pos + HeaderSize }
+
+// End is the FIFO index just past the record (see Journal.WaitWritten).
+func (r *Reservation) End() uint64 { return r.pos + uint64(r.n) }
 
 // Commit completes the record with the first used bytes of its payload and
 // ends its transaction. Space reserved beyond what is used becomes a pad.
@@ -371,10 +382,49 @@ func (f *FIFO) peek(pos uint64) (h Header, rec []byte, ok bool) {
 func (f *FIFO) taken(pos uint64) {
 	f.mu.Lock()
 	f.rindex = pos
+	f.advance()
+	f.mu.Unlock()
+}
+
+// advance frees what may be freed: what the consumer took (half duplex)
+// or the peer acknowledged (full), and, when the FIFO retains records, no
+// more than the owner released. f.mu is held.
+func (f *FIFO) advance() {
+	limit := f.rindex
+	if f.retain {
+		limit = min(limit, f.kept)
+	}
+	pos := f.xindex
 	if f.duplex == Half {
+		pos = max(pos, limit)
+	}
+	for f.duplex == Full && pos < limit {
+		h := getHeader(f.buf[pos&f.mask:])
+		if !h.IsPad() && h.Transid > f.acked {
+			break
+		}
+		pos += uint64(h.Aligned())
+	}
+	if pos > f.xindex {
 		f.free(pos)
 	}
+}
+
+// release tells a retaining FIFO that its owner is done with every record
+// before pos: their space may be freed once taken.
+func (f *FIFO) release(pos uint64) {
+	f.mu.Lock()
+	f.kept = max(f.kept, pos)
+	f.advance()
 	f.mu.Unlock()
+}
+
+// retained returns the index reserved up to and the one the owner
+// released up to.
+func (f *FIFO) retained() (windex, kept uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.windex, f.kept
 }
 
 // free moves xindex to pos and wakes blocked writers; f.mu is held.
@@ -396,18 +446,7 @@ func (f *FIFO) Ack(transid uint64) {
 	if transid > f.acked {
 		f.acked = transid
 	}
-	if f.duplex != Full {
-		return
-	}
-	pos := f.xindex
-	for pos < f.rindex {
-		h := getHeader(f.buf[pos&f.mask:])
-		if !h.IsPad() && h.Transid > f.acked {
-			break
-		}
-		pos += uint64(h.Aligned())
-	}
-	f.free(pos)
+	f.advance()
 }
 
 // Rewind makes the consumer take again every record not yet acknowledged:

@@ -27,6 +27,10 @@ type Options struct {
 	// Heartbeat is the longest a written record waits for its fdatasync
 	// when nobody flushes (default one second).
 	Heartbeat time.Duration
+	// Retain keeps every record in the FIFO until the owner releases it
+	// (Release), after it has applied it elsewhere: the FIFO is then the
+	// memory of records not yet applied, and a full one makes writers wait.
+	Retain bool
 	// FirstTransid is the first transaction id to hand out, each next one
 	// two above; zero makes every id follow the clock (ClockTransid, or two
 	// above the last if the clock has not moved on). Ids never go below
@@ -58,8 +62,12 @@ type Journal struct {
 	durablePos  uint64 // ring position synced up to
 	durableID   uint64 // id of the last record synced
 	durable     uint64 // FIFO index synced up to
+	durableIdx  uint64 // FIFO index durablePos stands for
 	flushTarget uint64 // highest FIFO index a Flush waits for
+	writeTarget uint64 // highest FIFO index a WaitWritten waits for
+	writtenIdx  uint64 // FIFO index written to the ring up to
 	synced      chan struct{}
+	wrote       chan struct{} // closed and replaced when writtenIdx moves
 	ringSynced  chan struct{} // closed and replaced when durablePos moves
 	ringFree    chan struct{}
 	err         error
@@ -75,6 +83,7 @@ type Journal struct {
 	rw        ringWriter
 	syncedPos uint64 // ring position synced up to
 	cursor    uint64 // FIFO index placed up to
+	placed    uint64 // FIFO index placed up to, within a pass
 	written   uint64 // FIFO index written to the ring up to (taken)
 	writtenID uint64 // id of the last record placed
 	lastID    uint64 // highest id placed, pads included
@@ -125,16 +134,17 @@ func Open(f vfs.File, opts Options, replay func(pos uint64, r Record) error) (*J
 		return nil, rec, err
 	}
 	fifo.clock = opts.FirstTransid == 0
+	fifo.retain = opts.Retain
 	f = &stickyFile{File: f}
 	j := &Journal{
 		f: f, fifo: fifo, ring: sb.RingSize, heartbeat: opts.Heartbeat,
 		sw:   &superWriter{f: f, sb: sb, buf: vfs.AlignedBuffer(SuperblockSize)},
 		tail: sb.CkptPos, ckptID: sb.CkptTransid,
 		durablePos: rec.End, durableID: rec.LastTransid,
-		synced: make(chan struct{}), ringSynced: make(chan struct{}), ringFree: make(chan struct{}),
+		synced: make(chan struct{}), wrote: make(chan struct{}), ringSynced: make(chan struct{}), ringFree: make(chan struct{}),
 		kick: make(chan struct{}, 1), ckptWant: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{}),
 		syncedPos: rec.End, writtenID: rec.LastTransid, lastID: rec.MaxTransid,
-		cursor: start, written: start, durable: start,
+		cursor: start, placed: start, written: start, durable: start, durableIdx: start, writtenIdx: start,
 		rw: ringWriter{
 			f: f, ring: sb.RingSize, fifo: fifo.buf, mask: fifo.mask,
 			head: rec.End, scratch: vfs.AlignedBuffer(blk),
@@ -224,6 +234,57 @@ func (j *Journal) Durable() (pos, transid uint64) {
 	return j.durablePos, j.durableID
 }
 
+// DurableIndex is Durable with the FIFO index that the ring position
+// stands for: every record before index is synced.
+func (j *Journal) DurableIndex() (index, pos, transid uint64) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.durableIdx, j.durablePos, j.durableID
+}
+
+// WaitWritten returns once every record before FIFO index end (a
+// committed Reservation's End) is written to the ring, not necessarily
+// synced: it survives the death of this process, not of the machine.
+// Waiters that arrive together share the worker's writes.
+func (j *Journal) WaitWritten(ctx context.Context, end uint64) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for j.writtenIdx < end {
+		if j.err != nil {
+			return j.err
+		}
+		if end > j.writeTarget {
+			j.writeTarget = end
+			j.fifo.wantAll.Store(true)
+		}
+		ch := j.wrote
+		j.mu.Unlock()
+		select {
+		case j.kick <- struct{}{}:
+		default:
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			j.mu.Lock()
+			return ctx.Err()
+		}
+		j.mu.Lock()
+	}
+	return nil
+}
+
+// Bytes returns the n FIFO bytes from index i on (inside one record's
+// payload), which a retaining journal keeps until they are released.
+func (j *Journal) Bytes(i uint64, n int) []byte {
+	off := i & j.fifo.mask
+	return j.fifo.buf[off : off+uint64(n)]
+}
+
+// Release tells a retaining journal (Options.Retain) that every record
+// before FIFO index i is applied: its FIFO space may be reused.
+func (j *Journal) Release(i uint64) { j.fifo.release(i) }
+
 // Checkpoint records that every record before ring position pos, the last
 // of which has id transid, is applied where it belongs, and frees its space.
 // pos must not be beyond what Durable returned.
@@ -287,6 +348,8 @@ func (j *Journal) fail(err error) {
 		j.err = err
 		close(j.synced)
 		j.synced = make(chan struct{})
+		close(j.wrote)
+		j.wrote = make(chan struct{})
 		close(j.ringSynced)
 		j.ringSynced = make(chan struct{})
 	}
@@ -355,11 +418,23 @@ func (j *Journal) cycle(force bool) error {
 	}
 	j.mu.Lock()
 	want := j.flushTarget > j.durable
+	wantWrite := j.writeTarget > j.writtenIdx
+	durable := j.durableIdx
 	j.mu.Unlock()
 	// Writers waiting for space need it written and freed now, and (full
 	// duplex) synced, so that the peer can acknowledge it.
-	force = force || j.fifo.starved()
-	if !want && !force && w-r < uint64(len(j.fifo.buf)/2) {
+	starved := j.fifo.starved()
+	force = force || starved
+	// A retaining FIFO half full of records the owner has not applied: make
+	// them durable and ask the owner to apply them, once per half.
+	apply := false
+	if j.fifo.retain {
+		windex, kept := j.fifo.retained()
+		size := uint64(len(j.fifo.buf))
+		apply = starved || windex-kept >= size/2 && durable-kept < size/4
+		force = force || apply
+	}
+	if !want && !wantWrite && !force && w-r < uint64(len(j.fifo.buf)/2) {
 		return nil
 	}
 	if j.cursor != j.written {
@@ -369,25 +444,30 @@ func (j *Journal) cycle(force bool) error {
 		j.fifo.taken(j.cursor)
 		j.written = j.cursor
 	}
-	if j.rw.head != j.syncedPos {
-		if !want && !force {
-			return nil
-		}
+	if j.rw.head != j.syncedPos && (want || force) {
 		if err := j.syncAll(); err != nil {
 			return err
 		}
+	}
+	if apply {
+		j.wantCheckpoint()
 	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.err != nil {
 		return j.err
 	}
-	if j.durable != j.written {
+	if j.writtenIdx != j.written {
+		j.writtenIdx = j.written
+		close(j.wrote)
+		j.wrote = make(chan struct{})
+	}
+	if j.rw.head == j.syncedPos && j.durable != j.written {
 		j.durable = j.written
 		close(j.synced)
 		j.synced = make(chan struct{})
 	}
-	if j.flushTarget <= j.durable && !j.quitting {
+	if j.flushTarget <= j.durable && j.writeTarget <= j.writtenIdx && !j.quitting {
 		j.fifo.wantAll.Store(false)
 	}
 	return nil
@@ -458,6 +538,7 @@ func (j *Journal) place(pos uint64, h Header, a uint64) error {
 		j.writtenID = h.Transid
 	}
 	j.lastID = max(j.lastID, h.Transid)
+	j.placed = pos + a
 	j.headPub.Store(j.rw.head)
 	if j.rw.head-tail >= j.ring/2 {
 		j.wantCheckpoint()
@@ -491,7 +572,7 @@ func (j *Journal) syncAll() error {
 	j.syncs.Add(1)
 	j.syncedPos = j.rw.head
 	j.mu.Lock()
-	j.durablePos, j.durableID = j.rw.head, j.writtenID
+	j.durablePos, j.durableID, j.durableIdx = j.rw.head, j.writtenID, j.placed
 	close(j.ringSynced)
 	j.ringSynced = make(chan struct{})
 	j.mu.Unlock()
