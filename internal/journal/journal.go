@@ -147,7 +147,7 @@ func Open(f vfs.File, opts Options, replay func(pos uint64, r Record) error) (*J
 		cursor: start, placed: start, written: start, durable: start, durableIdx: start, writtenIdx: start,
 		rw: ringWriter{
 			f: f, ring: sb.RingSize, fifo: fifo.buf, mask: fifo.mask,
-			head: rec.End, scratch: vfs.AlignedBuffer(blk),
+			head: rec.End, scratch: vfs.AlignedBuffer(blk), spare: vfs.AlignedBuffer(blk),
 		},
 	}
 	// The window never shrinks: orphans of the last run's torn tail may lie
@@ -665,6 +665,11 @@ type stickyFile struct {
 	vfs.File
 	mu  sync.Mutex
 	err error
+}
+
+// WriteVAt passes vectored writes through (see vfs.WriteVAt).
+func (s *stickyFile) WriteVAt(bufs [][]byte, off int64) error {
+	return vfs.WriteVAt(s.File, bufs, off)
 }
 
 func (s *stickyFile) Sync() error {

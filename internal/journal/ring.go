@@ -27,6 +27,7 @@ type ringWriter struct {
 
 	head    uint64 // ring position after the last record placed
 	scratch []byte // the ring block holding runH (or head when no run)
+	spare   []byte // a run's last partial block, then swapped with scratch
 	dirty   bool   // scratch holds bytes not yet written
 
 	// The run: FIFO indices [runA, runB) placed at ring position runH, not
@@ -108,8 +109,10 @@ func (w *ringWriter) writeScratch(pos uint64) error {
 	return nil
 }
 
-// flush writes the run. With all set it writes everything, the last block
-// zero-filled; otherwise only whole blocks, and the rest stays as the run.
+// flush writes the run, in one vectored write: its first block completed
+// in scratch if it starts inside one, its whole blocks straight from the
+// FIFO, and (with all set) its last partial block, zero-filled; without
+// all, that partial block stays as the run.
 func (w *ringWriter) flush(all bool) error {
 	if w.runA == w.runB {
 		if all {
@@ -118,6 +121,10 @@ func (w *ringWriter) flush(all bool) error {
 		return nil
 	}
 	a, b, h := w.runA, w.runB, w.runH
+	start := h
+	var bufs [3][]byte
+	n := 0
+	headBlock := false
 	// The first block, if the run starts inside it: complete it in scratch.
 	if off := h % blk; off != 0 {
 		take := min(b-a, blk-off)
@@ -126,39 +133,48 @@ func (w *ringWriter) flush(all bool) error {
 		}
 		copy(w.scratch[off:], w.fifo[a&w.mask:(a&w.mask)+take])
 		w.dirty = true
-		if err := w.writeScratch(h); err != nil {
-			return err
-		}
 		w.bytes.Add(take)
 		a, h = a+take, h+take
 		if h%blk != 0 { // the run ended inside the block: scratch stays
 			w.runA = w.runB
-			return nil
+			return w.writeScratch(start)
 		}
-		clear(w.scratch)
+		start -= off
+		bufs[n], n, headBlock = w.scratch, n+1, true
 	}
 	// Whole blocks, straight from the FIFO.
 	if whole := (b - a) &^ (blk - 1); whole > 0 {
 		fa := a & w.mask
-		if _, err := w.f.WriteAt(w.fifo[fa:fa+whole], w.fileOff(h)); err != nil {
-			return fmt.Errorf("journal: write ring at %d: %w", h, err)
-		}
+		bufs[n], n = w.fifo[fa:fa+whole], n+1
 		w.bytes.Add(whole)
 		a, h = a+whole, h+whole
 	}
-	if a == b {
-		w.runA = w.runB
-		return nil
-	}
-	if !all {
-		w.runA, w.runH = a, h
-		return nil
-	}
 	// The last, partial block.
-	n := b - a
-	copy(w.scratch, w.fifo[a&w.mask:(a&w.mask)+n])
-	w.dirty = true
-	w.bytes.Add(n)
-	w.runA = w.runB
-	return w.writeScratch(h)
+	tail := a != b && all
+	if tail {
+		clear(w.spare)
+		copy(w.spare, w.fifo[a&w.mask:(a&w.mask)+(b-a)])
+		bufs[n], n = w.spare, n+1
+		w.bytes.Add(b - a)
+	}
+	if n > 0 {
+		if err := vfs.WriteVAt(w.f, bufs[:n], w.fileOff(start)); err != nil {
+			return fmt.Errorf("journal: write ring at %d: %w", start, err)
+		}
+	}
+	if headBlock {
+		clear(w.scratch) // written whole: the next block starts empty
+		w.dirty = false
+	}
+	switch {
+	case tail:
+		w.scratch, w.spare = w.spare, w.scratch
+		w.dirty = false
+		w.runA = w.runB
+	case a == b:
+		w.runA = w.runB
+	default:
+		w.runA, w.runH = a, h
+	}
+	return nil
 }

@@ -195,6 +195,40 @@ func copyRead(dst, src *OSFile, from, to int64, buf []byte) error {
 	return nil
 }
 
+// WriteVAt writes bufs one after another from off: in one system call
+// (pwritev) where f can, one write each otherwise. Direct I/O wants every
+// buffer aligned.
+func WriteVAt(f File, bufs [][]byte, off int64) error {
+	if v, ok := f.(interface {
+		WriteVAt([][]byte, int64) error
+	}); ok {
+		return v.WriteVAt(bufs, off)
+	}
+	for _, b := range bufs {
+		if _, err := f.WriteAt(b, off); err != nil {
+			return err
+		}
+		off += int64(len(b))
+	}
+	return nil
+}
+
+// WriteVAt writes bufs one after another from off with one pwritev.
+func (o *OSFile) WriteVAt(bufs [][]byte, off int64) error {
+	want := 0
+	for _, b := range bufs {
+		want += len(b)
+	}
+	n, err := unix.Pwritev(int(o.f.Fd()), bufs, off)
+	if err == nil && n != want {
+		err = io.ErrShortWrite
+	}
+	if err != nil {
+		return &os.PathError{Op: "pwritev", Path: o.f.Name(), Err: err}
+	}
+	return nil
+}
+
 // Direct reports whether the file bypasses the page cache.
 func (o *OSFile) Direct() bool { return o.direct }
 
