@@ -121,3 +121,53 @@ func TestWriteFileAtomicReplacesWholeAndLeavesNoTemporary(t *testing.T) {
 		t.Fatalf("directory holds %v, %v", names, err)
 	}
 }
+
+// TestVectoredAndCachedWritesReachTheDirectFile: WriteVAt lays its
+// buffers one after another; what the cached twin writes, the direct
+// handle reads once synced, and DropCache leaves it there.
+func TestVectoredAndCachedWritesReachTheDirectFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "img")
+	if err := Preallocate(path, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	f, err := OpenDirect(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if !f.Direct() {
+		t.Skip("the temporary directory's file system takes no direct I/O")
+	}
+	bufs := [][]byte{AlignedBuffer(BlockSize), AlignedBuffer(2 * BlockSize), AlignedBuffer(BlockSize)}
+	for i, b := range bufs {
+		for k := range b {
+			b[k] = byte(i + 1)
+		}
+	}
+	if err := WriteVAt(f, bufs, 4*BlockSize); err != nil {
+		t.Fatal(err)
+	}
+	c, err := f.Cached()
+	if err != nil || c == nil || c.Direct() {
+		t.Fatalf("cached twin %v, %v", c, err)
+	}
+	defer c.Close()
+	if _, err := c.WriteAt([]byte("cached"), 5*BlockSize+100); err != nil { // unaligned: no direct I/O
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.DropCache(); err != nil {
+		t.Fatal(err)
+	}
+	got := AlignedBuffer(4 * BlockSize)
+	if _, err := f.ReadAt(got, 4*BlockSize); err != nil {
+		t.Fatal(err)
+	}
+	want := append(append(append([]byte{}, bufs[0]...), bufs[1]...), bufs[2]...)
+	copy(want[BlockSize+100:], "cached")
+	if string(got) != string(want) {
+		t.Fatal("the direct handle reads other than what was written through both")
+	}
+}
