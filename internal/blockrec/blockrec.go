@@ -116,6 +116,9 @@ const DiscardSize = journal.SubHeaderSize + 16
 // ResizeSize is the payload bytes of a record holding one resize.
 const ResizeSize = journal.SubHeaderSize + 8
 
+// WriteDataOffset is where a write's data begins in what PutWrite fills.
+const WriteDataOffset = journal.SubHeaderSize + 8
+
 // PutWrite writes a write of data at off, as the last sub-record of its
 // list, at dst, which must hold WriteSize(len(data)) bytes, and returns the
 // bytes used.

@@ -64,12 +64,12 @@ type pin struct {
 	dropped      bool
 }
 
-// pinDurable pins the journal at its durable end and returns the pin.
-func (v *Volume) pinDurable() *pin {
+// pinApplied pins the journal where the data image holds every record
+// before (not yet synced) and returns the pin.
+func (v *Volume) pinApplied() *pin {
 	v.commitMu.Lock()
 	defer v.commitMu.Unlock()
-	pos, id := v.j.Durable()
-	p := &pin{pos: pos, transid: id}
+	p := &pin{pos: v.appliedPos, transid: v.appliedID}
 	if v.pins == nil {
 		v.pins = map[*pin]struct{}{}
 	}

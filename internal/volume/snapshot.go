@@ -22,20 +22,21 @@ var ErrSnapshotOverrun = errors.New("volume: writes filled the journal while the
 // the transid it returns, which is at or after the id of every write
 // acknowledged before the call; size is the image's size then.
 //
-// It pins the journal at its durable end P0, has copy copy the data image
-// into target as it is (writes land in it meanwhile: the copy is fuzzy,
-// as a sink's baseline is), flushes, and applies over the copy, in order,
-// every record from P0 to the durable end after the flush. A write the
-// copy may have missed or caught half is in those records (its record is
-// reserved before it reaches the data image, and the flush covers every
-// record reserved before it); a write after the flush never reached the
-// copy. The records stay in the ring while pinned; if writes fill the
+// It pins the journal at P0, before which the data image holds every
+// record (the committer applied them), has copy copy the data image into
+// target as it is (writes and the committer land in it meanwhile: the copy
+// is fuzzy, as a sink's baseline is), flushes, and applies over the copy,
+// in order, every record from P0 to the durable end after the flush. A
+// write the copy may have missed or caught half is in those records (its
+// record is reserved before it reaches the data image, directly or through
+// the committer, and the flush covers every record reserved before it); a
+// write after the flush never reached the copy. The records stay in the ring while pinned; if writes fill the
 // spool share first, Snapshot fails with ErrSnapshotOverrun.
 func (v *Volume) Snapshot(ctx context.Context, copy func(size int64) error, target Data) (transid uint64, size int64, err error) {
 	if err := v.failed(); err != nil {
 		return 0, 0, err
 	}
-	p := v.pinDurable()
+	p := v.pinApplied()
 	defer func() {
 		if !v.unpin(p) && err == nil {
 			err = ErrSnapshotOverrun

@@ -1,18 +1,22 @@
 // Package volume turns the journal engine into a block device: a data image
 // and a journal image, written through the journal.
 //
-// A write becomes a block-write record: reserved in the FIFO, filled, then
-// applied to the data image (direct I/O, not yet flushed from the disk's
-// cache), and only then committed. So everything the journal has written is
-// already in the data image, which is therefore always the newest data:
-// reads go straight to it. Overlapping writes are serialised by range locks,
-// so journal order and data order agree.
+// A write of whole blocks becomes a block-write record: reserved in the
+// FIFO, filled, entered in the index of pending blocks, committed, and
+// answered once the journal worker has written it to the ring. The data
+// image gets it later, from the committer (see pending.go); reads find it
+// through the index until then. A write of part of a block, and a discard,
+// first has the committer apply whatever pending data it overlaps, then
+// goes to the data image (direct I/O) before its record is committed, as
+// all writes did before the commit was deferred. Overlapping writes are
+// serialised by range locks, so journal order and data order agree.
 //
 // A flush waits until the journal has synced every earlier write. The
-// committer, gjournal style, switches journal areas when half the ring is in
-// use or the commit interval passes: it takes the journal's durable position,
-// fdatasyncs the data image (which holds every record before it: the sync
-// makes the disk's cache durable), and checkpoints there. After a crash, Open replays the records after the
+// committer, gjournal style, switches journal areas when half the ring is
+// in use, half the FIFO holds records not yet applied, or the commit
+// interval passes: it takes the journal's durable position, applies every
+// pending block before it to the data image, fdatasyncs the data image, and
+// checkpoints there. After a crash, Open replays the records after the
 // checkpoint into the data image, newest last, before anything is served.
 package volume
 
@@ -65,24 +69,23 @@ type Config struct {
 }
 
 // Resume says how the block device above a volume outlived the process
-// that served it (a keeper kept its FUSE connection): the data image holds
-// every write the kernel was told was done (direct I/O), and the file
-// system above caches them. So the journal's writes and discards are never
-// replayed into it (an older record would bring older data back): Open
-// applies only resizes.
+// that served it (a keeper kept its FUSE connection), whose file system
+// caches every write the kernel was told was done. Every such write is in
+// the journal's ring (a write is answered once its record is written
+// there), so Open replays the journal whatever the mode.
 type Resume int
 
 const (
-	// NoResume: nothing survived; the journal is replayed.
+	// NoResume: nothing survived.
 	NoResume Resume = iota
 	// ResumeClean: the server before closed the volume cleanly (a
 	// handover): the journal holds every write.
 	ResumeClean
-	// ResumeCrash: the server before died. Writes still in its memory
-	// FIFO are in the data image only, so Open syncs the data image and
-	// checkpoints after the journal's last record, dropping any hold: no
-	// later replay may put an older record over them, and the sink's
-	// stream has a gap (a baseline copy must follow).
+	// ResumeCrash: the server before died. A write of part of a block or
+	// a discard may have reached the data image and not the ring (it was
+	// not answered), so Open syncs the data image and checkpoints after
+	// the journal's last record, dropping any hold: the sink's stream may
+	// miss it (a baseline copy must follow).
 	ResumeCrash
 )
 
@@ -97,14 +100,22 @@ type Volume struct {
 	sizeMu sync.RWMutex // held shared by I/O, exclusively to grow
 	size   int64
 
+	pend *pending // blocks written and not yet applied to the data image
+	// cached is the data image through the page cache, which the
+	// committer writes if the data image has it (vfs.OSFile.Cached).
+	cached *vfs.OSFile
+
 	commitMu sync.Mutex // one commit at a time
 	commits  uint64
 	lastCkpt uint64
-	ring     uint64 // the journal's ring size
-	hold     hold
-	pins     map[*pin]struct{}
-	quit     chan struct{}
-	done     chan struct{}
+	// Applied up to: the FIFO index, ring position and last id before
+	// which every record is in the data image (not necessarily synced).
+	appliedIdx, appliedPos, appliedID uint64
+	ring                              uint64 // the journal's ring size
+	hold                              hold
+	pins                              map[*pin]struct{}
+	quit                              chan struct{}
+	done                              chan struct{}
 	// ctx ends with the first commit failure: the volume is unusable then,
 	// and I/O, even I/O blocked on a full journal, fails with the cause.
 	ctx  context.Context
@@ -120,6 +131,7 @@ type Volume struct {
 // nothing that allocates or locks.
 type ioStats struct {
 	reads, readBytes, writes, discards, discardBytes atomic.Uint64
+	pendingReads, mixedReads                         atomic.Uint64
 	spaceErrors                                      atomic.Uint64
 	flushes, commits                                 hist.Durations
 }
@@ -136,7 +148,12 @@ func Open(data Data, jf vfs.File, size int64, cfg Config) (*Volume, journal.Reco
 	if cfg.Provisioning == "" {
 		cfg.Provisioning = Thin
 	}
+	if cfg.Journal.FIFOSize == 0 {
+		cfg.Journal.FIFOSize = journal.DefaultFIFOSize
+	}
+	cfg.Journal.Retain = true // pending data lives in the FIFO
 	v := &Volume{data: data, cfg: cfg, size: size, quit: make(chan struct{}), done: make(chan struct{})}
+	v.pend = newPending(cfg.Journal.FIFOSize)
 	if cfg.Provisioning == Thin {
 		v.alloc = newAllocated(size)
 	}
@@ -161,6 +178,8 @@ func Open(data Data, jf vfs.File, size int64, cfg Config) (*Volume, journal.Reco
 		return nil, rec, err
 	}
 	v.j = j
+	// What was replayed is in the data image.
+	v.appliedIdx, v.appliedPos, v.appliedID = j.DurableIndex()
 	// Commit what was replayed, if anything was: nothing to sync otherwise.
 	st := j.Stats()
 	v.lastCkpt, v.ring = st.Checkpoint, st.RingSize
@@ -179,6 +198,12 @@ func Open(data Data, jf vfs.File, size int64, cfg Config) (*Volume, journal.Reco
 		j.Close()
 		return nil, rec, err
 	}
+	if c, ok := data.(interface{ Cached() (*vfs.OSFile, error) }); ok {
+		if v.cached, err = c.Cached(); err != nil {
+			j.Close()
+			return nil, rec, err
+		}
+	}
 	go v.committer()
 	return v, rec, nil
 }
@@ -192,9 +217,6 @@ func (v *Volume) replay(_ uint64, r journal.Record) error {
 		return fmt.Errorf("volume: record %d is part of a multi-record transaction, which volumes do not write", r.Transid)
 	}
 	_, err := blockrec.Decode(r.Payload, uint64(v.size), func(op blockrec.Op) error {
-		if v.cfg.Resume != NoResume && op.Kind != blockrec.Resize {
-			return nil
-		}
 		switch op.Kind {
 		case blockrec.Write:
 			// Best effort: a full disk may still hold the write's blocks
@@ -241,8 +263,15 @@ func (v *Volume) ReadAt(p []byte, off int64) (int, error) {
 	if err := v.check(off, int64(len(p))); err != nil {
 		return 0, err
 	}
-	if err := v.readData(p, off); err != nil {
+	laid, blocks, err := v.pend.readAt(p, off, v.readData, v.j.Bytes)
+	if err != nil {
 		return 0, err
+	}
+	if laid > 0 {
+		v.stats.pendingReads.Add(1)
+		if laid < blocks {
+			v.stats.mixedReads.Add(1)
+		}
 	}
 	v.stats.reads.Add(1)
 	v.stats.readBytes.Add(uint64(len(p)))
@@ -263,8 +292,8 @@ func (v *Volume) maxChunk() int {
 // records of up to 8 MiB.
 const MaxRecordData = 4 << 20
 
-// WriteAt writes p at off. It returns once the write is in the FIFO and
-// the data image's page cache; Flush makes it durable.
+// WriteAt writes p at off. It returns once the write's records are in the
+// journal's ring (it outlives this process); Flush makes it durable.
 func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
 	v.sizeMu.RLock()
 	defer v.sizeMu.RUnlock()
@@ -273,34 +302,66 @@ func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
 	}
 	v.stats.writes.Add(1)
 	done := 0
+	var end uint64
 	for done < len(p) {
 		n := min(len(p)-done, v.maxChunk())
-		if err := v.writeChunk(p[done:done+n], off+int64(done)); err != nil {
+		var err error
+		if end, err = v.writeChunk(p[done:done+n], off+int64(done)); err != nil {
 			return done, err
 		}
 		done += n
 	}
+	if err := v.j.WaitWritten(v.ctx, end); err != nil {
+		return 0, v.cause(err)
+	}
 	return done, nil
 }
 
-func (v *Volume) writeChunk(p []byte, off int64) error {
-	defer v.locks.unlock(v.locks.lock(off, int64(len(p))))
-	if err := v.reserve(off, int64(len(p))); err != nil {
-		return err
+// writeChunk journals one record's write and returns the record's end in
+// the FIFO.
+func (v *Volume) writeChunk(p []byte, off int64) (uint64, error) {
+	n := int64(len(p))
+	defer v.locks.unlock(v.locks.lock(off, n))
+	if err := v.reserve(off, n); err != nil {
+		return 0, err
+	}
+	whole := off%blk == 0 && n%blk == 0
+	if !whole {
+		if err := v.applyOverlap(off, n); err != nil {
+			return 0, err
+		}
 	}
 	r, err := v.j.Reserve(v.ctx, StreamIO, blockrec.WriteSize(len(p)))
 	if err != nil {
-		return v.cause(err)
+		return 0, v.cause(err)
 	}
 	blockrec.PutWrite(r.Payload, uint64(off), p)
-	// Into the data image before the commit: whatever the journal has
-	// written, the data image's page cache already holds.
-	if err := v.writeData(p, off); err != nil {
+	if whole {
+		// Pending before the commit: once the record is durable, the
+		// committer finds it.
+		v.pend.put(off/blk, len(p)/blk, r.PayloadIndex()+blockrec.WriteDataOffset)
+	} else if err := v.writeData(p, off); err != nil {
+		// Into the data image before the commit, as the committer's
+		// checkpoint assumes of every record not pending.
 		r.Abort()
-		return err
+		return 0, err
 	}
 	r.Commit(len(r.Payload))
-	return nil
+	return r.End(), nil
+}
+
+// applyOverlap has the committer apply the pending blocks [off, off+n)
+// overlaps, if any, so that the data image may be written there directly;
+// the caller holds the range lock.
+func (v *Volume) applyOverlap(off, n int64) error {
+	start, end := span(off, n)
+	if !v.pend.overlaps(start/blk, end/blk-1) {
+		return nil
+	}
+	if err := v.j.Flush(v.ctx); err != nil {
+		return v.cause(err)
+	}
+	return v.commit()
 }
 
 // Discard makes [off, off+n) read as zeros; a thin volume gives its blocks
@@ -314,20 +375,27 @@ func (v *Volume) Discard(off, n int64) error {
 	if n == 0 {
 		return nil
 	}
-	defer v.locks.unlock(v.locks.lock(off, n))
+	s := v.locks.lock(off, n)
+	if err := v.applyOverlap(off, n); err != nil {
+		v.locks.unlock(s)
+		return err
+	}
 	r, err := v.j.Reserve(v.ctx, StreamIO, blockrec.DiscardSize)
 	if err != nil {
+		v.locks.unlock(s)
 		return v.cause(err)
 	}
 	blockrec.PutDiscard(r.Payload, uint64(off), uint64(n))
 	if err := v.deallocate(off, n); err != nil {
 		r.Abort()
+		v.locks.unlock(s)
 		return err
 	}
 	r.Commit(len(r.Payload))
+	v.locks.unlock(s)
 	v.stats.discards.Add(1)
 	v.stats.discardBytes.Add(uint64(n))
-	return nil
+	return v.cause(v.j.WaitWritten(v.ctx, r.End()))
 }
 
 // Grow raises the size to size (a multiple of 4096, at most
@@ -440,31 +508,43 @@ func (v *Volume) committer() {
 	}
 }
 
-// commit makes the data image durable up to what the journal has synced and
-// checkpoints the journal there, freeing its space.
+// commit applies every pending block the journal has synced, makes the
+// data image durable and checkpoints the journal there, freeing its space.
 func (v *Volume) commit() error { return v.commitHeld(true) }
 
-// commitHeld commits up to what the journal has synced, or only up to the
-// hold if one is set. Unless force is set, a commit that the hold keeps
-// from freeing much is skipped: acknowledgements arrive often, and each
-// commit costs two syncs.
+// commitHeld applies the pending blocks of every record the journal has
+// synced, syncs the data image and checkpoints up to those records, or only
+// up to the hold if one is set. Unless force is set, a commit that has
+// nothing to apply and that the hold keeps from freeing much is skipped:
+// acknowledgements arrive often, and each commit costs two syncs.
 func (v *Volume) commitHeld(force bool) error {
 	v.commitMu.Lock()
 	defer v.commitMu.Unlock()
 	if err := v.failed(); err != nil {
 		return err
 	}
-	pos, id := v.j.Durable()
+	idx, durable, durableID := v.j.DurableIndex()
+	apply := idx > v.appliedIdx
+	pos, id := durable, durableID
 	if hp, hid, held := v.held(pos); held {
 		pos, id = hp, hid
-		if !force && pos-v.lastCkpt < v.ring/16 {
+		if !force && !apply && pos-v.lastCkpt < v.ring/16 {
 			return nil
 		}
 	}
-	if pos <= v.lastCkpt {
+	if pos <= v.lastCkpt && !apply {
 		return nil
 	}
 	start := time.Now()
+	var applied []entry
+	if apply {
+		applied = v.pend.collect(idx)
+		if err := v.applyPending(applied); err != nil {
+			err = fmt.Errorf("volume: apply to the data image: %w", err)
+			v.fail(err)
+			return err
+		}
+	}
 	// A failed fdatasync is final: the kernel may have dropped the pages
 	// and tells only one caller, so no later commit may checkpoint.
 	if err := v.data.Sync(); err != nil {
@@ -472,11 +552,21 @@ func (v *Volume) commitHeld(force bool) error {
 		v.fail(err)
 		return err
 	}
-	if err := v.j.Checkpoint(pos, id); err != nil {
-		v.fail(err)
-		return err
+	if v.cached != nil && len(applied) > 0 {
+		v.cached.DropCache() // best effort: the pages are clean, only memory
 	}
-	v.lastCkpt = pos
+	if apply {
+		v.pend.prune(applied)
+		v.j.Release(idx)
+		v.appliedIdx, v.appliedPos, v.appliedID = idx, durable, durableID
+	}
+	if pos > v.lastCkpt {
+		if err := v.j.Checkpoint(pos, id); err != nil {
+			v.fail(err)
+			return err
+		}
+		v.lastCkpt = pos
+	}
 	v.commits++
 	v.stats.commits.Observe(time.Since(start))
 	return nil
@@ -505,6 +595,11 @@ func (v *Volume) close() error {
 	if cerr := v.j.Close(); err == nil {
 		err = cerr
 	}
+	if v.cached != nil {
+		if cerr := v.cached.Close(); err == nil {
+			err = cerr
+		}
+	}
 	return err
 }
 
@@ -516,8 +611,12 @@ type Stats struct {
 	// Requests: reads and their bytes, writes (bytes in Journal),
 	// discards and their bytes; how long flushes and commits took.
 	Reads, ReadBytes, Writes, Discards, DiscardBytes uint64
-	FlushTimes, CommitTimes                          hist.Snapshot
-	Space                                            Space
+	// Reads that took blocks not yet applied from the FIFO; of them, the
+	// reads that took others from the data image too. Pending is how many
+	// blocks are not applied yet (at most FIFO size / 4096).
+	PendingReads, MixedReads, Pending uint64
+	FlushTimes, CommitTimes           hist.Snapshot
+	Space                             Space
 }
 
 // Stats returns the volume's figures; cheap enough to call often.
@@ -529,5 +628,6 @@ func (v *Volume) Stats() Stats {
 	return Stats{Size: size, Commits: c, Journal: v.j.Stats(), Space: v.space(size),
 		Reads: v.stats.reads.Load(), ReadBytes: v.stats.readBytes.Load(), Writes: v.stats.writes.Load(),
 		Discards: v.stats.discards.Load(), DiscardBytes: v.stats.discardBytes.Load(),
+		PendingReads: v.stats.pendingReads.Load(), MixedReads: v.stats.mixedReads.Load(), Pending: uint64(v.pend.n.Load()),
 		FlushTimes: v.stats.flushes.Snapshot(), CommitTimes: v.stats.commits.Snapshot()}
 }
