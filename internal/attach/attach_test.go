@@ -65,7 +65,9 @@ func discard(t *testing.T, f *os.File, off, n int64) {
 // TestBlockDeviceMatchesAModel sends random reads, writes, discards and
 // flushes of random sizes and offsets through the real loop device and
 // compares with an in-memory model, with a journal small enough and a
-// commit interval short enough that areas swap and the ring wraps.
+// commit interval short enough that the committer applies concurrently
+// and the ring wraps several times, and reads that take blocks not yet
+// applied (from the FIFO) and applied ones (from the data image) at once.
 func TestBlockDeviceMatchesAModel(t *testing.T) {
 	requireRoot(t)
 	const size = 64 << 20
@@ -106,8 +108,10 @@ func TestBlockDeviceMatchesAModel(t *testing.T) {
 			}
 		}
 	}
-	if s := a.dir.Volume.Stats(); s.Commits < 3 || s.Journal.Head < s.Journal.RingSize {
-		t.Fatalf("commits %d, journal head %d of a %d ring: areas did not swap or the ring did not wrap", s.Commits, s.Journal.Head, s.Journal.RingSize)
+	if s := a.dir.Volume.Stats(); s.Commits < 3 || s.Journal.Head < 3*s.Journal.RingSize {
+		t.Fatalf("commits %d, journal head %d of a %d ring: areas did not swap or the ring did not wrap several times", s.Commits, s.Journal.Head, s.Journal.RingSize)
+	} else if s.MixedReads == 0 {
+		t.Fatalf("of %d reads that took blocks not yet applied from the FIFO, none took others from the data image too", s.PendingReads)
 	}
 	// And after a detach and attach, from the data image.
 	f.Close()
