@@ -67,7 +67,7 @@ type Journal struct {
 	writeTarget uint64 // highest FIFO index a WaitWritten waits for
 	writtenIdx  uint64 // FIFO index written to the ring up to
 	synced      chan struct{}
-	wrote       chan struct{} // closed and replaced when writtenIdx moves
+	writeWaits  []writeWait   // WaitWritten callers, until writtenIdx passes them
 	ringSynced  chan struct{} // closed and replaced when durablePos moves
 	ringFree    chan struct{}
 	err         error
@@ -141,7 +141,7 @@ func Open(f vfs.File, opts Options, replay func(pos uint64, r Record) error) (*J
 		sw:   &superWriter{f: f, sb: sb, buf: vfs.AlignedBuffer(SuperblockSize)},
 		tail: sb.CkptPos, ckptID: sb.CkptTransid,
 		durablePos: rec.End, durableID: rec.LastTransid,
-		synced: make(chan struct{}), wrote: make(chan struct{}), ringSynced: make(chan struct{}), ringFree: make(chan struct{}),
+		synced: make(chan struct{}), ringSynced: make(chan struct{}), ringFree: make(chan struct{}),
 		kick: make(chan struct{}, 1), ckptWant: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{}),
 		syncedPos: rec.End, writtenID: rec.LastTransid, lastID: rec.MaxTransid,
 		cursor: start, placed: start, written: start, durable: start, durableIdx: start, writtenIdx: start,
@@ -245,33 +245,84 @@ func (j *Journal) DurableIndex() (index, pos, transid uint64) {
 // WaitWritten returns once every record before FIFO index end (a
 // committed Reservation's End) is written to the ring, not necessarily
 // synced: it survives the death of this process, not of the machine.
-// Waiters that arrive together share the worker's writes.
+// Waiters that arrive together share the worker's writes. It allocates
+// nothing: a waiter's channel comes from a pool.
 func (j *Journal) WaitWritten(ctx context.Context, end uint64) error {
 	j.mu.Lock()
-	defer j.mu.Unlock()
-	for j.writtenIdx < end {
-		if j.err != nil {
-			return j.err
+	if j.writtenIdx >= end || j.err != nil {
+		defer j.mu.Unlock()
+		if j.writtenIdx >= end {
+			return nil
 		}
-		if end > j.writeTarget {
-			j.writeTarget = end
-			j.fifo.wantAll.Store(true)
-		}
-		ch := j.wrote
-		j.mu.Unlock()
-		select {
-		case j.kick <- struct{}{}:
-		default:
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			j.mu.Lock()
-			return ctx.Err()
-		}
-		j.mu.Lock()
+		return j.err
 	}
-	return nil
+	ch := waitChans.Get().(chan struct{})
+	j.writeWaits = append(j.writeWaits, writeWait{end, ch})
+	if end > j.writeTarget {
+		j.writeTarget = end
+		j.fifo.wantAll.Store(true)
+	}
+	j.mu.Unlock()
+	select {
+	case j.kick <- struct{}{}:
+	default:
+	}
+	select {
+	case <-ch:
+		waitChans.Put(ch)
+		j.mu.Lock()
+		defer j.mu.Unlock()
+		if j.writtenIdx >= end {
+			return nil
+		}
+		return j.err // woken by the failure
+	case <-ctx.Done():
+		j.mu.Lock()
+		if !j.unwait(ch) {
+			<-ch // woken meanwhile: the wake is in the channel
+		}
+		j.mu.Unlock()
+		waitChans.Put(ch)
+		return ctx.Err()
+	}
+}
+
+// A writeWait is a WaitWritten caller: woken by a send on ch once the
+// ring holds every record before end, or the journal fails.
+type writeWait struct {
+	end uint64
+	ch  chan struct{} // buffered: the send never blocks
+}
+
+var waitChans = sync.Pool{New: func() any { return make(chan struct{}, 1) }}
+
+// wakeWritten wakes the waiters that the ring now satisfies, or all of
+// them if all is set; j.mu is held.
+func (j *Journal) wakeWritten(all bool) {
+	left := j.writeWaits[:0]
+	for _, w := range j.writeWaits {
+		if all || w.end <= j.writtenIdx {
+			w.ch <- struct{}{}
+		} else {
+			left = append(left, w)
+		}
+	}
+	clear(j.writeWaits[len(left):])
+	j.writeWaits = left
+}
+
+// unwait removes the waiter of ch and reports whether it was still
+// waiting; j.mu is held.
+func (j *Journal) unwait(ch chan struct{}) bool {
+	for i, w := range j.writeWaits {
+		if w.ch == ch {
+			last := len(j.writeWaits) - 1
+			j.writeWaits[i], j.writeWaits[last] = j.writeWaits[last], writeWait{}
+			j.writeWaits = j.writeWaits[:last]
+			return true
+		}
+	}
+	return false
 }
 
 // Bytes returns the n FIFO bytes from index i on (inside one record's
@@ -348,8 +399,7 @@ func (j *Journal) fail(err error) {
 		j.err = err
 		close(j.synced)
 		j.synced = make(chan struct{})
-		close(j.wrote)
-		j.wrote = make(chan struct{})
+		j.wakeWritten(true)
 		close(j.ringSynced)
 		j.ringSynced = make(chan struct{})
 	}
@@ -459,8 +509,7 @@ func (j *Journal) cycle(force bool) error {
 	}
 	if j.writtenIdx != j.written {
 		j.writtenIdx = j.written
-		close(j.wrote)
-		j.wrote = make(chan struct{})
+		j.wakeWritten(false)
 	}
 	if j.rw.head == j.syncedPos && j.durable != j.written {
 		j.durable = j.written

@@ -422,3 +422,36 @@ func TestARetainingFIFOKeepsRecordsUntilReleased(t *testing.T) {
 		j.Release(e)
 	}
 }
+
+// TestWaitWrittenEndsWithItsContext: a record behind one still being
+// filled cannot be written; its waiter returns when its context ends, and
+// a later wait returns once the first record is committed.
+func TestWaitWrittenEndsWithItsContext(t *testing.T) {
+	j, _, err := Open(newImage(t, testRing), smallOpts(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	bg := context.Background()
+	first, err := j.Reserve(bg, StreamFirstTx, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := j.Reserve(bg, StreamFirstTx, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second.Commit(100)
+	ctx, cancel := context.WithCancel(bg)
+	cancel()
+	if err := j.WaitWritten(ctx, second.End()); !errors.Is(err, context.Canceled) {
+		t.Fatalf("a wait behind an incomplete record: %v, want the context's end", err)
+	}
+	first.Commit(100)
+	if err := j.WaitWritten(bg, second.End()); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(j.writeWaits); n != 0 {
+		t.Errorf("%d waiters left behind", n)
+	}
+}

@@ -28,7 +28,8 @@ type ringWriter struct {
 	head    uint64 // ring position after the last record placed
 	scratch []byte // the ring block holding runH (or head when no run)
 	spare   []byte // a run's last partial block, then swapped with scratch
-	dirty   bool   // scratch holds bytes not yet written
+	iov     [3][]byte
+	dirty   bool // scratch holds bytes not yet written
 
 	// The run: FIFO indices [runA, runB) placed at ring position runH, not
 	// yet written. It never crosses the end of the ring or of the FIFO.
@@ -122,7 +123,7 @@ func (w *ringWriter) flush(all bool) error {
 	}
 	a, b, h := w.runA, w.runB, w.runH
 	start := h
-	var bufs [3][]byte
+	bufs := &w.iov // a field: a local array would escape into WriteVAt
 	n := 0
 	headBlock := false
 	// The first block, if the run starts inside it: complete it in scratch.
@@ -158,7 +159,9 @@ func (w *ringWriter) flush(all bool) error {
 		w.bytes.Add(b - a)
 	}
 	if n > 0 {
-		if err := vfs.WriteVAt(w.f, bufs[:n], w.fileOff(start)); err != nil {
+		err := vfs.WriteVAt(w.f, bufs[:n], w.fileOff(start))
+		clear(bufs[:]) // hold no FIFO memory
+		if err != nil {
 			return fmt.Errorf("journal: write ring at %d: %w", start, err)
 		}
 	}
