@@ -180,11 +180,13 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		if cfg.SuccessionSocket != "" {
 			took := time.Now()
-			names, err := succession.Take(cfg.SuccessionSocket, func(name string, conn *os.File) error {
+			// Not ready, and no CSI socket, until the plugin before has
+			// handed every volume over: its pods' I/O goes on through it.
+			names, err := succession.TakeAll(parent, cfg.SuccessionSocket, func(name string, conn *os.File) error {
 				return volumes.Adopt(name, conn, volume.ResumeClean)
 			})
 			if err != nil {
-				klog.ErrorS(err, "Taking the volumes from the plugin before failed", "taken", len(names))
+				klog.ErrorS(err, "Stopped taking the volumes from the plugin before", "taken", len(names))
 			} else if len(names) > 0 {
 				klog.InfoS("Took the volumes over from the plugin before", "volumes", len(names), "took", time.Since(took))
 			}

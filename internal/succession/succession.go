@@ -19,7 +19,7 @@
 // plugin stops its server (every request answered, none read) before it
 // sends the connection. If the successor does not answer within
 // AcceptTimeout, or goes away, the plugin serves the volume again itself
-// and stops handing over.
+// and stops handing over; the successor asks again later (TakeAll).
 package succession
 
 import (
@@ -168,6 +168,40 @@ func Take(path string, adopt func(name string, conn *os.File) error) ([]string, 
 			}
 			return taken, fmt.Errorf("succession: unexpected message %q", m.Type)
 		}
+	}
+}
+
+// Retry is how long TakeAll waits before it asks the plugin before again;
+// the wait doubles after each failed handover, up to maxRetry.
+var Retry = time.Second
+
+const maxRetry = 30 * time.Second
+
+// TakeAll is Take until the plugin at path has handed over every volume
+// it serves. A handover that fails part way (a volume this process could
+// not serve, the plugin before timing out) leaves the rest with that
+// plugin, which serves on: TakeAll asks it again, waiting longer each
+// time, until it has no volume left, no plugin listens at path (it
+// stopped: its volumes are served anew) or ctx ends. It returns every
+// volume taken, and ctx's error if it ended first. The path is the plugin
+// before's until TakeAll returns: the caller does not listen there (nor
+// anywhere the plugin before does) sooner.
+func TakeAll(ctx context.Context, path string, adopt func(name string, conn *os.File) error) ([]string, error) {
+	var all []string
+	wait := Retry
+	for {
+		taken, err := Take(path, adopt)
+		all = append(all, taken...)
+		if err == nil {
+			return all, nil
+		}
+		klog.ErrorS(err, "Taking the volumes from the plugin before failed; it serves on, and will be asked again", "taken", len(taken), "in", wait)
+		select {
+		case <-ctx.Done():
+			return all, ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, maxRetry)
 	}
 }
 

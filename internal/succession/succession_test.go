@@ -190,3 +190,62 @@ func TestASilentSuccessorTimesOut(t *testing.T) {
 		t.Errorf("then received %+v, %v; want an end with the reason", m, err)
 	}
 }
+
+// A successor that could not serve a volume asks again until the plugin
+// has handed every volume over.
+func TestTakeAllAsksAgainAfterAFailedHandover(t *testing.T) {
+	defer func(d time.Duration) { Retry = d }(Retry)
+	Retry = time.Millisecond
+	p := newPlugin(t, "a", "b", "c")
+	path, done := serve(t, p)
+	refusals := 2
+	taken, err := TakeAll(context.Background(), path, func(name string, conn *os.File) error {
+		if name == "b" && refusals > 0 {
+			refusals--
+			return errors.New("no room yet")
+		}
+		return conn.Close()
+	})
+	if err != nil || !slices.Equal(taken, []string{"a", "b", "c"}) {
+		t.Fatalf("took %v: %v; want a, b and c", taken, err)
+	}
+	for _, want := range []string{"given a", "served again b", "unretired", "served again b", "unretired", "given b", "given c"} {
+		next(t, p, want)
+	}
+	if !<-done {
+		t.Error("Serve did not report the handover")
+	}
+}
+
+// With no plugin before, or once it has stopped, there is nothing to ask.
+func TestTakeAllWithNoPluginBefore(t *testing.T) {
+	taken, err := TakeAll(context.Background(), filepath.Join(t.TempDir(), "succession.sock"), func(string, *os.File) error {
+		t.Error("adopt called with no plugin before")
+		return nil
+	})
+	if err != nil || len(taken) != 0 {
+		t.Errorf("took %v: %v", taken, err)
+	}
+}
+
+// A successor told to stop while the plugin refuses stops asking.
+func TestTakeAllEndsWithItsContext(t *testing.T) {
+	defer func(d time.Duration) { Retry = d }(Retry)
+	Retry = time.Millisecond
+	p := newPlugin(t, "a")
+	path, _ := serve(t, p)
+	ctx, cancel := context.WithCancel(context.Background())
+	asked := 0
+	taken, err := TakeAll(ctx, path, func(name string, conn *os.File) error {
+		if asked++; asked == 3 {
+			cancel()
+		}
+		return errors.New("never")
+	})
+	if !errors.Is(err, context.Canceled) || len(taken) != 0 || asked != 3 {
+		t.Errorf("took %v after %d asks: %v; want nothing after 3, and the context's end", taken, asked, err)
+	}
+	if retired, served := p.state(); retired || !slices.Equal(served, []string{"a"}) {
+		t.Errorf("the plugin: retired %v, serving %v; want it serving a", retired, served)
+	}
+}
