@@ -185,6 +185,12 @@ func Run(ctx context.Context, cfg Config) error {
 			names, err := succession.TakeAll(parent, cfg.SuccessionSocket, func(name string, conn *os.File) error {
 				return volumes.Adopt(name, conn, volume.ResumeClean)
 			})
+			if err != nil && volumes.Served() == 0 {
+				// Told to stop while the plugin before kept everything: its
+				// sockets stay its own.
+				klog.InfoS("Told to stop before the plugin before handed anything over; stopping", "reason", err)
+				return nil
+			}
 			if err != nil {
 				klog.ErrorS(err, "Stopped taking the volumes from the plugin before", "taken", len(names))
 			} else if len(names) > 0 {
