@@ -2,15 +2,19 @@ package test
 
 import (
 	"context"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	csi "github.com/container-storage-interface/spec/lib/go/csi"
 
+	"github.com/jvol-io/jvol/internal/fdpass"
 	"github.com/jvol-io/jvol/internal/writecheck"
 )
 
@@ -36,23 +40,26 @@ func startHolder(t *testing.T, sock string) *exec.Cmd {
 // holder keeps the FUSE connection; the restarted plugin serves it again),
 // and then, told to stop (as a deleted pod's), it serves on until a second
 // plugin with a holder of its own (a new pod) takes the volume over from
-// it (succession), and exits. No write
-// may fail, every block holds its last completed write, and the volume
-// unstages cleanly from the successor.
+// it (succession), and exits. The first time the successor asks, the
+// handover fails before any volume (as when the plugin cannot give one):
+// the successor asks again. No write may fail, every block holds its last
+// completed write, and the volume unstages cleanly from the successor.
 func TestPluginKillAndSuccessionFailNoWrite(t *testing.T) {
 	requireRoot(t)
 	dir := t.TempDir()
 	state, sock := filepath.Join(dir, "state"), filepath.Join(dir, "csi.sock")
-	succession := filepath.Join(state, "succession.sock")
-	plugin := func(holderSock string) *standalone {
+	// The plugin before listens at before; the successor asks at
+	// succession, where the test refuses it once and then relays.
+	succession, before := filepath.Join(state, "succession.sock"), filepath.Join(dir, "before.sock")
+	plugin := func(holderSock, successionSock string) *standalone {
 		t.Helper()
-		s := startStandalone(t, state, sock, "--holder-socket", holderSock, "--succession-socket", succession, "--succession-wait", "30s")
+		s := startStandalone(t, state, sock, "--holder-socket", holderSock, "--succession-socket", successionSock, "--succession-wait", "30s")
 		t.Cleanup(func() { s.cmd.Process.Kill() }) // if the test stops early
 		return s
 	}
 	holderA := filepath.Join(dir, "a", "holder.sock")
 	startHolder(t, holderA)
-	s := plugin(holderA)
+	s := plugin(holderA, before)
 	conn := dial(t, s.endpoint)
 	cs, ns := csi.NewControllerClient(conn), csi.NewNodeClient(conn)
 	ctx := context.Background()
@@ -89,7 +96,7 @@ func TestPluginKillAndSuccessionFailNoWrite(t *testing.T) {
 
 	wait()
 	s.kill()
-	s = plugin(holderA)
+	s = plugin(holderA, before)
 	if !s.stderr.waitFor("Serving a volume again whose connection outlived its server", time.Second) {
 		t.Fatalf("the restarted plugin did not take the held connection:\n%s", s.stderr)
 	}
@@ -103,10 +110,14 @@ func TestPluginKillAndSuccessionFailNoWrite(t *testing.T) {
 	wait()
 	holderB := filepath.Join(dir, "b", "holder.sock")
 	startHolder(t, holderB)
-	next := plugin(holderB)
+	refuseOnceThenRelay(t, succession, before)
+	next := plugin(holderB, succession)
 	defer next.stop(t)
-	if !next.stderr.waitFor("Took the volumes over from the plugin before", time.Second) {
+	if !next.stderr.waitFor("Took the volumes over from the plugin before", 30*time.Second) {
 		t.Fatalf("the successor took nothing:\n%s", next.stderr)
+	}
+	if !strings.Contains(next.stderr.String(), "will be asked again") {
+		t.Errorf("the successor took the volumes without being refused first:\n%s", next.stderr)
 	}
 	wait()
 	if err := s.cmd.Wait(); err != nil { // retired, it exits and leaves the volume alone
@@ -135,4 +146,58 @@ func TestPluginKillAndSuccessionFailNoWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	noMountsUnder(t, dir)
+}
+
+// refuseOnceThenRelay listens at path for successors. It answers the first
+// with the end of a handover that stopped before any volume ('E' and a
+// reason: what a plugin whose Give failed sends), and relays the next one
+// to the plugin listening at to, messages and files both ways.
+func refuseOnceThenRelay(t *testing.T, path, to string) {
+	t.Helper()
+	l, err := fdpass.Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	refused := false
+	go l.Serve(ctx, func(c *net.UnixConn) bool {
+		defer c.Close()
+		if !refused {
+			refused = true
+			if m, err := fdpass.Recv(c); err == nil && m.File != nil {
+				m.File.Close()
+			}
+			fdpass.Send(c, fdpass.Msg{Type: 'E', Name: "refused by the test"})
+			return false
+		}
+		p, err := fdpass.Dial(to)
+		if err != nil {
+			t.Errorf("relaying to the plugin before: %v", err)
+			return true
+		}
+		defer p.Close()
+		var wg sync.WaitGroup
+		wg.Go(func() { relay(p, c) })
+		relay(c, p)
+		wg.Wait()
+		return true
+	})
+}
+
+// relay sends on to every message received on from, until from ends.
+func relay(from, to *net.UnixConn) {
+	for {
+		m, err := fdpass.Recv(from)
+		if err != nil {
+			return
+		}
+		err = fdpass.Send(to, m)
+		if m.File != nil {
+			m.File.Close()
+		}
+		if err != nil {
+			return
+		}
+	}
 }
