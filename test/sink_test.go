@@ -184,6 +184,17 @@ func waitSinkAcked(t *testing.T, dir string, id uint64) {
 // fsyncs the device and returns the last id handed out.
 func writeRound(t *testing.T, rng *rand.Rand, f *os.File, size int64, dir string) uint64 {
 	t.Helper()
+	writeUnflushed(t, rng, f, size)
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	return lastTransid(t, dir, time.Now()).Transid
+}
+
+// writeUnflushed writes a few random extents of random data to f, with no
+// fsync.
+func writeUnflushed(t *testing.T, rng *rand.Rand, f *os.File, size int64) {
+	t.Helper()
 	buf := vfs.AlignedBuffer(256 << 10)
 	for range 4 + rng.IntN(8) {
 		n := (1 + rng.Int64N(64)) * 4096
@@ -196,10 +207,6 @@ func writeRound(t *testing.T, rng *rand.Rand, f *os.File, size int64, dir string
 			t.Fatal(err)
 		}
 	}
-	if err := f.Sync(); err != nil {
-		t.Fatal(err)
-	}
-	return lastTransid(t, dir, time.Now()).Transid
 }
 
 // readDevice reads the whole device with direct I/O.
@@ -379,8 +386,13 @@ func TestSinkFullDuplexThroughADevice(t *testing.T) {
 		}
 	}
 
+	// Writes never flushed, then a clean detach (a drained node): the
+	// receiver has them when the detach returns.
+	writeUnflushed(t, rng, f, streamedSize)
+	last := readDevice(t, f, streamedSize)
 	f.Close()
 	a.stop(t)
+	checkRestore(t, sinkDir, vol, last, "--latest")
 	rc.stop(t)
 }
 

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"k8s.io/klog/v2"
 	mount "k8s.io/mount-utils"
@@ -245,6 +246,30 @@ func resyncMarker(dir string, crash bool) (bool, func(), error) {
 	return true, done, nil
 }
 
+// DrainTimeout bounds how long Detach waits for a receiver to have the
+// last writes.
+var DrainTimeout = 10 * time.Second
+
+// drain makes every write durable and, while the receiver is reachable,
+// waits up to DrainTimeout for it to have them all: a node drained and
+// then lost leaves at the receiver what its pods wrote last, flushed or
+// not. What it lacks after that stays in the journal, sent at the next
+// attach.
+func (a *Attachment) drain() {
+	ctx, cancel := context.WithTimeout(context.Background(), DrainTimeout)
+	defer cancel()
+	if err := a.dir.Volume.Flush(ctx); err != nil {
+		return // Close says why
+	}
+	if st := a.sender.Stats().State; st == sink.Disconnected || st == sink.OutOfSync {
+		return
+	}
+	id := a.dir.Volume.Journal().Stats().DurableTransid
+	if err := a.sender.WaitAcked(ctx, id); err != nil {
+		klog.InfoS("The receiver lacks the last writes; they stay in the journal, sent at the next attach", "dir", a.dir.Path, "err", err)
+	}
+}
+
 // Detach unmounts the file system (if Attach mounted one), removes the
 // block device and closes the volume (a final flush and commit). If the file
 // system or the device is still busy, it stops there and returns the error:
@@ -263,6 +288,7 @@ func (a *Attachment) Detach() error {
 		a.fe = nil
 	}
 	if a.sender != nil {
+		a.drain()
 		a.sender.Close() // what it has not sent stays in the journal
 		a.sender = nil
 	}
