@@ -195,6 +195,9 @@ func TakeAll(ctx context.Context, path string, adopt func(name string, conn *os.
 		if err == nil {
 			return all, nil
 		}
+		if ctx.Err() != nil { // told to stop meanwhile: no later ask
+			return all, ctx.Err()
+		}
 		klog.ErrorS(err, "Taking the volumes from the plugin before failed; it serves on, and will be asked again", "taken", len(taken), "in", wait)
 		select {
 		case <-ctx.Done():
