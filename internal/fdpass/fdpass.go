@@ -22,6 +22,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 
 	"golang.org/x/sys/unix"
 )
@@ -143,13 +144,21 @@ func Listen(path string) (*Listener, error) { return ListenUnix("unixpacket", pa
 // keeps its own.
 type Listener struct {
 	*net.UnixListener
-	path     string
-	dev, ino uint64
+	path string
+	// sock is the socket file as bound (O_PATH): held open, its inode
+	// number is not given to another file, so a file at path with the
+	// same device and inode is this socket.
+	sock *os.File
 }
 
 // ListenUnix listens on a unix socket of network ("unix" or "unixpacket")
 // at path, replacing whatever socket is there.
 func ListenUnix(network, path string) (*Listener, error) {
+	unlock, err := lockDir(path)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
@@ -158,12 +167,35 @@ func ListenUnix(network, path string) (*Listener, error) {
 		return nil, err
 	}
 	l.SetUnlinkOnClose(false)
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
+	fd, err := unix.Open(path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
 		l.Close()
-		return nil, err
+		return nil, fmt.Errorf("fdpass: %w", err)
 	}
-	return &Listener{UnixListener: l, path: path, dev: st.Dev, ino: st.Ino}, nil
+	return &Listener{UnixListener: l, path: path, sock: os.NewFile(uintptr(fd), path)}, nil
+}
+
+// lockDir locks path's directory (flock, exclusive) until the returned
+// func is called. Replacing a socket (remove, bind) and removing one only
+// while it is still the listener's own (stat, remove) are each one step to
+// the other, also across processes: a plugin that closes while its
+// successor binds the same path must not remove the successor's socket.
+func lockDir(path string) (func(), error) {
+	fd, err := unix.Open(filepath.Dir(path), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("fdpass: %w", err)
+	}
+	for {
+		err = unix.Flock(fd, unix.LOCK_EX)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("fdpass: locking %s: %w", filepath.Dir(path), err)
+	}
+	return func() { unix.Close(fd) }, nil
 }
 
 // Serve passes each connection accepted to handle until ctx ends (then it
@@ -188,8 +220,14 @@ func (l *Listener) Serve(ctx context.Context, handle func(*net.UnixConn) bool) (
 // Close closes the listener and removes its path if it is still its socket.
 func (l *Listener) Close() error {
 	err := l.UnixListener.Close()
-	var st unix.Stat_t
-	if unix.Stat(l.path, &st) == nil && st.Dev == l.dev && st.Ino == l.ino {
+	defer l.sock.Close()
+	unlock, lerr := lockDir(l.path)
+	if lerr != nil {
+		return errors.Join(err, lerr)
+	}
+	defer unlock()
+	var at, own unix.Stat_t
+	if unix.Stat(l.path, &at) == nil && unix.Fstat(int(l.sock.Fd()), &own) == nil && at.Dev == own.Dev && at.Ino == own.Ino {
 		os.Remove(l.path)
 	}
 	return err

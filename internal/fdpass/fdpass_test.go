@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -105,4 +106,35 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("decoded %q as %+v", b, m)
 		}
 	})
+}
+
+// TestListenerClosesAsASuccessorBinds: a listener closed while another
+// binds its path, at the same moment, never removes the other's socket
+// (its check that the path is its own and its removal are one step to the
+// other).
+func TestListenerClosesAsASuccessorBinds(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.sock")
+	for i := range 2000 {
+		old, err := Listen(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			old.Close()
+		}()
+		next, err := Listen(path)
+		wg.Wait()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := Dial(path)
+		next.Close()
+		if err != nil {
+			t.Fatalf("round %d: the successor's socket is gone: %v", i, err)
+		}
+		c.Close()
+	}
 }
