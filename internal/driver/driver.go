@@ -199,6 +199,9 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		if err := volumes.Restore(ctx); err != nil {
 			klog.ErrorS(err, "Some staged volumes could not be served again")
+			if errors.Is(err, host.ErrElsewhere) {
+				go restoreWhenFree(ctx, volumes)
+			}
 		}
 		if cfg.SuccessionSocket != "" {
 			l, err := fdpass.Listen(cfg.SuccessionSocket)
@@ -312,6 +315,33 @@ func Run(ctx context.Context, cfg Config) error {
 		<-parent.Done()
 	}
 	return err
+}
+
+// RestoreRetry is how long a node plugin waits before it serves again the
+// staged volumes another process still served at its start; the wait
+// doubles each time, up to 30 s.
+var RestoreRetry = time.Second
+
+// restoreWhenFree serves again the staged volumes that another process
+// served when this one started (the plugin before, stopping with no
+// successor while this one started: it lets go of them when it exits),
+// once it has let go of them. It stops once none is served elsewhere, or
+// when ctx ends.
+func restoreWhenFree(ctx context.Context, volumes *host.Volumes) {
+	for wait := RestoreRetry; ; wait = min(2*wait, 30*time.Second) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		err := volumes.Restore(ctx)
+		if !errors.Is(err, host.ErrElsewhere) {
+			if err == nil {
+				klog.InfoS("Every staged volume is served again")
+			}
+			return
+		}
+	}
 }
 
 // dialHolder connects to the connection holder, which may start after the

@@ -3,6 +3,7 @@ package host_test
 import (
 	"context"
 	"errors"
+	"path/filepath"
 	"testing"
 
 	"github.com/jvol-io/jvol/internal/host"
@@ -45,5 +46,53 @@ func TestAVolumeServedElsewhereIsLeftAlone(t *testing.T) {
 	}
 	if _, ok := before.Status("v"); !ok {
 		t.Error("the plugin before does not serve the volume any more")
+	}
+}
+
+// A staged volume that another plugin served when this one restored (the
+// plugin before, stopping with no successor) is served by a later Restore
+// once that plugin has let go of it; a Restore never serves one unstaged
+// meanwhile.
+func TestAVolumeServedElsewhereIsServedOnceFree(t *testing.T) {
+	fakes := hosttest.New()
+	dir := t.TempDir()
+	before, err := host.New(host.Config{StateDir: dir, OS: fakes.OS()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	staging := t.TempDir()
+	for _, name := range []string{"v", "w"} {
+		if _, err := before.Ensure(ctx, name, volume.Options{Size: 8 << 20, JournalSize: volume.MinJournalSize}, true); err != nil {
+			t.Fatal(err)
+		}
+		if err := before.StageVolume(name, host.Stage{StagingPath: filepath.Join(staging, name), FSType: "ext4"}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	next, err := host.New(host.Config{StateDir: dir, OS: fakes.OS()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := next.Restore(ctx); !errors.Is(err, host.ErrElsewhere) {
+		t.Fatalf("restore: %v, want ErrElsewhere", err)
+	}
+	// The plugin before stops (its records stay), and w is unstaged.
+	for _, name := range []string{"v", "w"} {
+		if err := before.Release(name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := before.UnstageVolume("w", filepath.Join(staging, "w")); err != nil {
+		t.Fatal(err)
+	}
+	if err := next.Restore(ctx); err != nil {
+		t.Fatalf("restore once free: %v", err)
+	}
+	if _, ok := next.Status("v"); !ok {
+		t.Error("v is not served once free")
+	}
+	if _, ok := next.Status("w"); ok {
+		t.Error("w is served, though it was unstaged")
 	}
 }

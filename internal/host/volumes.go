@@ -37,6 +37,9 @@ var (
 	ErrPublished = errors.New("volume is still published")
 	// ErrConflict: staged or published already, with other parameters.
 	ErrConflict = errors.New("volume already staged or published differently")
+	// ErrElsewhere: another process serves the volume (a node plugin
+	// before this one, handing over or stopping).
+	ErrElsewhere = fmt.Errorf("%w: served by another process", ErrConflict)
 	// ErrRetired: this node plugin handed its volumes to a successor.
 	ErrRetired = errors.New("the node plugin handed its volumes to its successor")
 )
@@ -841,10 +844,12 @@ func (n *Volumes) ExpandVolume(ctx context.Context, name string, size int64) (in
 }
 
 // Restore serves again every volume that was staged when the node plugin
-// last stopped: stale mounts of the dead device are removed, the volume is
-// attached again (the frontend clears its own leftovers), and its file
-// system and bind mounts are mounted again. It goes on past a volume that
-// fails and returns every failure; it stops early if ctx ends.
+// last stopped and is not served yet: stale mounts of the dead device are
+// removed, the volume is attached again (the frontend clears its own
+// leftovers), and its file system and bind mounts are mounted again. It
+// goes on past a volume that fails and returns every failure (ErrElsewhere
+// for one another process still serves); it stops early if ctx ends. It
+// may run while CSI calls are served.
 func (n *Volumes) Restore(ctx context.Context) error {
 	ents, err := os.ReadDir(n.dir)
 	if err != nil {
@@ -853,35 +858,44 @@ func (n *Volumes) Restore(ctx context.Context) error {
 	var errs []error
 	for _, e := range ents {
 		name := e.Name()
-		st, err := n.readStage(name)
-		if errors.Is(err, os.ErrNotExist) || CheckName(name) != nil {
+		if CheckName(name) != nil {
 			continue
 		}
 		if ctx.Err() != nil {
 			return errors.Join(append(errs, ctx.Err())...)
 		}
-		if err == nil {
-			err = n.restore(name, st)
-		}
+		st, err := n.restore(name)
 		if err != nil {
 			klog.ErrorS(err, "Could not serve a staged volume again", "volume", name)
 			errs = append(errs, fmt.Errorf("volume %s: %w", name, err))
 			continue
 		}
-		klog.InfoS("Served a staged volume again", "volume", name, "stagingPath", st.StagingPath, "publishes", len(st.Publishes))
+		if st != nil {
+			klog.InfoS("Served a staged volume again", "volume", name, "stagingPath", st.StagingPath, "publishes", len(st.Publishes))
+		}
 	}
 	return errors.Join(errs...)
 }
 
-func (n *Volumes) restore(name string, st Stage) error {
+// restore serves name again if it is recorded as staged and not served;
+// it returns the record if it did.
+func (n *Volumes) restore(name string) (*Stage, error) {
 	unlock := n.Lock(name)
 	defer unlock()
 	if n.attached(name) != nil {
-		return nil
+		return nil, nil
+	}
+	// Read under the lock: an unstage may have come first.
+	st, err := n.readStage(name)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
 	}
 	// As it was served before the restart: with the sink it streamed to
 	// (and whose records its journal holds).
-	return n.serveAgain(name, st, nil)
+	return &st, n.serveAgain(name, st, nil)
 }
 
 // serveAgain stages a volume recorded as staged, with sink settings so,
@@ -924,7 +938,7 @@ func (n *Volumes) notServedElsewhere(name string) error {
 		return err
 	}
 	if locked {
-		return fmt.Errorf("%w: %s is served by another process", ErrConflict, name)
+		return fmt.Errorf("%s: %w", name, ErrElsewhere)
 	}
 	return nil
 }
