@@ -885,6 +885,9 @@ func (n *Volumes) restore(name string) (*Stage, error) {
 	if n.attached(name) != nil {
 		return nil, nil
 	}
+	if n.Retired() { // the successor serves it from its record
+		return nil, ErrRetired
+	}
 	// Read under the lock: an unstage may have come first.
 	st, err := n.readStage(name)
 	if errors.Is(err, os.ErrNotExist) {
