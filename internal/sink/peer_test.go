@@ -29,7 +29,7 @@ type testCA struct {
 	pool *x509.CertPool
 }
 
-func newCA(t *testing.T, name string) *testCA {
+func newCA(t testing.TB, name string) *testCA {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -47,7 +47,7 @@ func newCA(t *testing.T, name string) *testCA {
 	return &testCA{cert: cert, key: key, pool: pool}
 }
 
-func (ca *testCA) issue(t *testing.T, name string, server bool) tls.Certificate {
+func (ca *testCA) issue(t testing.TB, name string, server bool) tls.Certificate {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
