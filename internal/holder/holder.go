@@ -60,6 +60,7 @@ const OwnerTimeout = 10 * time.Second
 type Holder struct {
 	resend       func(*os.File) error
 	ownerTimeout time.Duration
+	waiting      func() // if set, called each time a plugin starts waiting for the owner (tests)
 
 	mu        sync.Mutex
 	held      map[string]*os.File
@@ -122,6 +123,9 @@ func (h *Holder) own() (chan struct{}, error) {
 			return gone, nil
 		}
 		h.mu.Unlock()
+		if h.waiting != nil {
+			h.waiting()
+		}
 		select {
 		case <-prev:
 		case <-deadline.C:

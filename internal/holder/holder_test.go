@@ -20,13 +20,21 @@ type rig struct {
 	mu   sync.Mutex
 	sent []string // names whose connections were resent, in order
 	h    *Holder
+
+	waiting chan struct{} // a plugin waits for the owner
 }
 
 func newRig(t *testing.T, ownerTimeout time.Duration) *rig {
 	t.Helper()
-	r := &rig{path: filepath.Join(t.TempDir(), "holder.sock")}
+	r := &rig{path: filepath.Join(t.TempDir(), "holder.sock"), waiting: make(chan struct{}, 1)}
 	r.h = New()
 	r.h.ownerTimeout = ownerTimeout
+	r.h.waiting = func() {
+		select {
+		case r.waiting <- struct{}{}:
+		default:
+		}
+	}
 	r.h.resend = func(f *os.File) error {
 		r.mu.Lock()
 		defer r.mu.Unlock()
@@ -90,6 +98,7 @@ func TestAPluginGoneItsRequestsAreResentAndTheNextGetsTheConnections(t *testing.
 		dialErr <- err
 		next <- c
 	}()
+	<-r.waiting // the next plugin is connected and waits for the owner
 	r.mu.Lock()
 	if len(r.sent) != 0 {
 		t.Errorf("resent %v while the owner lives", r.sent)
