@@ -73,6 +73,12 @@ func attachCmd(ctx context.Context, args []string) error {
 		}
 	}
 	if served == nil && *keep && *server == "jvol" {
+		// What is wrong with the command line fails here, not in the
+		// child, with its reason and nothing made.
+		check := attach.Options{Dir: *dir, FS: *fsType, Mount: *mnt, Volume: volume.Options{Size: int64(size)}}
+		if err := check.Check(); err != nil {
+			return err
+		}
 		exe, err := os.Executable()
 		if err != nil {
 			return err

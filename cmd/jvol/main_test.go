@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -25,16 +26,30 @@ func TestBadCommandLinesFailWithAReason(t *testing.T) {
 		"standalone with a bad endpoint":               {"standalone", "--node-id", "n", "--state-dir", "NEWDIR", "--endpoint", "http://x"},
 		"controller with an unknown flag":              {"controller", "--nodes", "3"},
 	}
+	// What these say: the reason itself, not that a child process failed.
+	says := map[string]string{
+		"attach of a new volume without a size":        "needs a size",
+		"attach with a file system but no mount point": "go together",
+	}
 	for name, args := range cases {
+		newDir := ""
 		for i := range args {
 			if args[i] == "NEWDIR" {
-				args[i] = filepath.Join(t.TempDir(), "vol")
+				newDir = filepath.Join(t.TempDir(), "vol")
+				args[i] = newDir
 			}
 		}
 		t.Run(name, func(t *testing.T) {
 			err := run(context.Background(), args)
 			if err == nil || strings.TrimSpace(err.Error()) == "" {
 				t.Fatalf("run(%q) = %v", args, err)
+			}
+			if !strings.Contains(err.Error(), says[name]) {
+				t.Errorf("run(%q) = %v, want it to say %q", args, err, says[name])
+			}
+			// A refused attach makes nothing.
+			if _, err := os.Stat(newDir); strings.HasPrefix(name, "attach") && newDir != "" && !os.IsNotExist(err) {
+				t.Errorf("run(%q) left %s (%v)", args, newDir, err)
 			}
 		})
 	}

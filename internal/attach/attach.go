@@ -66,13 +66,28 @@ type Attachment struct {
 	restarts int
 }
 
-// Attach attaches the volume in o.Dir, creating it if needed.
-func Attach(o Options) (*Attachment, error) {
+// Check returns what is wrong with o that needs nothing made or started
+// to find: a file system without a mount point or of an unknown kind, or a
+// new volume without a size.
+func (o Options) Check() error {
 	if (o.FS == "") != (o.Mount == "") {
-		return nil, errors.New("attach: a file system and a mount point go together")
+		return errors.New("attach: a file system and a mount point go together")
 	}
 	if o.FS != "" && o.FS != "ext4" && o.FS != "xfs" {
-		return nil, fmt.Errorf("attach: file system %q: want ext4 or xfs", o.FS)
+		return fmt.Errorf("attach: file system %q: want ext4 or xfs", o.FS)
+	}
+	if o.Volume.Size == 0 && o.Volume.From == "" {
+		if _, err := volume.ReadMeta(o.Dir); errors.Is(err, os.ErrNotExist) {
+			return volume.ErrNoSize
+		}
+	}
+	return nil
+}
+
+// Attach attaches the volume in o.Dir, creating it if needed.
+func Attach(o Options) (*Attachment, error) {
+	if err := o.Check(); err != nil {
+		return nil, err
 	}
 	dir, err := filepath.Abs(o.Dir)
 	if err != nil {
