@@ -19,7 +19,9 @@
 // plugin stops its server (every request answered, none read) before it
 // sends the connection. If the successor does not answer within
 // AcceptTimeout, or goes away, the plugin serves the volume again itself
-// and stops handing over; the successor asks again later (TakeAll).
+// and stops handing over; the successor asks again later (TakeAll). Only
+// one of them can open the volume (its directory's lock); one that went
+// away with the connection had it as after a crash.
 package succession
 
 import (
@@ -57,7 +59,9 @@ type Giver interface {
 	Give(name string) (*os.File, error)
 	// Given: the successor serves it now.
 	Given(name string, conn *os.File)
-	// Adopt serves it again (the successor did not).
+	// Adopt serves it again (the successor did not). Not clean: the
+	// successor died with it, so the requests it read are to be queued
+	// again and the volume opened as after a crash.
 	Adopt(name string, conn *os.File, clean bool) error
 }
 
@@ -106,15 +110,20 @@ func giveOne(c *net.UnixConn, g Giver, name string) error {
 	}
 	err = fdpass.Send(c, fdpass.Msg{Type: msgVolume, Name: name, File: conn})
 	var m fdpass.Msg
+	gone := false
 	if err == nil {
 		c.SetReadDeadline(time.Now().Add(AcceptTimeout))
 		m, err = fdpass.Recv(c)
+		// The successor's end closed with no answer: it died holding the
+		// connection, and may have read requests it never answered and
+		// written part of what they asked.
+		gone = err != nil && !errors.Is(err, os.ErrDeadlineExceeded)
 	}
 	if err == nil && (m.Type != msgAccepted || m.Name != name) {
 		err = fmt.Errorf("the successor did not serve it: %s", m.Name)
 	}
 	if err != nil {
-		if aerr := g.Adopt(name, conn, true); aerr != nil {
+		if aerr := g.Adopt(name, conn, !gone); aerr != nil {
 			err = errors.Join(err, fmt.Errorf("serving it again: %w", aerr))
 		}
 		return fmt.Errorf("volume %s: %w", name, err)

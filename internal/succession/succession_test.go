@@ -77,6 +77,9 @@ func (p *plugin) Adopt(name string, conn *os.File, clean bool) error {
 	p.mu.Lock()
 	p.served[name] = conn
 	p.mu.Unlock()
+	if !clean {
+		name += " as after a crash"
+	}
 	p.log <- "served again " + name
 	return nil
 }
@@ -247,5 +250,30 @@ func TestTakeAllEndsWithItsContext(t *testing.T) {
 	}
 	if retired, served := p.state(); retired || !slices.Equal(served, []string{"a"}) {
 		t.Errorf("the plugin: retired %v, serving %v; want it serving a", retired, served)
+	}
+}
+
+// A successor that dies holding a volume's connection, unanswered: the
+// plugin serves it again as after a crash (it may have read requests).
+func TestASuccessorGoneWithAVolume(t *testing.T) {
+	p := newPlugin(t, "a", "b")
+	path, _ := serve(t, p)
+	c, err := fdpass.Dial(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fdpass.Send(c, fdpass.Msg{Type: msgTake}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := fdpass.Recv(c)
+	if err != nil || m.Type != msgVolume || m.Name != "a" || m.File == nil {
+		t.Fatalf("received %+v, %v", m, err)
+	}
+	m.File.Close()
+	c.Close()
+	next(t, p, "served again a as after a crash")
+	next(t, p, "unretired")
+	if retired, served := p.state(); retired || !slices.Equal(served, []string{"a", "b"}) {
+		t.Errorf("the plugin: retired %v, serving %v; want it serving a and b", retired, served)
 	}
 }
