@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"runtime"
 	"testing"
 
 	"github.com/jvol-io/jvol/internal/host"
@@ -94,5 +95,36 @@ func TestAVolumeServedElsewhereIsServedOnceFree(t *testing.T) {
 	}
 	if _, ok := next.Status("w"); ok {
 		t.Error("w is served, though it was unstaged")
+	}
+}
+
+// A stage already under way when Retire is called (it holds the volume's
+// lock) is waited for: the volume it serves is handed over with the rest.
+func TestRetireWaitsForAStageUnderWay(t *testing.T) {
+	fakes := hosttest.New()
+	n, err := host.New(host.Config{StateDir: t.TempDir(), OS: fakes.OS()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.Ensure(context.Background(), "v", volume.Options{Size: 8 << 20, JournalSize: volume.MinJournalSize}, true); err != nil {
+		t.Fatal(err)
+	}
+	unlock := n.Lock("v") // a NodeStageVolume past its check of Retired
+	retired := make(chan []string, 1)
+	go func() { retired <- n.Retire() }()
+	for !n.Retired() {
+		runtime.Gosched()
+	}
+	staging := t.TempDir()
+	if err := n.StageVolume("v", host.Stage{StagingPath: staging, FSType: "ext4"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	unlock()
+	if names := <-retired; len(names) != 1 || names[0] != "v" {
+		t.Errorf("Retire returned %v, want the volume staged meanwhile", names)
+	}
+	n.Unretire()
+	if err := n.UnstageVolume("v", staging); err != nil {
+		t.Error(err)
 	}
 }

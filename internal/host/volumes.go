@@ -577,12 +577,21 @@ func (n *Volumes) AdoptHeld(held map[string]*os.File) error {
 }
 
 // Retire makes every later call that would change a volume fail with
-// ErrRetired, and returns the volumes served now: they are to be handed
-// to a successor (Give).
+// ErrRetired, waits for the calls under way (a stage holds its volume's
+// lock), and returns the volumes served then: they are to be handed to a
+// successor (Give).
 func (n *Volumes) Retire() []string {
 	n.mu.Lock()
-	defer n.mu.Unlock()
 	n.retired = true
+	locks := slices.Collect(maps.Values(n.locks))
+	n.mu.Unlock()
+	for _, l := range locks {
+		l.Lock()
+		//lint:ignore SA2001 waiting for the call that holds it is the point
+		l.Unlock()
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
 	return keys(n.att)
 }
 
