@@ -28,6 +28,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"syscall"
@@ -117,7 +118,7 @@ func giveOne(c *net.UnixConn, g Giver, name string) error {
 		// The successor's end closed with no answer: it died holding the
 		// connection, and may have read requests it never answered and
 		// written part of what they asked.
-		gone = err != nil && !errors.Is(err, os.ErrDeadlineExceeded)
+		gone = errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)
 	}
 	if err == nil && (m.Type != msgAccepted || m.Name != name) {
 		err = fmt.Errorf("the successor did not serve it: %s", m.Name)

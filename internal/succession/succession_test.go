@@ -277,3 +277,28 @@ func TestASuccessorGoneWithAVolume(t *testing.T) {
 		t.Errorf("the plugin: retired %v, serving %v; want it serving a and b", retired, served)
 	}
 }
+
+// A successor that answers with a message the plugin cannot read is alive
+// (it may be serving the volume): not taken for dead.
+func TestAGarbledAnswerIsNoDeath(t *testing.T) {
+	p := newPlugin(t, "a")
+	path, _ := serve(t, p)
+	c, err := fdpass.Dial(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := fdpass.Send(c, fdpass.Msg{Type: msgTake}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := fdpass.Recv(c)
+	if err != nil || m.Type != msgVolume || m.File == nil {
+		t.Fatalf("received %+v, %v", m, err)
+	}
+	m.File.Close()
+	if _, err := c.Write([]byte("garbled")); err != nil {
+		t.Fatal(err)
+	}
+	next(t, p, "served again a")
+	next(t, p, "unretired")
+}
