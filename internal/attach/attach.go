@@ -17,6 +17,7 @@ import (
 	mount "k8s.io/mount-utils"
 
 	"github.com/jvol-io/jvol/internal/frontend"
+	"github.com/jvol-io/jvol/internal/frontend/fuseconn"
 	"github.com/jvol-io/jvol/internal/frontend/fuseloop"
 	"github.com/jvol-io/jvol/internal/fsmount"
 	"github.com/jvol-io/jvol/internal/sink"
@@ -41,7 +42,10 @@ type Options struct {
 	// Conn is the FUSE connection a keeper passed on (internal/keeper).
 	Conn *os.File
 	// Resume takes over the block device, its mounts and Conn from a
-	// server that handed over or died, instead of making them.
+	// server that handed over or died, instead of making them. After a
+	// death (ResumeCrash), the requests that server read from Conn and
+	// never answered are queued again (FUSE_NOTIFY_RESEND) once the
+	// volume is open (its lock held), before any is read.
 	Resume volume.Resume
 	// GoFuse serves the FUSE file with go-fuse (for comparison).
 	GoFuse bool
@@ -114,6 +118,14 @@ func Attach(o Options) (*Attachment, error) {
 	if d.Path, err = filepath.EvalSymlinks(dir); err != nil {
 		d.Close()
 		return nil, err
+	}
+	if o.Conn != nil && o.Resume == volume.ResumeCrash {
+		// The requests the dead server read and never answered are queued
+		// again for this one. Only now: the volume's lock says that no
+		// other process serves it, so none reads them meanwhile.
+		if err := fuseconn.Resend(o.Conn); err != nil {
+			klog.ErrorS(err, "Queuing a dead server's requests again; those it read wait for ever", "dir", dir)
+		}
 	}
 	if o.Frontend == nil {
 		o.Frontend = fuseloop.Opener(fuseloop.Options{Conn: o.Conn, Resume: o.Resume != volume.NoResume, GoFuse: o.GoFuse})

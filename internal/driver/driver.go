@@ -28,7 +28,6 @@ import (
 	"github.com/jvol-io/jvol/internal/attach"
 	"github.com/jvol-io/jvol/internal/catalog"
 	"github.com/jvol-io/jvol/internal/fdpass"
-	"github.com/jvol-io/jvol/internal/frontend/fuseconn"
 	"github.com/jvol-io/jvol/internal/holder"
 	"github.com/jvol-io/jvol/internal/host"
 	"github.com/jvol-io/jvol/internal/metrics"
@@ -404,15 +403,11 @@ type heldVolumes interface {
 type giver struct{ *host.Volumes }
 
 func (g giver) Adopt(name string, conn *os.File, clean bool) error {
+	how := volume.ResumeCrash // the successor died with it (see attach.Options.Resume)
 	if clean {
-		return g.Volumes.Adopt(name, conn, volume.ResumeClean)
+		how = volume.ResumeClean
 	}
-	// The successor died with the connection: what it read and did not
-	// answer is queued again, for this process to answer.
-	if err := fuseconn.Resend(conn); err != nil {
-		klog.ErrorS(err, "Queuing a dead successor's requests again", "volume", name)
-	}
-	return g.Volumes.Adopt(name, conn, volume.ResumeCrash)
+	return g.Volumes.Adopt(name, conn, how)
 }
 
 // serveHealth answers /healthz (the process is up) and /readyz (staged
