@@ -114,7 +114,8 @@ func TestInClusterReceiver(t *testing.T) {
 }
 
 // sinkSnapshotsOfFileSystems: an ext4 and an xfs volume streamed to the
-// receiver restore from sink VolumeSnapshots once they are gone.
+// receiver, written again after a sink VolumeSnapshot, restore from it
+// what was written before it, once they are gone.
 func sinkSnapshotsOfFileSystems(t *testing.T, params map[string]string) {
 	for _, c := range []struct{ fs, size string }{{"ext4", "64Mi"}, {"xfs", "320Mi"}} { // XFS wants 300 MB
 		class := "journal-received-" + c.fs
@@ -125,6 +126,9 @@ func sinkSnapshotsOfFileSystems(t *testing.T, params map[string]string) {
 		pvc(t, src, class, c.size, false)
 		written := runPod(t, "write-"+src, src, false, writeFile)
 		volumeSnapshot(t, snap, sinkClass, src)
+		if again := runPod(t, "write-again-"+src, src, false, writeFile); again == written {
+			t.Fatalf("%s: the second write wrote what the first did", c.fs)
+		}
 		deleteClaim(t, src, volumeOf(t, src))
 
 		restored := "from-" + snap
