@@ -3,6 +3,7 @@ package succession
 import (
 	"context"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -110,6 +111,25 @@ func serve(t *testing.T, p *plugin) (string, <-chan bool) {
 	return path, done
 }
 
+// takeFirst asks the plugin at path to hand over and returns the
+// connection and the first volume it sends, whose file it closes.
+func takeFirst(t *testing.T, path string) (*net.UnixConn, fdpass.Msg) {
+	t.Helper()
+	c, err := fdpass.Dial(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fdpass.Send(c, fdpass.Msg{Type: msgTake}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := fdpass.Recv(c)
+	if err != nil || m.Type != msgVolume || m.File == nil {
+		t.Fatalf("received %+v, %v", m, err)
+	}
+	m.File.Close()
+	return c, m
+}
+
 func next(t *testing.T, p *plugin, want string) {
 	t.Helper()
 	if got := <-p.log; got != want {
@@ -170,19 +190,8 @@ func TestASilentSuccessorTimesOut(t *testing.T) {
 	AcceptTimeout = 100 * time.Millisecond
 	p := newPlugin(t, "a")
 	path, _ := serve(t, p)
-	c, err := fdpass.Dial(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, _ := takeFirst(t, path)
 	defer c.Close()
-	if err := fdpass.Send(c, fdpass.Msg{Type: msgTake}); err != nil {
-		t.Fatal(err)
-	}
-	m, err := fdpass.Recv(c)
-	if err != nil || m.Type != msgVolume || m.Name != "a" || m.File == nil {
-		t.Fatalf("received %+v, %v", m, err)
-	}
-	m.File.Close()
 	start := time.Now()
 	next(t, p, "served again a")
 	next(t, p, "unretired")
@@ -258,18 +267,10 @@ func TestTakeAllEndsWithItsContext(t *testing.T) {
 func TestASuccessorGoneWithAVolume(t *testing.T) {
 	p := newPlugin(t, "a", "b")
 	path, _ := serve(t, p)
-	c, err := fdpass.Dial(path)
-	if err != nil {
-		t.Fatal(err)
+	c, m := takeFirst(t, path)
+	if m.Name != "a" {
+		t.Fatalf("the first volume sent is %q, want a", m.Name)
 	}
-	if err := fdpass.Send(c, fdpass.Msg{Type: msgTake}); err != nil {
-		t.Fatal(err)
-	}
-	m, err := fdpass.Recv(c)
-	if err != nil || m.Type != msgVolume || m.Name != "a" || m.File == nil {
-		t.Fatalf("received %+v, %v", m, err)
-	}
-	m.File.Close()
 	c.Close()
 	next(t, p, "served again a as after a crash")
 	next(t, p, "unretired")
@@ -283,19 +284,8 @@ func TestASuccessorGoneWithAVolume(t *testing.T) {
 func TestAGarbledAnswerIsNoDeath(t *testing.T) {
 	p := newPlugin(t, "a")
 	path, _ := serve(t, p)
-	c, err := fdpass.Dial(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, _ := takeFirst(t, path)
 	defer c.Close()
-	if err := fdpass.Send(c, fdpass.Msg{Type: msgTake}); err != nil {
-		t.Fatal(err)
-	}
-	m, err := fdpass.Recv(c)
-	if err != nil || m.Type != msgVolume || m.File == nil {
-		t.Fatalf("received %+v, %v", m, err)
-	}
-	m.File.Close()
 	if _, err := c.Write([]byte("garbled")); err != nil {
 		t.Fatal(err)
 	}
