@@ -154,8 +154,8 @@ func Run(ctx context.Context, cfg Config) error {
 				return err
 			}
 			// Not closed here: the holder takes the end of this connection
-			// for this process's death and has the kernel resend what is
-			// unanswered, so it must end only when the process does, FUSE
+			// for this process's death and gives the connections to the
+			// next plugin, so it must end only when the process does, FUSE
 			// servers and all.
 			holderNow.Store(hc)
 			if hc.Succeeded {

@@ -18,8 +18,10 @@
 //
 // One plugin is the owner at a time. When its connection ends (the process
 // exited: all its threads are gone, so none still reads a request), the
-// holder has every request the dead plugin had read and not answered
-// queued again (fuseconn.Resend); then the next plugin may connect.
+// next plugin may connect. That one has the requests the dead plugin had
+// read and not answered queued again, volume by volume, once it holds the
+// volume's lock (internal/attach): only then does it know that no other
+// process serves the volume.
 //
 // The holder never opens a mount or a loop device: a process that holds
 // the last copy of a connection and a file on it hangs in its own exit.
@@ -37,7 +39,6 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/jvol-io/jvol/internal/fdpass"
-	"github.com/jvol-io/jvol/internal/frontend/fuseconn"
 )
 
 // Message types.
@@ -58,7 +59,6 @@ const OwnerTimeout = 10 * time.Second
 
 // Holder keeps connections for one plugin at a time.
 type Holder struct {
-	resend       func(*os.File) error
 	ownerTimeout time.Duration
 	waiting      func() // if set, called each time a plugin starts waiting for the owner (tests)
 
@@ -70,7 +70,7 @@ type Holder struct {
 
 // New returns an empty holder.
 func New() *Holder {
-	return &Holder{resend: fuseconn.Resend, ownerTimeout: OwnerTimeout, held: map[string]*os.File{}}
+	return &Holder{ownerTimeout: OwnerTimeout, held: map[string]*os.File{}}
 }
 
 // Serve accepts plugins on l until ctx ends.
@@ -134,16 +134,10 @@ func (h *Holder) own() (chan struct{}, error) {
 	}
 }
 
-// disown ends an ownership: the requests the owner had read are queued
-// again, for the next one.
+// disown ends an ownership: what it held waits for the next owner.
 func (h *Holder) disown(gone chan struct{}) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for name, f := range h.held {
-		if err := h.resend(f); err != nil {
-			klog.ErrorS(err, "Queuing a dead server's requests again", "volume", name)
-		}
-	}
 	if len(h.held) > 0 {
 		klog.InfoS("The plugin is gone; its requests wait for the next", "held", len(h.held))
 	}

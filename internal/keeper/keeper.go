@@ -3,8 +3,8 @@
 // server as a child process (the same command, with the connection as fd
 // 3): a copy of the open file stays with the keeper, so when the server is
 // killed the kernel aborts nothing. Requests wait; the keeper starts a new
-// server, which takes the connection over, and has the requests the dead
-// one had read resent (fuseconn.Resend).
+// server, which takes the connection over and, once it holds the volume's
+// lock, has the requests the dead one had read resent (internal/attach).
 //
 // SIGHUP hands the connection over to a new process of the binary on disk
 // (a live upgrade): the server stops answering, makes the volume clean and
@@ -232,9 +232,6 @@ func (k *keeper) run(sigs <-chan os.Signal) error {
 			backoff = 100 * time.Millisecond
 		}
 		handing = false
-		if err := fuseconn.Resend(k.conn); err != nil {
-			klog.ErrorS(err, "Resending requests")
-		}
 		k.restarts++
 		if srv, err = k.start(exe, start); err != nil {
 			return err
